@@ -1,0 +1,211 @@
+"""Configuration: a TOML file overridden by ``TRADEBOTD_<SECTION>__<KEY>`` environment variables.
+
+The file is ``--config PATH``, else ``$TRADEBOTD_CONFIG``, else ``./tradebotd.toml``; a missing
+default file just means "all defaults". Every section forbids unknown keys, so a typo is an
+error that names the key and where it came from (the file or the env var), and the daemon does
+not start. Secrets (``SecretStr`` fields) are accepted only from the environment and are masked
+whenever the configuration is printed.
+
+Errors: ``tradebotd.errors.ConfigError`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_CONFIG_FILE", "ENV_PREFIX", "Settings", "load_settings", "resolve_config_path"]
+
+ENV_PREFIX = "TRADEBOTD_"
+DEFAULT_CONFIG_FILE = Path("tradebotd.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MarketSettings(_Section):
+    ws_url: str = "wss://stream.binance.com:9443"
+    rest_url: str = "https://api.binance.com"
+    history: int = Field(500, ge=1, le=5000, description="closed candles fetched to warm up each stream")
+    max_candle_lag_s: float = Field(
+        30.0, ge=0, description="refuse to trade on a candle that closed longer ago than this; 0 disables"
+    )
+    rotate_after_s: float = Field(23.5 * 3600, gt=0, description="reconnect before Binance's 24 h cut-off")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("ws_url", "rest_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("must be an http(s):// or ws(s):// URL")
+        return v.rstrip("/")
+
+
+class PaperSettings(_Section):
+    cash: Decimal = Field(Decimal("10000"), gt=0, description="starting cash of the default paper portfolio")
+    currency: str = "USDT"
+    fee_rate: Decimal = Field(Decimal("0.001"), ge=0, lt=1)
+    slippage_bps: Decimal = Field(Decimal("0"), ge=0, lt=10_000)
+    default_amount: Decimal = Field(Decimal("0.001"), gt=0, description="buy amount when a result has none")
+
+
+class SandboxSettings(_Section):
+    timeout_ms: int = Field(50, ge=1, le=60_000)
+    memory_mb: int = Field(32, ge=4, le=1024)
+    max_result_kb: int = Field(64, ge=1, le=16_384)
+    max_candles: int = Field(1000, ge=1, le=100_000)
+    max_consecutive_errors: int = Field(3, ge=1)
+
+
+class StoreSettings(_Section):
+    path: Path = Path("tradebotd.db")
+    user_id: str = Field("00000000-0000-0000-0000-000000000000", description="owner of rows created locally")
+    log_holds: bool = Field(False, description="also write a strategy_logs row for every 'hold' decision")
+
+
+class DaemonSettings(_Section):
+    poll_interval_s: float = Field(2.0, gt=0, description="how often the strategies table is re-read")
+    shutdown_timeout_s: float = Field(10.0, gt=0, description="bounded wait for in-flight work at shutdown")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ExchangeSettings(_Section):
+    """Credentials for live trading (not available yet); environment only."""
+
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    market: MarketSettings = MarketSettings()
+    paper: PaperSettings = PaperSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    store: StoreSettings = StoreSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    log: LogSettings = LogSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the parsed TOML file (see load_settings); env overrides it.
+        return (env_settings, init_settings)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets shown as ``'**********'``."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        for section, fields in data.items():
+            for key in fields:
+                value = getattr(getattr(self, section), key)
+                if isinstance(value, SecretStr):
+                    fields[key] = "**********"
+        return data
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """The config file to read and whether its absence is an error (it is, when named)."""
+    if explicit is not None:
+        return Path(explicit), True
+    env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if env:
+        return Path(env), True
+    return DEFAULT_CONFIG_FILE, False
+
+
+def _secret_paths() -> set[tuple[str, str]]:
+    paths = set()
+    for section, info in Settings.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key, field in model.model_fields.items():
+                if _is_secret(field):
+                    paths.add((section, key))
+    return paths
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in repr(field.annotation)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+
+
+def _where(loc: tuple[int | str, ...], file_data: Mapping[str, Any], path: Path | None) -> str:
+    """Say whether an invalid key came from the file or from an environment variable."""
+    node: Any = file_data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            env = ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+            return f"environment variable {env}" if env in os.environ else f"{path or 'defaults'}"
+    return str(path) if path else "defaults"
+
+
+def load_settings(config: str | os.PathLike[str] | None = None) -> tuple[Settings, Path | None]:
+    """Load and validate the configuration; returns it and the file it came from (if any)."""
+    path, required = resolve_config_path(config)
+    file_data: dict[str, Any] = {}
+    used: Path | None = None
+    if path.exists():
+        file_data = _read_toml(path)
+        used = path
+    elif required:
+        raise ConfigError(f"{path}: config file not found")
+
+    for section, key in _secret_paths():
+        if key in (file_data.get(section) or {}):
+            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            raise ConfigError(
+                f"{path}: [{section}] {key} is a secret and must come from the environment ({env}), "
+                "never from a file"
+            )
+    try:
+        settings = Settings(**file_data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            where = _where(loc, file_data, used)
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{where}: unknown key {key!r}")
+            else:
+                value = "***" if any(loc[-1] == k for _, k in _secret_paths()) else repr(err.get("input"))
+                lines.append(f"{where}: {key}: {err['msg']} (got {value})")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    return settings, used
+

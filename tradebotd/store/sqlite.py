@@ -1,0 +1,480 @@
+"""The embedded store: one SQLite file in WAL mode, schema versioned by numbered migrations.
+
+Money and quantities are stored as decimal TEXT (exact); times the web app shows are ISO-8601 UTC
+text; candle times are integer milliseconds. The daemon and the CLI open the same file from
+different processes: WAL lets readers proceed during a write, and the daemon's connection waits
+only briefly for a lock (``StoreUnavailable`` otherwise) so the event loop is never stalled.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+
+from ..model import Position, StreamKey
+from .base import (
+    LogEntry,
+    NotFound,
+    PortfolioRow,
+    StoreUnavailable,
+    StrategyKind,
+    StrategyRow,
+    StrategyStatus,
+    TradeRow,
+    WriteBatch,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "utc_now"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the web app's tables, plus daemon-owned state for restarts.
+    """
+    CREATE TABLE portfolios (
+        id          TEXT PRIMARY KEY,
+        user_id     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        type        TEXT NOT NULL CHECK (type IN ('paper', 'live')),
+        cash        TEXT NOT NULL,
+        currency    TEXT NOT NULL DEFAULT 'USDT',
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE strategies (
+        id              TEXT PRIMARY KEY,
+        user_id         TEXT NOT NULL,
+        name            TEXT NOT NULL,
+        python_code     TEXT,
+        typescript_code TEXT,
+        asset           TEXT NOT NULL,
+        interval        TEXT NOT NULL,
+        status          TEXT NOT NULL DEFAULT 'draft'
+                        CHECK (status IN ('draft', 'running', 'paused', 'error', 'archived')),
+        portfolio_id    TEXT REFERENCES portfolios(id),
+        parameters      TEXT NOT NULL DEFAULT '{}',
+        last_run_at     TEXT,
+        last_signal_at  TEXT,
+        error_message   TEXT,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        kind            TEXT NOT NULL DEFAULT 'js' CHECK (kind IN ('js', 'ts', 'wasm'))
+    );
+    CREATE INDEX strategies_status ON strategies(status);
+    CREATE TABLE strategy_logs (
+        id          TEXT PRIMARY KEY,
+        strategy_id TEXT NOT NULL,
+        level       TEXT NOT NULL CHECK (level IN ('info', 'signal', 'trade', 'error')),
+        message     TEXT NOT NULL,
+        data        TEXT,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX strategy_logs_strategy ON strategy_logs(strategy_id, created_at);
+    CREATE TABLE market_data (
+        id          INTEGER PRIMARY KEY,
+        symbol      TEXT NOT NULL,
+        interval    TEXT NOT NULL,
+        open_time   INTEGER NOT NULL,
+        open        TEXT NOT NULL,
+        high        TEXT NOT NULL,
+        low         TEXT NOT NULL,
+        close       TEXT NOT NULL,
+        volume      TEXT NOT NULL,
+        UNIQUE (symbol, interval, open_time)
+    );
+    CREATE TABLE trades (
+        id                TEXT PRIMARY KEY,
+        strategy_id       TEXT NOT NULL,
+        portfolio_id      TEXT,
+        symbol            TEXT NOT NULL,
+        side              TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+        amount            TEXT NOT NULL,
+        price             TEXT NOT NULL,
+        fee               TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        client_order_id   TEXT NOT NULL UNIQUE,
+        exchange_order_id TEXT,
+        candle_time       INTEGER NOT NULL,
+        reason            TEXT,
+        created_at        TEXT NOT NULL
+    );
+    CREATE INDEX trades_strategy ON trades(strategy_id, candle_time);
+    CREATE TABLE positions (
+        strategy_id  TEXT PRIMARY KEY,
+        portfolio_id TEXT,
+        symbol       TEXT NOT NULL,
+        interval     TEXT NOT NULL,
+        amount       TEXT NOT NULL,
+        entry_price  TEXT NOT NULL,
+        entry_time   INTEGER NOT NULL,
+        take_profit  TEXT,
+        stop_loss    TEXT,
+        updated_at   TEXT NOT NULL
+    );
+    CREATE TABLE strategy_cursors (
+        strategy_id      TEXT PRIMARY KEY,
+        symbol           TEXT NOT NULL,
+        interval         TEXT NOT NULL,
+        last_candle_time INTEGER NOT NULL,
+        updated_at       TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with milliseconds, the format every ``*_at`` column uses."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+class SqliteStore:
+    """The default store. ``busy_timeout_ms`` bounds how long a call may wait for another writer."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable across process crashes in WAL mode; only an OS crash can lose the
+        # last commits, which the cursor design turns into a re-evaluation, not a loss.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        with self._tx():
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            current = self._db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"{self.path} has schema version {current}, newer than this tradebotd ({SCHEMA_VERSION})"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, utc_now()))
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        try:
+            return int(self._db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+    def ensure_paper_portfolio(self, *, user_id: str, cash: Decimal, currency: str, name: str = "Paper") -> str:
+        """The default paper portfolio (created on first use); returns its id."""
+        row = self._db.execute(
+            "SELECT id FROM portfolios WHERE type = 'paper' AND user_id = ? ORDER BY created_at LIMIT 1",
+            (user_id,),
+        ).fetchone()
+        if row:
+            return str(row["id"])
+        pid = str(uuid.uuid4())
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO portfolios (id, user_id, name, type, cash, currency, created_at) "
+                "VALUES (?, ?, ?, 'paper', ?, ?, ?)",
+                (pid, user_id, name, str(cash), currency, utc_now()),
+            )
+        return pid
+
+    # -- strategies (CLI and control plane) --------------------------------------------------
+
+    def add_strategy(
+        self,
+        *,
+        name: str,
+        user_id: str,
+        code: str,
+        kind: StrategyKind,
+        asset: str,
+        interval: str,
+        parameters: Mapping[str, Any],
+        portfolio_id: str | None,
+        status: StrategyStatus = "draft",
+    ) -> str:
+        sid = str(uuid.uuid4())
+        now = utc_now()
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO strategies (id, user_id, name, typescript_code, asset, interval, status, "
+                "portfolio_id, parameters, created_at, updated_at, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, user_id, name, code, asset, interval, status, portfolio_id,
+                 json.dumps(dict(parameters)), now, now, kind),
+            )
+        return sid
+
+    def update_strategy(
+        self,
+        strategy_id: str,
+        *,
+        code: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        status: StrategyStatus | None = None,
+    ) -> None:
+        sets, args = ["updated_at = ?"], [utc_now()]
+        if code is not None:
+            sets.append("typescript_code = ?")
+            args.append(code)
+        if parameters is not None:
+            sets.append("parameters = ?")
+            args.append(json.dumps(dict(parameters)))
+        if status is not None:
+            sets.append("status = ?")
+            args.append(status)
+            if status == "running":
+                sets.append("error_message = NULL")
+        with self._tx():
+            cur = self._db.execute(f"UPDATE strategies SET {', '.join(sets)} WHERE id = ?", (*args, strategy_id))
+        if cur.rowcount == 0:
+            raise NotFound(f"no strategy with id {strategy_id}")
+
+    def resolve_strategy_id(self, id_or_prefix: str) -> str:
+        """Accept a full id or a unique prefix (like git and docker do)."""
+        rows = self._db.execute(
+            "SELECT id FROM strategies WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+            (id_or_prefix.replace("%", "\\%").replace("_", "\\_"),),
+        ).fetchall()
+        if not rows or not id_or_prefix:
+            raise NotFound(f"no strategy with id {id_or_prefix!r}")
+        if len(rows) > 1:
+            raise NotFound(f"strategy id prefix {id_or_prefix!r} is ambiguous")
+        return str(rows[0]["id"])
+
+    def list_strategies(self) -> list[StrategyRow]:
+        rows = self._db.execute("SELECT * FROM strategies ORDER BY created_at").fetchall()
+        return [self._strategy(r) for r in rows]
+
+    def find_strategy_by_name(self, name: str) -> StrategyRow | None:
+        row = self._db.execute(
+            "SELECT * FROM strategies WHERE name = ? AND status != 'archived' ORDER BY created_at LIMIT 1",
+            (name,),
+        ).fetchone()
+        return self._strategy(row) if row else None
+
+    def running_strategies(self) -> list[StrategyRow]:
+        rows = self._db.execute("SELECT * FROM strategies WHERE status = 'running' ORDER BY created_at").fetchall()
+        return [self._strategy(r) for r in rows]
+
+    def get_strategy(self, strategy_id: str) -> StrategyRow:
+        row = self._db.execute("SELECT * FROM strategies WHERE id = ?", (strategy_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no strategy with id {strategy_id}")
+        return self._strategy(row)
+
+    @staticmethod
+    def _strategy(row: sqlite3.Row) -> StrategyRow:
+        return StrategyRow(
+            id=row["id"],
+            user_id=row["user_id"],
+            name=row["name"],
+            python_code=row["python_code"],
+            typescript_code=row["typescript_code"],
+            asset=row["asset"],
+            interval=row["interval"],
+            status=row["status"],
+            portfolio_id=row["portfolio_id"],
+            parameters=json.loads(row["parameters"] or "{}"),
+            last_run_at=row["last_run_at"],
+            last_signal_at=row["last_signal_at"],
+            error_message=row["error_message"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            kind=row["kind"],
+        )
+
+    # -- state for restarts ------------------------------------------------------------------
+
+    def cursors(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT strategy_id, last_candle_time FROM strategy_cursors").fetchall()
+        return {r["strategy_id"]: int(r["last_candle_time"]) for r in rows}
+
+    def portfolios(self) -> list[PortfolioRow]:
+        rows = self._db.execute("SELECT * FROM portfolios ORDER BY created_at").fetchall()
+        return [
+            PortfolioRow(
+                id=r["id"], user_id=r["user_id"], name=r["name"], type=r["type"],
+                cash=Decimal(r["cash"]), currency=r["currency"], created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    def positions(self) -> dict[str, tuple[str | None, StreamKey, Position]]:
+        rows = self._db.execute("SELECT * FROM positions").fetchall()
+        return {
+            r["strategy_id"]: (
+                r["portfolio_id"],
+                StreamKey(r["symbol"], r["interval"]),
+                Position(
+                    amount=Decimal(r["amount"]),
+                    entry_price=Decimal(r["entry_price"]),
+                    entry_time=int(r["entry_time"]),
+                    take_profit=_dec(r["take_profit"]),
+                    stop_loss=_dec(r["stop_loss"]),
+                ),
+            )
+            for r in rows
+        }
+
+    # -- reads for the CLI and tests ---------------------------------------------------------
+
+    def trades(self, strategy_id: str | None = None) -> list[TradeRow]:
+        sql = "SELECT * FROM trades"
+        args: tuple[str, ...] = ()
+        if strategy_id is not None:
+            sql, args = sql + " WHERE strategy_id = ?", (strategy_id,)
+        rows = self._db.execute(sql + " ORDER BY candle_time, rowid", args).fetchall()
+        return [
+            TradeRow(
+                id=r["id"], strategy_id=r["strategy_id"], portfolio_id=r["portfolio_id"], symbol=r["symbol"],
+                side=r["side"], amount=Decimal(r["amount"]), price=Decimal(r["price"]), fee=Decimal(r["fee"]),
+                status=r["status"], client_order_id=r["client_order_id"],
+                exchange_order_id=r["exchange_order_id"], candle_time=int(r["candle_time"]),
+                reason=r["reason"], created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    def logs_after(self, strategy_id: str, after_rowid: int = 0, limit: int = 1000) -> list[tuple[int, LogEntry]]:
+        """Log rows in insertion order after ``after_rowid`` (for ``strategy logs --follow``)."""
+        rows = self._db.execute(
+            "SELECT rowid, * FROM strategy_logs WHERE strategy_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+            (strategy_id, after_rowid, limit),
+        ).fetchall()
+        return [
+            (
+                int(r["rowid"]),
+                LogEntry(
+                    strategy_id=r["strategy_id"], level=r["level"], message=r["message"],
+                    data=json.loads(r["data"]) if r["data"] else None, created_at=r["created_at"],
+                ),
+            )
+            for r in rows
+        ]
+
+    def candle_count(self, symbol: str, interval: str) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM market_data WHERE symbol = ? AND interval = ?", (symbol, interval)
+            ).fetchone()[0]
+        )
+
+    # -- the trading path --------------------------------------------------------------------
+
+    def apply(self, batches: Sequence[WriteBatch]) -> None:
+        """Apply batches in order in one transaction; ``StoreUnavailable`` leaves nothing applied."""
+        try:
+            with self._tx():
+                for batch in batches:
+                    self._apply_one(batch)
+        except sqlite3.OperationalError as exc:  # locked, disk I/O, full: all transient here
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    def _apply_one(self, b: WriteBatch) -> None:
+        db = self._db
+        now = utc_now()
+        if b.candles:
+            db.executemany(
+                "INSERT INTO market_data (symbol, interval, open_time, open, high, low, close, volume) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol, interval, open_time) DO UPDATE SET "
+                "open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, "
+                "volume = excluded.volume",
+                [(c.symbol, c.interval, c.open_time, str(c.open), str(c.high), str(c.low), str(c.close),
+                  str(c.volume)) for c in b.candles],
+            )
+        if b.trades:
+            # A trade with a client order id we already hold is the same decision re-done after a
+            # restart: keep the first record (idempotent by construction).
+            db.executemany(
+                "INSERT INTO trades (id, strategy_id, portfolio_id, symbol, side, amount, price, fee, status, "
+                "client_order_id, exchange_order_id, candle_time, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_order_id) DO NOTHING",
+                [(t.id, t.strategy_id, t.portfolio_id, t.symbol, t.side, str(t.amount), str(t.price),
+                  str(t.fee), t.status, t.client_order_id, t.exchange_order_id, t.candle_time, t.reason,
+                  t.created_at) for t in b.trades],
+            )
+        for sid, (pid, key, pos) in b.positions.items():
+            if pos is None:
+                db.execute("DELETE FROM positions WHERE strategy_id = ?", (sid,))
+            else:
+                db.execute(
+                    "INSERT INTO positions (strategy_id, portfolio_id, symbol, interval, amount, entry_price, "
+                    "entry_time, take_profit, stop_loss, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (strategy_id) DO UPDATE SET portfolio_id = excluded.portfolio_id, "
+                    "symbol = excluded.symbol, interval = excluded.interval, amount = excluded.amount, "
+                    "entry_price = excluded.entry_price, "
+                    "entry_time = excluded.entry_time, take_profit = excluded.take_profit, "
+                    "stop_loss = excluded.stop_loss, updated_at = excluded.updated_at",
+                    (sid, pid, key.symbol, key.interval, str(pos.amount), str(pos.entry_price), pos.entry_time,
+                     None if pos.take_profit is None else str(pos.take_profit),
+                     None if pos.stop_loss is None else str(pos.stop_loss), now),
+                )
+        for pid, cash in b.cash.items():
+            db.execute("UPDATE portfolios SET cash = ? WHERE id = ?", (str(cash), pid))
+        if b.logs:
+            db.executemany(
+                "INSERT INTO strategy_logs (id, strategy_id, level, message, data, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(str(uuid.uuid4()), e.strategy_id, e.level, e.message,
+                  None if e.data is None else json.dumps(e.data, default=str), e.created_at) for e in b.logs],
+            )
+        for sid, (symbol, interval, open_time) in b.cursors.items():
+            db.execute(
+                "INSERT INTO strategy_cursors (strategy_id, symbol, interval, last_candle_time, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (strategy_id) DO UPDATE SET symbol = excluded.symbol, "
+                "interval = excluded.interval, last_candle_time = max(last_candle_time, excluded.last_candle_time), "
+                "updated_at = excluded.updated_at",
+                (sid, symbol, interval, open_time, now),
+            )
+        for sid, (run_at, signal_at) in b.strategy_runs.items():
+            db.execute(
+                "UPDATE strategies SET last_run_at = ?, last_signal_at = coalesce(?, last_signal_at) WHERE id = ?",
+                (run_at, signal_at, sid),
+            )
+        for sid, message in b.strategy_errors.items():
+            db.execute(
+                "UPDATE strategies SET status = 'error', error_message = ?, updated_at = ? WHERE id = ?",
+                (message, now, sid),
+            )
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Raw read access for tests and diagnostics."""
+        return cast(list[sqlite3.Row], self._db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,101 @@
+"""The store writer: the only task that writes trading-path data.
+
+The engine hands over one :class:`WriteBatch` per candle and moves on; the writer applies every
+pending batch in one transaction as soon as the event loop is free, in order. If the store is
+unavailable the batches stay queued (nothing is dropped) and the writer retries with backoff,
+logging once per attempt. ``flush()`` waits until everything handed over so far is durable, which
+shutdown uses to keep its promise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+import structlog
+
+from .base import Store, StoreUnavailable, WriteBatch
+
+__all__ = ["StoreWriter"]
+
+log = structlog.get_logger(__name__)
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retry_min_s: float = 0.05,
+        retry_max_s: float = 5.0,
+        on_committed: Callable[[WriteBatch, int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._pending: deque[WriteBatch] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._on_committed = on_committed
+        self.committed_batches = 0
+        self.failed_attempts = 0
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def submit(self, batch: WriteBatch) -> None:
+        """Queue a batch; never blocks and never fails."""
+        if not batch:
+            return
+        self._pending.append(batch)
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every batch submitted so far is committed; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Commit batches until :meth:`stop`; supervised by the daemon."""
+        delay = self._retry_min_s
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batches = list(self._pending)
+            try:
+                self._store.apply(batches)
+            except StoreUnavailable as exc:
+                self.failed_attempts += 1
+                log.warning("store write failed; will retry", error=str(exc), backlog=len(batches), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            delay = self._retry_min_s
+            for _ in batches:
+                self._pending.popleft()
+            self.committed_batches += len(batches)
+            if self._on_committed is not None:
+                now = time.monotonic_ns()
+                for batch in batches:
+                    self._on_committed(batch, now)
+            # Let the trading path run before the next commit (writes never starve it).
+            await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        """Finish what is queued, then return from :meth:`run`."""
+        self._stopping = True
+        self._wakeup.set()
