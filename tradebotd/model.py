@@ -18,8 +18,8 @@ __all__ = [
     "IndicatorValue",
     "Position",
     "Signal",
-    "StreamKey",
     "StrategyId",
+    "StreamKey",
     "interval_ms",
     "normalize_symbol",
 ]

@@ -56,13 +56,9 @@ class StoreWriter:
         self._idle.clear()
         self._wakeup.set()
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every batch submitted so far is committed; False on timeout."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def flush(self) -> None:
+        """Wait until every batch submitted so far is committed (wrap in ``asyncio.timeout``)."""
+        await self._idle.wait()
 
     async def run(self) -> None:
         """Commit batches until :meth:`stop`; supervised by the daemon."""

@@ -1,0 +1,453 @@
+"""The trading engine: closed candles in, decisions, orders and records out.
+
+One code path serves the daemon (live market data, paper or live broker) and any replay: the
+engine only sees candles, a :class:`~tradebotd.broker.base.Broker`, a strategy-runtime factory and
+a sink for :class:`~tradebotd.store.base.WriteBatch` values. It does no I/O of its own.
+
+Exactly once per strategy and candle: every strategy has a cursor (the open time of the last
+candle it evaluated), persisted in the same batch as the trades that candle caused. Candles at or
+before the cursor are history, never evaluated again; after a restart the candles that closed
+while the daemon was down are evaluated in order (and the staleness guard keeps old ones from
+trading).
+
+Failure policy: a strategy error is logged to ``strategy_logs`` and counted; after
+``max_consecutive_errors`` in a row the strategy goes to status ``error`` and its slot is released.
+Other strategies are not affected; an open position keeps its protective levels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from .broker.base import Broker, Fill, Ignored, OrderIntent, OrderOutcome, client_order_id
+from .errors import StrategyError
+from .history import CandleHistory
+from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize_symbol
+from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
+from .store.sqlite import utc_now
+
+__all__ = ["Engine", "EngineConfig", "EvalInfo", "RuntimeFactory", "StrategyRuntime"]
+
+log = structlog.get_logger(__name__)
+
+
+class EvalInfo(Protocol):
+    @property
+    def elapsed_us(self) -> float: ...
+
+
+class StrategyRuntime(Protocol):
+    """A loaded strategy: the sandboxed JS instance, a native wasm module, ..."""
+
+    def push_history(self, candles: npt.NDArray[np.float64]) -> None: ...
+
+    def step(
+        self, candle: tuple[float, float, float, float, float, float], position: Position | None
+    ) -> tuple[Decision, Any]: ...
+
+    def close(self) -> None: ...
+
+
+RuntimeFactory = Callable[[StrategyRow, StreamKey], StrategyRuntime]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    history: int = 500
+    max_candle_lag_ms: int = 30_000  # 0 disables the staleness guard
+    max_consecutive_errors: int = 3
+    log_holds: bool = False
+    record_candles: bool = True
+
+
+@dataclass(slots=True)
+class _Slot:
+    row: StrategyRow
+    key: StreamKey
+    fingerprint: str
+    runtime: StrategyRuntime
+    cursor: int | None
+    warm: bool = False
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    candles: int = 0
+    evaluations: int = 0
+    strategy_errors: int = 0
+    fills: int = 0
+    stale_refusals: int = 0
+
+
+def fingerprint(row: StrategyRow) -> str:
+    """What makes a strategy need reloading when it changes in the store."""
+    payload = json.dumps(
+        [row.kind, row.source, dict(row.parameters), row.asset, row.interval, row.portfolio_id],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _decimal(x: float | None) -> Decimal | None:
+    # repr() gives the shortest string that round-trips, so 0.1 becomes Decimal("0.1").
+    return None if x is None else Decimal(repr(x))
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        sink: Callable[[WriteBatch], None],
+        runtime_factory: RuntimeFactory,
+        now_ms: Callable[[], int],
+        config: EngineConfig = EngineConfig(),
+        cursors: dict[str, int] | None = None,
+        on_streams_changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.config = config
+        self.stats = EngineStats()
+        self._sink = sink
+        self._factory = runtime_factory
+        self._now_ms = now_ms
+        self._cursors: dict[str, int] = dict(cursors or {})
+        self._on_streams_changed = on_streams_changed or (lambda: None)
+        self._slots: dict[str, _Slot] = {}
+        self._by_key: dict[StreamKey, list[_Slot]] = {}
+        self._history: dict[StreamKey, CandleHistory] = {}
+        # Control-plane changes and candle processing never interleave mid-candle.
+        self._lock = asyncio.Lock()
+
+    # -- control plane -----------------------------------------------------------------------
+
+    def streams(self) -> set[StreamKey]:
+        """Streams the feed must deliver: running strategies' and open protected positions'."""
+        return set(self._by_key) | set(self.broker.protected_keys())
+
+    def strategy_ids(self) -> set[str]:
+        return set(self._slots)
+
+    async def sync(self, rows: Sequence[StrategyRow]) -> None:
+        """Make the running set equal ``rows``: start new strategies, reload changed ones, stop
+        the rest. Load failures put the strategy in status ``error``."""
+        async with self._lock:
+            batch = WriteBatch()
+            wanted = {row.id: row for row in rows}
+            for sid in list(self._slots):
+                if sid not in wanted:
+                    self._remove(sid)
+                    log.info("strategy stopped", strategy_id=sid)
+            for row in rows:
+                slot = self._slots.get(row.id)
+                if slot is not None and slot.fingerprint == fingerprint(row):
+                    continue
+                await self._start(row, batch, reload=slot is not None)
+            self._sink(batch)
+        self._on_streams_changed()
+
+    async def _start(self, row: StrategyRow, batch: WriteBatch, *, reload: bool) -> None:
+        try:
+            key = StreamKey(normalize_symbol(row.asset), row.interval)
+            interval_ms(row.interval)
+            runtime = self._factory(row, key)
+        except (StrategyError, ValueError) as exc:
+            if reload:
+                self._remove(row.id)
+            self._fail(row.id, f"cannot load strategy: {exc}", batch, _error_data(exc))
+            return
+        old = self._slots.get(row.id)
+        cursor = self._cursors.get(row.id)
+        if old is not None:
+            cursor = old.cursor if old.key == key else None
+            self._remove(row.id, keep_history=old.key == key)
+        slot = _Slot(row=row, key=key, fingerprint=fingerprint(row), runtime=runtime, cursor=cursor)
+        self._slots[row.id] = slot
+        self._by_key.setdefault(key, []).append(slot)
+        log.info("strategy reloaded" if reload else "strategy started", strategy_id=row.id,
+                 name=row.name, symbol=key.symbol, interval=key.interval)
+        batch.logs.append(_entry(row.id, "info", "strategy reloaded" if reload else "strategy started",
+                                 {"symbol": key.symbol, "interval": key.interval}))
+        history = self._history.get(key)
+        if history is not None and len(history):
+            await self._warm(slot, history, batch)
+
+    def _remove(self, strategy_id: str, *, keep_history: bool = False) -> None:
+        slot = self._slots.pop(strategy_id, None)
+        if slot is None:
+            return
+        peers = self._by_key.get(slot.key, [])
+        if slot in peers:
+            peers.remove(slot)
+        if not peers:
+            self._by_key.pop(slot.key, None)
+            # The feed warms a stream up again when it is next subscribed, so forget it.
+            if not keep_history and slot.key not in set(self.broker.protected_keys()):
+                self._history.pop(slot.key, None)
+        if slot.cursor is not None:
+            self._cursors[strategy_id] = slot.cursor
+        try:
+            slot.runtime.close()
+        except Exception:  # closing a broken sandbox must not break the engine
+            log.exception("closing strategy runtime failed", strategy_id=strategy_id)
+
+    def _fail(self, strategy_id: str, message: str, batch: WriteBatch, data: dict[str, Any] | None = None) -> None:
+        """Put a strategy in status 'error' and release it."""
+        self._remove(strategy_id)
+        batch.strategy_errors[strategy_id] = message
+        batch.logs.append(_entry(strategy_id, "error", message, data))
+        log.error("strategy disabled", strategy_id=strategy_id, error=message)
+
+    async def _warm(self, slot: _Slot, history: CandleHistory, batch: WriteBatch) -> None:
+        first, last = history.first_open_time, history.last_open_time
+        assert first is not None and last is not None
+        if slot.cursor is None or slot.cursor < first:
+            if slot.cursor is not None:
+                missed = (first - slot.cursor) // slot.key.interval_ms - 1
+                log.warning("strategy resumes after a gap longer than the history", strategy_id=slot.row.id,
+                            missed_candles=missed)
+            slot.runtime.push_history(history.rows())
+            slot.cursor = last
+            batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, last)
+            slot.warm = True
+            return
+        slot.runtime.push_history(history.rows(up_to_open_time=slot.cursor))
+        slot.warm = True
+        # Candles that closed while this strategy was not running (a restart): evaluate them in
+        # order; the staleness guard stops old ones from trading.
+        for candle in history.after(slot.cursor):
+            await self._evaluate(slot, candle, batch)
+
+    # -- market data (the feed's sink) -------------------------------------------------------
+
+    async def on_history(self, key: StreamKey, candles: Sequence[Candle]) -> None:
+        async with self._lock:
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = CandleHistory(self.config.history)
+            history.extend(candles)
+            batch = WriteBatch()
+            if self.config.record_candles:
+                batch.candles.extend(candles)
+            if len(history):
+                for slot in list(self._by_key.get(key, [])):
+                    if not slot.warm:
+                        await self._warm(slot, history, batch)
+            self._sink(batch)
+
+    async def on_closed(self, candle: Candle, received_ns: int) -> None:
+        async with self._lock:
+            key = candle.key
+            self.stats.candles += 1
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = CandleHistory(self.config.history)
+            history.append(candle)
+            batch = WriteBatch(enqueued_ns=received_ns)
+            if self.config.record_candles:
+                batch.candles.append(candle)
+            # Protective levels first: the candle touched them before it closed.
+            self._record_fills(self.broker.on_candle(candle), batch)
+            for slot in list(self._by_key.get(key, [])):
+                if slot.warm:
+                    await self._evaluate(slot, candle, batch)
+            self._sink(batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
+
+    def on_update(self, candle: Candle) -> None:
+        """An in-progress kline: only protective levels can react to it."""
+        fills = self.broker.on_candle(candle)
+        if fills:
+            batch = WriteBatch()
+            self._record_fills(fills, batch)
+            self._sink(batch)
+
+    # -- one strategy, one candle ------------------------------------------------------------
+
+    async def _evaluate(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> None:
+        sid = slot.row.id
+        if slot.cursor is not None and candle.open_time <= slot.cursor:
+            return  # already evaluated (exactly once, across restarts too)
+        slot.cursor = candle.open_time
+        batch.cursors[sid] = (candle.symbol, candle.interval, candle.open_time)
+        now_iso = utc_now()
+        self.stats.evaluations += 1
+        try:
+            decision, info = slot.runtime.step(candle.as_floats(), self.broker.position(sid))
+        except StrategyError as exc:
+            self._strategy_error(slot, candle, str(exc), _error_data(exc), batch)
+            return
+        except Exception as exc:  # a sandbox bug must cost one strategy, never the daemon
+            log.exception("strategy runtime failed unexpectedly", strategy_id=sid)
+            self._strategy_error(slot, candle, f"internal sandbox error: {exc!r}", None, batch)
+            return
+        slot.errors = 0
+        eval_us = float(getattr(info, "elapsed_us", 0.0))
+        console = list(getattr(info, "console", None) or [])
+        lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
+        stale = self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms
+        log.info(
+            "decision",
+            strategy_id=sid,
+            symbol=candle.symbol,
+            interval=candle.interval,
+            candle_time=candle.open_time,
+            signal=decision.signal,
+            eval_us=round(eval_us, 1),
+            reason=decision.reason,
+        )
+        batch.strategy_runs[sid] = (now_iso, now_iso if decision.signal != "hold" else None)
+        data: dict[str, Any] = {
+            "candle_time": candle.open_time,
+            "close": str(candle.close),
+            "signal": decision.signal,
+            "eval_us": round(eval_us, 1),
+        }
+        for name in ("amount", "reason", "take_profit", "stop_loss"):
+            value = getattr(decision, name)
+            if value is not None:
+                data[name] = value
+        if decision.indicators:
+            data["indicators"] = dict(decision.indicators)
+        if console:
+            data["console"] = console
+        if decision.signal == "hold":
+            if self.config.log_holds:
+                batch.logs.append(_entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
+            return
+        batch.logs.append(_entry(sid, "signal", f"{decision.signal} signal" +
+                                 (f": {decision.reason}" if decision.reason else ""), data))
+        if stale:
+            self.stats.stale_refusals += 1
+            message = f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago " \
+                      f"(market.max_candle_lag_s = {self.config.max_candle_lag_ms / 1000:g})"
+            log.warning("stale candle; not trading", strategy_id=sid, candle_time=candle.open_time,
+                        lag_ms=lag_ms)
+            batch.logs.append(_entry(sid, "info", message, {"candle_time": candle.open_time, "lag_ms": lag_ms}))
+            return
+        intent = OrderIntent(
+            client_order_id=client_order_id(sid, candle.open_time, decision.signal),
+            strategy_id=sid,
+            portfolio_id=slot.row.portfolio_id,
+            key=slot.key,
+            side=decision.signal,
+            amount=_decimal(decision.amount),
+            reference_price=candle.close,
+            candle_time=candle.open_time,
+            reason=decision.reason,
+            take_profit=_decimal(decision.take_profit),
+            stop_loss=_decimal(decision.stop_loss),
+        )
+        try:
+            outcome = await self.broker.submit(intent)
+        except Exception as exc:
+            log.exception("order failed", strategy_id=sid, client_order_id=intent.client_order_id)
+            batch.logs.append(_entry(sid, "error", f"order failed: {exc}",
+                                     {"client_order_id": intent.client_order_id}))
+            return
+        self._record_outcome(outcome, sid, batch)
+
+    def _strategy_error(
+        self, slot: _Slot, candle: Candle, message: str, data: dict[str, Any] | None, batch: WriteBatch
+    ) -> None:
+        sid = slot.row.id
+        slot.errors += 1
+        self.stats.strategy_errors += 1
+        details = {"candle_time": candle.open_time, "consecutive_errors": slot.errors, **(data or {})}
+        log.warning("strategy error", strategy_id=sid, candle_time=candle.open_time, error=message,
+                    consecutive_errors=slot.errors)
+        batch.logs.append(_entry(sid, "error", message, details))
+        batch.strategy_runs[sid] = (utc_now(), None)
+        if slot.errors >= self.config.max_consecutive_errors:
+            self._fail(sid, f"{slot.errors} consecutive errors; last: {message}", batch)
+
+    def _record_outcome(self, outcome: OrderOutcome, strategy_id: str, batch: WriteBatch) -> None:
+        if isinstance(outcome, Fill):
+            self._record_fills([outcome], batch)
+            return
+        level = "info" if isinstance(outcome, Ignored) else "error"
+        log.info("order not placed", strategy_id=strategy_id, client_order_id=outcome.client_order_id,
+                 reason=outcome.reason)
+        batch.logs.append(_entry(strategy_id, level, outcome.reason, {"client_order_id": outcome.client_order_id}))
+
+    def _record_fills(self, fills: Iterable[Fill], batch: WriteBatch) -> None:
+        for fill in fills:
+            self.stats.fills += 1
+            now_iso = utc_now()
+            batch.trades.append(
+                TradeRow(
+                    id=_trade_id(fill.client_order_id),
+                    strategy_id=fill.strategy_id,
+                    portfolio_id=fill.portfolio_id,
+                    symbol=fill.key.symbol,
+                    side=fill.side,
+                    amount=fill.amount,
+                    price=fill.price,
+                    fee=fill.fee,
+                    status=fill.status,
+                    client_order_id=fill.client_order_id,
+                    exchange_order_id=fill.exchange_order_id,
+                    candle_time=fill.candle_time,
+                    reason=fill.reason,
+                    created_at=now_iso,
+                )
+            )
+            batch.positions[fill.strategy_id] = (fill.portfolio_id, fill.key, fill.position_after)
+            if fill.cash_after is not None and fill.portfolio_id is not None:
+                batch.cash[fill.portfolio_id] = fill.cash_after
+            verb = "bought" if fill.side == "buy" else "sold"
+            message = f"{verb} {fill.amount} {fill.key.symbol} at {fill.price} (fee {fill.fee})"
+            batch.logs.append(_entry(fill.strategy_id, "trade", message, {
+                "client_order_id": fill.client_order_id, "side": fill.side, "amount": str(fill.amount),
+                "price": str(fill.price), "fee": str(fill.fee), "candle_time": fill.candle_time,
+                "reason": fill.reason,
+            }))
+            for note in fill.notes:
+                batch.logs.append(_entry(fill.strategy_id, "info", note, {"client_order_id": fill.client_order_id}))
+            log.info("fill", strategy_id=fill.strategy_id, client_order_id=fill.client_order_id,
+                     side=fill.side, amount=str(fill.amount), price=str(fill.price), fee=str(fill.fee),
+                     candle_time=fill.candle_time)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait for an in-flight candle to finish (the caller has stopped the feed)."""
+        async with self._lock:
+            pass
+
+    def close(self) -> None:
+        for sid in list(self._slots):
+            self._remove(sid)
+
+
+def _entry(strategy_id: str, level: Any, message: str, data: dict[str, Any] | None) -> LogEntry:
+    return LogEntry(strategy_id=strategy_id, level=level, message=message, data=data, created_at=utc_now())
+
+
+def _error_data(exc: BaseException) -> dict[str, Any]:
+    data: dict[str, Any] = {"error_type": type(exc).__name__}
+    for attr in ("name", "stack", "line", "column"):
+        value = getattr(exc, attr, None)
+        if value:
+            data[attr] = value
+    return data
+
+
+def _trade_id(coid: str) -> str:
+    """Trades get a uuid derived from their client order id: the same decision, the same row."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tradebotd:trade:{coid}"))
+
