@@ -129,6 +129,9 @@ class Engine:
         self._slots: dict[str, _Slot] = {}
         self._by_key: dict[StreamKey, list[_Slot]] = {}
         self._history: dict[StreamKey, CandleHistory] = {}
+        # strategy id -> updated_at of the row that failed: not retried until the row changes
+        # (the store may still say 'running' until the writer has committed the error).
+        self._failed: dict[str, str] = {}
         # Control-plane changes and candle processing never interleave mid-candle.
         self._lock = asyncio.Lock()
 
@@ -152,6 +155,8 @@ class Engine:
                     self._remove(sid)
                     log.info("strategy stopped", strategy_id=sid)
             for row in rows:
+                if self._failed.get(row.id) == row.updated_at:
+                    continue
                 slot = self._slots.get(row.id)
                 if slot is not None and slot.fingerprint == fingerprint(row):
                     continue
@@ -167,6 +172,7 @@ class Engine:
         except (StrategyError, ValueError) as exc:
             if reload:
                 self._remove(row.id)
+            self._failed[row.id] = row.updated_at
             self._fail(row.id, f"cannot load strategy: {exc}", batch, _error_data(exc))
             return
         old = self._slots.get(row.id)
@@ -373,6 +379,7 @@ class Engine:
         batch.logs.append(_entry(sid, "error", message, details))
         batch.strategy_runs[sid] = (utc_now(), None)
         if slot.errors >= self.config.max_consecutive_errors:
+            self._failed[sid] = slot.row.updated_at
             self._fail(sid, f"{slot.errors} consecutive errors; last: {message}", batch)
 
     def _record_outcome(self, outcome: OrderOutcome, strategy_id: str, batch: WriteBatch) -> None:

@@ -1,0 +1,243 @@
+"""Engine: exactly-once evaluation, restarts, staleness, failure policy, hot reload.
+
+Strategies here are scripted Python runtimes (the engine's StrategyRuntime seam); the broker and
+the store are the real paper broker and SQLite store. The JS sandbox has its own tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tradebotd.broker.paper import PaperBroker
+from tradebotd.engine import Engine, EngineConfig
+from tradebotd.errors import StrategyError
+from tradebotd.model import Candle, Decision, Position, StreamKey
+from tradebotd.store.base import StrategyRow
+from tradebotd.store.sqlite import SqliteStore
+
+MIN = 60_000
+KEY = StreamKey("BTCUSDT", "1m")
+
+
+def candle(i: int, close: str = "100") -> Candle:
+    return Candle("BTCUSDT", "1m", i * MIN, D(close), D(close), D(close), D(close), D("1"))
+
+
+@dataclass
+class Info:
+    elapsed_us: float = 12.5
+
+
+@dataclass
+class Scripted:
+    """A runtime whose decisions are a function of the candle's open time."""
+
+    decide: Callable[[int, Position | None], Decision]
+    history: list[float] = field(default_factory=list)
+    evaluated: list[int] = field(default_factory=list)
+    closed: bool = False
+
+    def push_history(self, candles: np.ndarray) -> None:
+        self.history.extend(candles[:, 0].tolist())
+
+    def step(self, candle: tuple[float, ...], position: Position | None) -> tuple[Decision, Any]:
+        t = int(candle[0])
+        self.evaluated.append(t)
+        return self.decide(t, position), Info()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def hold(t: int, p: Position | None) -> Decision:
+    return Decision("hold")
+
+
+def row(sid: str = "s1", code: str = "v1", **kw: Any) -> StrategyRow:
+    base = dict(id=sid, user_id="u", name=sid, python_code=None, typescript_code=code, asset="btcusdt",
+                interval="1m", status="running", portfolio_id="p", parameters={}, last_run_at=None,
+                last_signal_at=None, error_message=None, created_at="c", updated_at="u1", kind="js")
+    base.update(kw)
+    return StrategyRow(**base)  # type: ignore[arg-type]
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *, now_ms: int = 10**9 * MIN, cursors: dict[str, int] | None = None,
+                 config: EngineConfig | None = None) -> None:
+        self.store = SqliteStore(tmp_path / "e.db")
+        self.store.migrate()
+        self.runtimes: dict[str, Scripted] = {}
+        self.scripts: dict[str, Callable[[int, Position | None], Decision]] = {}
+        self.now = now_ms
+        self.broker = PaperBroker(fee_rate=D("0.001"), slippage_bps=D(0), default_amount=D("0.001"),
+                                  cash={"p": D("10000")})
+        self.stream_changes = 0
+        self.engine = Engine(
+            broker=self.broker, sink=lambda b: self.store.apply([b]), runtime_factory=self.factory,
+            now_ms=lambda: self.now, config=config or EngineConfig(max_candle_lag_ms=0),
+            cursors=cursors, on_streams_changed=self.changed,
+        )
+
+    def changed(self) -> None:
+        self.stream_changes += 1
+
+    def factory(self, r: StrategyRow, key: StreamKey) -> Scripted:
+        if r.source == "broken":
+            raise StrategyError("SyntaxError: unexpected token at line 3")
+        rt = Scripted(self.scripts.get(r.id, hold))
+        self.runtimes[r.id] = rt
+        return rt
+
+
+async def test_history_then_each_closed_candle_exactly_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row()])
+    assert h.engine.streams() == {KEY}
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    rt = h.runtimes["s1"]
+    assert rt.history == [i * MIN for i in range(1, 6)] and rt.evaluated == []
+    for i in (6, 7, 7, 5, 8):  # a duplicate and an old candle are ignored
+        await h.engine.on_closed(candle(i), 0)
+    assert rt.evaluated == [6 * MIN, 7 * MIN, 8 * MIN]
+    assert h.store.cursors() == {"s1": 8 * MIN}
+    assert h.store.candle_count("BTCUSDT", "1m") == 8
+
+
+async def test_signals_become_trades_with_deterministic_ids(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.scripts["s1"] = lambda t, p: Decision("buy", amount=0.5) if t == 6 * MIN else (
+        Decision("sell", reason="done") if t == 8 * MIN else Decision("hold"))
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    await h.engine.on_closed(candle(6, "100"), 0)
+    await h.engine.on_closed(candle(7, "105"), 0)
+    await h.engine.on_closed(candle(8, "110"), 0)
+    trades = h.store.trades("s1")
+    assert [(t.side, t.amount, t.price, t.candle_time) for t in trades] == [
+        ("buy", D("0.5"), D("100"), 6 * MIN), ("sell", D("0.5"), D("110"), 8 * MIN)]
+    assert trades[0].client_order_id.endswith(f"-{6 * MIN}-buy")
+    levels = [e.level for _, e in h.store.logs_after("s1")]
+    assert levels.count("signal") == 2 and levels.count("trade") == 2
+
+
+async def test_restart_evaluates_missed_candles_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, cursors={"s1": 3 * MIN})
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    rt = h.runtimes["s1"]
+    assert rt.history == [MIN, 2 * MIN, 3 * MIN]
+    assert rt.evaluated == [4 * MIN, 5 * MIN]  # closed while the daemon was down
+
+
+async def test_restart_after_a_long_outage_resumes_from_history(tmp_path: Path) -> None:
+    h = Harness(tmp_path, cursors={"s1": 1})
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(10, 13)])
+    assert h.runtimes["s1"].evaluated == [] and h.store.cursors() == {"s1": 12 * MIN}
+
+
+async def test_stale_candle_is_evaluated_but_not_traded(tmp_path: Path) -> None:
+    h = Harness(tmp_path, now_ms=7 * MIN + 45_000, config=EngineConfig(max_candle_lag_ms=30_000))
+    h.scripts["s1"] = lambda t, p: Decision("buy")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(5)])
+    await h.engine.on_closed(candle(6), 0)  # closed at 7:00, now 7:45 -> stale
+    assert h.store.trades() == [] and h.engine.stats.stale_refusals == 1
+    assert any("stale" in e.message for _, e in h.store.logs_after("s1"))
+    h.now = 8 * MIN + 1_000
+    await h.engine.on_closed(candle(7), 0)
+    assert len(h.store.trades()) == 1
+
+
+async def test_consecutive_errors_disable_only_the_offender(tmp_path: Path) -> None:
+    h = Harness(tmp_path, config=EngineConfig(max_candle_lag_ms=0, max_consecutive_errors=3))
+
+    def boom(t: int, p: Position | None) -> Decision:
+        raise StrategyError(f"TypeError: x is undefined at {t}")
+
+    h.scripts["bad"] = boom
+    await h.engine.sync([row("good"), row("bad")])
+    await h.engine.on_history(KEY, [candle(1)])
+    before = h.stream_changes
+    for i in range(2, 6):
+        await h.engine.on_closed(candle(i), 0)
+    assert h.runtimes["good"].evaluated == [2 * MIN, 3 * MIN, 4 * MIN, 5 * MIN]
+    assert h.runtimes["bad"].evaluated == [2 * MIN, 3 * MIN, 4 * MIN]
+    assert h.runtimes["bad"].closed and h.engine.strategy_ids() == {"good"}
+    assert h.stream_changes > before
+    errors = [e for _, e in h.store.logs_after("bad") if e.level == "error"]
+    assert len(errors) == 4 and "3 consecutive errors" in errors[-1].message
+    # the failed row is not restarted until it changes
+    await h.engine.sync([row("good"), row("bad")])
+    assert h.engine.strategy_ids() == {"good"}
+    await h.engine.sync([row("good"), row("bad", updated_at="u2")])
+    assert h.engine.strategy_ids() == {"good", "bad"}
+
+
+async def test_an_error_streak_is_reset_by_success(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.scripts["s1"] = lambda t, p: (_ for _ in ()).throw(StrategyError("odd")) if (t // MIN) % 2 else Decision("hold")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(1)])
+    for i in range(2, 12):
+        await h.engine.on_closed(candle(i), 0)
+    assert h.engine.strategy_ids() == {"s1"}
+
+
+async def test_load_error_sets_status_error(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row(code="broken")])
+    assert h.engine.strategy_ids() == set()
+    (entry,) = [e for _, e in h.store.logs_after("s1")]
+    assert entry.level == "error" and "SyntaxError" in entry.message
+
+
+async def test_hot_reload_keeps_cursor_and_history(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 4)])
+    await h.engine.on_closed(candle(4), 0)
+    first = h.runtimes["s1"]
+    await h.engine.sync([row(code="v2", parameters={"fast": 3})])
+    second = h.runtimes["s1"]
+    assert second is not first and first.closed
+    assert second.history == [MIN, 2 * MIN, 3 * MIN, 4 * MIN] and second.evaluated == []
+    await h.engine.on_closed(candle(5), 0)
+    assert second.evaluated == [5 * MIN]
+    # unchanged rows are not reloaded
+    await h.engine.sync([row(code="v2", parameters={"fast": 3}, last_run_at="later")])
+    assert h.runtimes["s1"] is second
+
+
+async def test_stop_releases_the_stream(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row()])
+    await h.engine.sync([])
+    assert h.engine.streams() == set() and h.runtimes["s1"].closed
+
+
+async def test_protective_exit_on_in_progress_update_and_stream_kept(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.scripts["s1"] = lambda t, p: Decision("buy", amount=1, stop_loss=95.0) if p is None else Decision("hold")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(1)])
+    await h.engine.on_closed(candle(2, "100"), 0)
+    await h.engine.sync([])  # stopped with an open protected position: keep watching it
+    assert h.engine.streams() == {KEY}
+    update = replace(candle(3, "96"), low=D("94"), closed=False)
+    h.engine.on_update(update)
+    sides = [(t.side, t.price, t.candle_time) for t in h.store.trades()]
+    assert sides == [("buy", D("100"), 2 * MIN), ("sell", D("95"), 3 * MIN)]
+    assert h.engine.streams() == set()
+
+
+def test_float_amounts_become_exact_decimals() -> None:
+    from tradebotd.engine import _decimal
+
+    assert _decimal(0.1) == D("0.1") and _decimal(1e-8) == D("1E-8") and _decimal(None) is None

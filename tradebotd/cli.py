@@ -1,0 +1,263 @@
+"""The ``tradebotd`` command line (also ``python -m tradebotd``).
+
+Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import ConfigError, TradebotdError
+from .logs import configure_logging, register_secret
+from .model import interval_ms, normalize_symbol
+from .store.base import NotFound, StrategyKind
+from .store.sqlite import SqliteStore
+
+__all__ = ["main"]
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; the value is JSON when it parses (numbers, booleans, lists), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _asset(text: str) -> str:
+    try:
+        normalize_symbol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _interval(text: str) -> str:
+    try:
+        interval_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradebotd", description="Real-time trading daemon with sandboxed strategies.")
+    parser.add_argument("--version", action="version", version=f"tradebotd {__version__}")
+    config_help = "config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
+    parser.add_argument("--config", metavar="PATH", help=config_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the daemon until SIGTERM/SIGINT")
+    sub.add_parser("check-config", parents=[common], help="validate and print the effective config (secrets masked)")
+
+    db = sub.add_parser("db", help="store administration").add_subparsers(dest="db_command", required=True)
+    db.add_parser("init", parents=[common], help="create or migrate the store and the paper portfolio")
+
+    strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(dest="strategy_command",
+                                                                                   required=True)
+    add = strategy.add_parser("add", parents=[common], help="add a strategy from a file; prints its id")
+    add.add_argument("name")
+    add.add_argument("--file", required=True, type=Path, help="JavaScript source (.js)")
+    add.add_argument("--asset", default="btcusdt", type=_asset, help="symbol (default: btcusdt)")
+    add.add_argument("--interval", default="1m", type=_interval, help="kline interval (default: 1m)")
+    add.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+                     help="strategy parameter (repeatable; JSON values allowed)")
+    add.add_argument("--start", action="store_true", help="set status 'running' right away")
+    add.add_argument("--if-missing", action="store_true",
+                     help="do nothing (and print the existing id) if a strategy with this name exists")
+    listing = strategy.add_parser("list", parents=[common], help="list strategies")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    for verb, help_text in (("start", "set status 'running'"), ("stop", "set status 'paused'")):
+        p = strategy.add_parser(verb, parents=[common], help=help_text)
+        p.add_argument("id", help="strategy id (or a unique prefix)")
+    logs = strategy.add_parser("logs", parents=[common], help="print a strategy's log")
+    logs.add_argument("id", help="strategy id (or a unique prefix)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    replay = sub.add_parser("replay-server", help="serve a candle CSV over Binance's WebSocket and REST protocols")
+    replay.add_argument("--data", type=Path, default=None,
+                        help="CSV with time,open,high,low,close,volume (default: the bundled demo series)")
+    replay.add_argument("--speed", type=float, default=1.0, help="x real time (default 1)")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as PORT=<n>)")
+    replay.add_argument("--symbol", default=None, help="symbol (default: from the file name)")
+    replay.add_argument("--interval", default=None, type=_interval, help="interval (default: from the file name)")
+    replay.add_argument("--history", type=int, default=500, help="candles already in the past at start")
+    return parser
+
+
+def _open_store(settings: Settings) -> SqliteStore:
+    store = SqliteStore(settings.store.path)
+    store.migrate()
+    return store
+
+
+def _kind_for(path: Path) -> StrategyKind:
+    suffix = path.suffix.lower()
+    if suffix in (".js", ".mjs", ".cjs", ""):
+        return "js"
+    if suffix in (".ts", ".mts"):
+        return "ts"
+    if suffix in (".wasm", ".wat"):
+        return "wasm"
+    raise TradebotdError(f"{path}: unknown strategy file type {suffix!r} (expected .js)")
+
+
+def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    try:
+        command = args.strategy_command
+        if command == "add":
+            if args.if_missing:
+                existing = store.find_strategy_by_name(args.name)
+                if existing is not None:
+                    print(existing.id)
+                    return 0
+            try:
+                code = args.file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise TradebotdError(f"{args.file}: {exc.strerror}") from None
+            portfolio = store.ensure_paper_portfolio(
+                user_id=settings.store.user_id, cash=settings.paper.cash, currency=settings.paper.currency
+            )
+            sid = store.add_strategy(
+                name=args.name,
+                user_id=settings.store.user_id,
+                code=code,
+                kind=_kind_for(args.file),
+                asset=args.asset,
+                interval=args.interval,
+                parameters=dict(args.param),
+                portfolio_id=portfolio,
+                status="running" if args.start else "draft",
+            )
+            print(sid)
+        elif command == "list":
+            rows = store.list_strategies()
+            if args.json:
+                print(json.dumps([
+                    {"id": r.id, "name": r.name, "asset": r.asset, "interval": r.interval, "status": r.status,
+                     "kind": r.kind, "parameters": dict(r.parameters), "last_run_at": r.last_run_at,
+                     "last_signal_at": r.last_signal_at, "error_message": r.error_message,
+                     "portfolio_id": r.portfolio_id, "created_at": r.created_at, "updated_at": r.updated_at}
+                    for r in rows
+                ], indent=2))
+            else:
+                print(f"{'ID':36}  {'STATUS':8}  {'ASSET':10}  {'INT':4}  NAME")
+                for r in rows:
+                    print(f"{r.id:36}  {r.status:8}  {r.asset:10}  {r.interval:4}  {r.name}")
+                    if r.error_message:
+                        print(f"{'':36}  error: {r.error_message}")
+        elif command in ("start", "stop"):
+            sid = store.resolve_strategy_id(args.id)
+            store.update_strategy(sid, status="running" if command == "start" else "paused")
+            print(f"{sid} {'running' if command == 'start' else 'paused'}")
+        elif command == "logs":
+            sid = store.resolve_strategy_id(args.id)
+            return _print_logs(store, sid, follow=args.follow, as_json=args.json)
+        return 0
+    finally:
+        store.close()
+
+
+def _print_logs(store: SqliteStore, strategy_id: str, *, follow: bool, as_json: bool) -> int:
+    after = 0
+    try:
+        while True:
+            for rowid, entry in store.logs_after(strategy_id, after):
+                after = rowid
+                if as_json:
+                    print(json.dumps({"created_at": entry.created_at, "level": entry.level,
+                                      "message": entry.message, "data": entry.data}), flush=True)
+                else:
+                    data = f"  {json.dumps(entry.data)}" if entry.data else ""
+                    print(f"{entry.created_at}  {entry.level:6}  {entry.message}{data}", flush=True)
+            if not follow:
+                return 0
+            time.sleep(0.5)  # polling a local file; a follow is interactive
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_db_init(settings: Settings) -> int:
+    store = SqliteStore(settings.store.path)
+    try:
+        version = store.migrate()
+        portfolio = store.ensure_paper_portfolio(
+            user_id=settings.store.user_id, cash=settings.paper.cash, currency=settings.paper.currency
+        )
+    finally:
+        store.close()
+    print(f"store {settings.store.path} ready (schema version {version}, paper portfolio {portfolio})")
+    return 0
+
+
+def cmd_replay_server(args: argparse.Namespace) -> int:
+    from .replay.server import serve_replay
+
+    try:
+        asyncio.run(serve_replay(
+            args.data, speed=args.speed, host=args.host, port=args.port, symbol=args.symbol,
+            interval=args.interval, history=args.history,
+        ))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "replay-server":
+        configure_logging("info", "auto", stream=sys.stderr)
+        return cmd_replay_server(args)
+    try:
+        settings, config_file = load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"tradebotd: {exc}", file=sys.stderr)
+        return 2
+    for secret in (settings.exchange.api_key, settings.exchange.api_secret):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+
+    try:
+        if args.command == "check-config":
+            print(f"# config file: {config_file or 'none (defaults and environment)'}")
+            print(json.dumps(settings.masked(), indent=2, default=str))
+            return 0
+        if args.command == "run":
+            configure_logging(settings.log.level, settings.log.format)
+            from .daemon import run_daemon
+
+            return asyncio.run(run_daemon(settings))
+        configure_logging(settings.log.level, settings.log.format, stream=sys.stderr)
+        if args.command == "db":
+            return cmd_db_init(settings)
+        if args.command == "strategy":
+            return cmd_strategy(args, settings)
+    except NotFound as exc:
+        print(f"tradebotd: {exc}", file=sys.stderr)
+        return 2
+    except TradebotdError as exc:
+        print(f"tradebotd: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

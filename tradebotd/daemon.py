@@ -1,0 +1,180 @@
+"""The daemon's lifecycle: one event loop, one place that starts and stops everything.
+
+Start-up: open and migrate the store, restore the paper account and strategy cursors, start the
+supervised tasks (market feed, store writer, strategy control loop). The control loop re-reads the
+``strategies`` table every ``daemon.poll_interval_s`` (and at once when the engine disables a
+strategy), so ``tradebotd strategy start|stop`` and edits made while the daemon runs take effect
+within seconds.
+
+Shutdown (SIGTERM / SIGINT): stop taking candles, let the in-flight candle finish, flush every
+queued write, close the sandboxes and the store, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import deque
+from contextlib import suppress
+from decimal import Decimal
+
+import structlog
+
+from .broker.paper import PaperBroker, PaperPosition
+from .config import Settings
+from .engine import Engine, EngineConfig
+from .market.feed import MarketFeed
+from .runtimes import make_runtime_factory
+from .store.base import WriteBatch
+from .store.sqlite import SqliteStore
+from .store.writer import StoreWriter
+from .supervisor import Supervisor
+
+__all__ = ["Daemon", "LatencyRecorder", "run_daemon"]
+
+log = structlog.get_logger(__name__)
+
+
+class LatencyRecorder:
+    """Time from a closed kline arriving to its batch being committed, for metrics and the bench."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.samples_ns: deque[int] = deque(maxlen=keep)
+        self.committed = asyncio.Event()
+
+    def __call__(self, batch: WriteBatch, committed_ns: int) -> None:
+        if batch.enqueued_ns:
+            self.samples_ns.append(committed_ns - batch.enqueued_ns)
+            self.committed.set()
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqliteStore(settings.store.path, busy_timeout_ms=200)
+        self.latency = LatencyRecorder()
+        self.supervisor = Supervisor()
+        self._stop = asyncio.Event()
+        self._control_wakeup = asyncio.Event()
+        self.synced = asyncio.Event()  # set after each control-loop pass (tests wait on it)
+        self._started = False
+
+        self.store.migrate()
+        paper = settings.paper
+        self.portfolio_id = self.store.ensure_paper_portfolio(
+            user_id=settings.store.user_id, cash=paper.cash, currency=paper.currency
+        )
+        cash: dict[str | None, Decimal] = {p.id: p.cash for p in self.store.portfolios()}
+        positions = {
+            sid: PaperPosition(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()
+        }
+        self.broker = PaperBroker(
+            fee_rate=paper.fee_rate,
+            slippage_bps=paper.slippage_bps,
+            default_amount=paper.default_amount,
+            cash=cash,
+            positions=positions,
+        )
+        self.writer = StoreWriter(self.store, on_committed=self.latency)
+        market = settings.market
+        self.engine = Engine(
+            broker=self.broker,
+            sink=self.writer.submit,
+            runtime_factory=make_runtime_factory(settings.sandbox),
+            now_ms=self._server_now_ms,
+            config=EngineConfig(
+                history=market.history,
+                max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
+                max_consecutive_errors=settings.sandbox.max_consecutive_errors,
+                log_holds=settings.store.log_holds,
+            ),
+            cursors=self.store.cursors(),
+            on_streams_changed=self._control_wakeup.set,
+        )
+        self.feed = MarketFeed(
+            ws_url=market.ws_url,
+            rest_url=market.rest_url,
+            sink=self.engine,
+            history=market.history,
+            rotate_after_s=market.rotate_after_s,
+            backoff_min_s=market.reconnect_min_s,
+            backoff_max_s=market.reconnect_max_s,
+        )
+
+    def _server_now_ms(self) -> int:
+        return self.feed.server_now_ms()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info("tradebotd starting", store=str(self.settings.store.path), ws_url=self.settings.market.ws_url,
+                 rest_url=self.settings.market.rest_url, broker="paper")
+        self.supervisor.start("store-writer", self.writer.run)
+        self.supervisor.start("market-feed", self.feed.run)
+        self.supervisor.start("control", self._control_loop)
+        self._started = True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Stop taking candles, finish in-flight work, flush writes, release everything."""
+        if not self._started:
+            self.store.close()
+            return
+        timeout = self.settings.daemon.shutdown_timeout_s
+        log.info("tradebotd stopping")
+        self.supervisor.stopping()
+        await self.feed.stop()
+        await self.supervisor.wait("market-feed", timeout)
+        control = self.supervisor.task("control")
+        control.cancel()
+        await asyncio.gather(control, return_exceptions=True)
+        await self.engine.drain()
+        self.writer.stop()
+        flushed = await self.supervisor.wait("store-writer", timeout)
+        if not flushed:
+            log.error("could not flush all writes before the shutdown timeout", backlog=self.writer.backlog)
+        await self.supervisor.cancel_all()
+        self.engine.close()
+        self.store.close()
+        log.info("tradebotd stopped", committed_batches=self.writer.committed_batches)
+        self._started = False
+
+    async def _control_loop(self) -> None:
+        interval = self.settings.daemon.poll_interval_s
+        while True:
+            rows = self.store.running_strategies()
+            await self.engine.sync(rows)
+            await self.feed.set_streams(self.engine.streams())
+            self.synced.set()
+            self._control_wakeup.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._control_wakeup.wait(), interval)
+
+    def resync(self) -> None:
+        """Re-read the strategies table now instead of at the next poll."""
+        self.synced.clear()
+        self._control_wakeup.set()
+
+
+async def run_daemon(settings: Settings) -> int:
+    """``tradebotd run``: serve until SIGTERM or SIGINT; 0 on a clean stop."""
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    started = time.monotonic()
+    try:
+        await daemon.start()
+        await daemon.wait_stopped()
+    finally:
+        await daemon.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("bye", uptime_s=round(time.monotonic() - started, 1))
+    return 0
