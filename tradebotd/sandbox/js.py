@@ -1,0 +1,400 @@
+"""JavaScript strategies in the Wasmtime + QuickJS-NG sandbox.
+
+A strategy is JavaScript defining ``tradingStrategy(context)``, ``evaluate(context)`` or
+``strategy(context)`` (the first that is a function wins; top-level ``const``/``let`` work). It
+is called once per closed candle with::
+
+    context = {
+      candles:      [{time, open, high, low, close, volume}, ...],  // oldest first, frozen,
+                                                                   // a fresh array every call
+      currentPrice: <close of the newest candle>,
+      position:     null | {side: 'long', amount, entryPrice, entryTime},
+      parameters:   <the strategy's parameters, deep-frozen>,
+    }
+
+and returns (or resolves to) ``{signal: 'buy'|'sell'|'hold', amount?, reason?, indicators?,
+takeProfit?, stopLoss?}``, validated into a :class:`tradebotd.model.Decision`.
+
+Determinism: ``Date.now()`` and ``new Date()`` return the newest candle's open time +
+``interval_ms`` (the moment the decision is taken; 0 before any candle); ``Math.random`` is a
+splitmix64 PRNG seeded with :data:`RANDOM_SEED` at load. There is no ``performance``, ``std``,
+``os``, ``require``, ``process``, ``fetch``, ``print`` or timer. ``console.*`` output is captured
+(at most 20 lines of 500 characters per call) and returned in :class:`EvalInfo`.
+
+Failure policy (measured in the sandbox notes):
+
+* JS exception, deadline stopped by QuickJS's interrupt handler, invalid result: the instance
+  stays as it is and is reused.
+* JS heap limit (``StrategyMemoryError``): linear memory never shrinks, so the instance is
+  rebuilt before the next call.
+* ``wasmtime.Trap`` (epoch backstop, fuel, stack overflow, out-of-bounds): QuickJS's state is
+  left mid-operation; the instance is discarded and the next call transparently rebuilds it:
+  new instance, source loaded again, the history kept on the host re-sent. The strategy's own
+  global variables start afresh then, and Math.random restarts from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import wasmtime
+
+from tradebotd.model import Decision, Position
+from tradebotd.sandbox.errors import (
+    InvalidResult,
+    SandboxTrap,
+    StrategyEvalError,
+    StrategyLoadError,
+    StrategyMemoryError,
+    StrategyRuntimeError,
+    StrategyTimeout,
+)
+from tradebotd.sandbox.guest import INPUT_CAPACITY, CallResult, Guest, GuestConfig, Status
+from tradebotd.sandbox.guest import Position as GuestPosition
+from tradebotd.sandbox.history import History
+from tradebotd.sandbox.result import MAX_REASON_CHARS, ConsoleLine, parse_console, parse_decision, parse_error
+from tradebotd.sandbox.wasm import JS_STACK_BUDGET, WasmRuntime, check_thread_stack
+
+__all__ = ["RANDOM_SEED", "EvalInfo", "JsStrategy", "SandboxLimits"]
+
+RANDOM_SEED = 0x7472_6164_6562_6F74  # b"tradebot": Math.random's seed after every load
+RUN_CHUNK = 64  # candles per wasm call in run_until_signal; bounds the epoch backstop per call
+_FUEL_PER_CANDLE = 200_000  # fuel allowance for appending one candle (≈10x what it uses)
+_LOAD_FUEL = 2_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    """Per-strategy limits.
+
+    ``fuel`` is an optional deterministic budget in wasm fuel units per evaluation (an SMA step
+    over 200 candles uses ≈0.25 M). It needs a separately compiled module (≈20% slower code),
+    and running out of fuel traps, so the instance is rebuilt. In ``run_until_signal`` the
+    budget applies per wasm call, i.e. ``fuel`` times the candles in that call.
+    """
+
+    timeout_ms: int = 50  # wall-clock deadline per evaluation (QuickJS interrupt handler)
+    memory_bytes: int = 32 << 20  # JS heap limit; the linear-memory cap is 2x this
+    max_result_bytes: int = 64 << 10
+    max_candles: int = 1000  # history kept inside the instance
+    fuel: int | None = None
+    load_timeout_ms: int = 1000  # top-level code of the strategy
+    epoch_backstop_ms: int | None = None  # trap deadline; default 3x timeout_ms (min 30 ms)
+    max_log_lines: int = 20  # console lines kept per call
+    max_log_chars: int = 500  # characters kept per console line
+    max_source_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        checks = {
+            "timeout_ms": 1 <= self.timeout_ms <= 600_000,
+            "memory_bytes": 1 << 20 <= self.memory_bytes <= 1 << 30,
+            "max_result_bytes": 256 <= self.max_result_bytes <= 16 << 20,
+            "max_candles": 1 <= self.max_candles <= 100_000,
+            "fuel": self.fuel is None or self.fuel > 0,
+            "load_timeout_ms": 1 <= self.load_timeout_ms <= 600_000,
+            "epoch_backstop_ms": self.epoch_backstop_ms is None or self.epoch_backstop_ms >= 1,
+            "max_log_lines": 0 <= self.max_log_lines <= 10_000,
+            "max_log_chars": 1 <= self.max_log_chars <= 100_000,
+            "max_source_bytes": 1 <= self.max_source_bytes <= 64 << 20,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"SandboxLimits out of range: {', '.join(bad)}")
+
+    @property
+    def backstop_seconds(self) -> float:
+        ms = self.epoch_backstop_ms if self.epoch_backstop_ms is not None else max(30, 3 * self.timeout_ms)
+        return ms / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EvalInfo:
+    """What happened around one evaluation."""
+
+    elapsed_us: float  # wall time of the call, host side included
+    console: tuple[ConsoleLine, ...] = ()  # captured console output
+    rebuilt: bool = False  # the instance was rebuilt first (after a trap or OOM)
+
+
+Candle = tuple[float, float, float, float, float, float]
+
+
+class JsStrategy:
+    """One loaded JS strategy in its own wasm instance. Not thread-safe: use it from one thread
+    at a time (concurrent use raises ``RuntimeError`` rather than corrupting the Store)."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        parameters: Mapping[str, object],
+        interval_ms: int,
+        limits: SandboxLimits = SandboxLimits(),
+        filename: str = "strategy.js",
+        runtime: WasmRuntime | None = None,
+    ) -> None:
+        if interval_ms <= 0:
+            raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+        self._limits = limits
+        self._runtime = runtime or WasmRuntime.shared(fuel=limits.fuel is not None)
+        if self._runtime.fuel != (limits.fuel is not None):
+            raise ValueError("limits.fuel requires a WasmRuntime created with fuel=True (and only then)")
+        self._filename = filename
+        self._source = source.encode("utf-8", errors="surrogatepass")
+        if len(self._source) > limits.max_source_bytes:
+            raise StrategyLoadError(
+                f"the source is {len(self._source)} bytes, the limit is {limits.max_source_bytes}",
+                name="SourceTooLarge",
+            )
+        try:
+            self._parameters = orjson.dumps(dict(parameters))
+        except TypeError as exc:
+            raise StrategyLoadError(f"parameters are not JSON-serialisable: {exc}", name="BadParameters") from None
+        self._config = GuestConfig(
+            interval_ms=float(interval_ms),
+            random_seed=RANDOM_SEED,
+            memory_limit=limits.memory_bytes,
+            stack_budget=JS_STACK_BUDGET,
+            timeout_ms=limits.timeout_ms,
+            load_timeout_ms=limits.load_timeout_ms,
+            max_candles=limits.max_candles,
+            max_result_bytes=limits.max_result_bytes,
+            max_reason_chars=MAX_REASON_CHARS,
+            max_log_lines=limits.max_log_lines,
+            max_log_chars=limits.max_log_chars,
+        )
+        self._eval_ticks = WasmRuntime.epoch_ticks(limits.backstop_seconds)
+        self._history = History(limits.max_candles)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.load_console: tuple[ConsoleLine, ...] = ()
+        """Console output of the strategy's top-level code at the last (re)load."""
+        check_thread_stack()
+        self._guest: Guest | None = self._build()
+
+    # ------------------------------------------------------------------ public API
+
+    def push_history(self, candles: npt.NDArray[np.float64]) -> None:
+        """Appends candles (shape (n, 6), oldest first) to the history without evaluating."""
+        rows = _as_candles(candles)[-self._limits.max_candles:]
+        guest, _ = self._acquire()
+        try:
+            for start in range(0, len(rows), INPUT_CAPACITY):
+                chunk = rows[start:start + INPUT_CAPACITY]
+                try:
+                    result = guest.push(chunk, epoch_ticks=self._eval_ticks, fuel=self._fuel(0, len(chunk)))
+                except wasmtime.Trap as trap:
+                    raise self._discard(guest, trap) from None
+                self._history.extend(chunk[:result.consumed])
+                if result.status is not Status.OK:
+                    raise self._eval_error(result, result.consumed)
+        finally:
+            self._lock.release()
+
+    def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
+        """Appends one closed candle and evaluates the strategy (currentPrice = its close)."""
+        started = time.perf_counter_ns()
+        values = _as_candle(candle)
+        pos = _position(position)
+        guest, rebuilt = self._acquire()
+        try:
+            try:
+                result = guest.step(values, pos, epoch_ticks=self._eval_ticks, fuel=self._fuel(1, 1))
+            except wasmtime.Trap as trap:
+                raise self._discard(guest, trap, values) from None
+            if result.consumed:
+                self._history.append(values)
+            if result.status is not Status.OK:
+                raise self._eval_error(result, result.consumed)
+            decision = parse_decision(result.output)
+        finally:
+            self._lock.release()
+        elapsed = (time.perf_counter_ns() - started) / 1000
+        return decision, EvalInfo(elapsed, parse_console(result.logs), rebuilt)
+
+    def run_until_signal(
+        self, candles: npt.NDArray[np.float64], position: Position | None
+    ) -> tuple[int, Decision | None]:
+        """Backtest helper: appends and evaluates ``candles`` one by one, stopping at the first
+        result that is not a hold. Returns (candles consumed, that decision), or
+        (len(candles), None) if all were holds. Errors carry ``consumed`` (failing candle
+        included); the caller resumes after it."""
+        rows = _as_candles(candles)
+        pos = _position(position)
+        consumed = 0
+        guest, _ = self._acquire()
+        try:
+            for start in range(0, len(rows), RUN_CHUNK):
+                chunk = rows[start:start + RUN_CHUNK]
+                ticks = WasmRuntime.epoch_ticks(self._limits.backstop_seconds * len(chunk))
+                try:
+                    result = guest.run(chunk, pos, epoch_ticks=ticks, fuel=self._fuel(len(chunk), len(chunk)))
+                except wasmtime.Trap as trap:
+                    error = self._discard(guest, trap, chunk)
+                    error.consumed += consumed
+                    raise error from None
+                self._history.extend(chunk[:result.consumed])
+                consumed += result.consumed
+                if result.status is not Status.OK:
+                    raise self._eval_error(result, consumed)
+                if result.output:
+                    return consumed, parse_decision(result.output, consumed=consumed)
+        finally:
+            self._lock.release()
+        return consumed, None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Linear memory of the instance (it never shrinks; 0 while no instance exists)."""
+        return self._guest.memory_bytes if self._guest is not None else 0
+
+    @property
+    def history_length(self) -> int:
+        """Candles the host holds for this strategy (what a rebuilt instance is given)."""
+        return len(self._history)
+
+    def close(self) -> None:
+        """Drops the instance. Idempotent; later calls raise RuntimeError."""
+        self._closed = True
+        self._guest = None
+
+    def __enter__(self) -> JsStrategy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ instance management
+
+    def _acquire(self) -> tuple[Guest, bool]:
+        """Takes the strategy's lock and returns a live instance (rebuilt if needed) and whether
+        it was rebuilt. The caller releases ``self._lock``."""
+        if self._closed:
+            raise RuntimeError("JsStrategy is closed")
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("JsStrategy used from two threads at once")
+        try:
+            check_thread_stack()
+            if self._guest is not None:
+                return self._guest, False
+            self._guest = self._build()
+            return self._guest, True
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _fuel(self, evaluations: int, candles: int) -> int | None:
+        """Fuel for a call that appends ``candles`` and runs ``evaluations`` evaluations."""
+        fuel = self._limits.fuel
+        return None if fuel is None else fuel * evaluations + _FUEL_PER_CANDLE * candles
+
+    def _build(self) -> Guest:
+        """New instance with the strategy loaded and the host's history re-sent."""
+        guest = Guest(self._runtime, 2 * self._limits.memory_bytes)
+        try:
+            result = guest.load(
+                self._config, self._source, self._parameters, self._filename.encode(),
+                epoch_ticks=WasmRuntime.epoch_ticks(3 * self._limits.load_timeout_ms / 1000),
+                fuel=None if self._limits.fuel is None else _LOAD_FUEL,
+            )
+        except wasmtime.Trap as trap:
+            raise StrategyLoadError(f"the sandbox trapped while loading: {trap.message}", name="SandboxTrap") from None
+        self.load_console = parse_console(result.logs)
+        if result.status is not Status.OK:
+            raise self._load_error(result)
+        ordered = self._history.ordered()
+        for start in range(0, len(ordered), INPUT_CAPACITY):
+            chunk = ordered[start:start + INPUT_CAPACITY]
+            try:
+                pushed = guest.push(chunk, epoch_ticks=self._eval_ticks, fuel=self._fuel(0, len(chunk)))
+            except wasmtime.Trap as trap:
+                raise SandboxTrap(f"the sandbox trapped while restoring history: {trap.message}") from None
+            if pushed.status is not Status.OK:
+                raise self._eval_error(pushed, 0)
+        return guest
+
+    def _discard(
+        self, guest: Guest, trap: wasmtime.Trap, candles: Candle | npt.NDArray[np.float64] | None = None
+    ) -> StrategyEvalError:
+        """Drops a trapped instance (never reuse one) and returns the error to raise. The candles
+        the guest had appended before trapping are recorded, so the rebuilt instance gets them."""
+        consumed = guest.last_consumed()
+        if self._guest is guest:
+            self._guest = None
+        if isinstance(candles, tuple):
+            if consumed:
+                self._history.append(candles)
+        elif candles is not None:
+            self._history.extend(candles[:consumed])
+        return _trap_error(trap, consumed)
+
+    def _load_error(self, result: CallResult) -> StrategyLoadError:
+        if result.status is Status.INTERRUPTED:
+            return StrategyLoadError(
+                f"the top-level code ran longer than {self._limits.load_timeout_ms} ms", name="Timeout"
+            )
+        if result.status is Status.OUT_OF_MEMORY:
+            return StrategyLoadError("the top-level code ran out of memory", name="OutOfMemory")
+        error = parse_error(result.output, "the strategy could not be loaded")
+        line, column = error.location(self._filename)
+        return StrategyLoadError(error.message, name=error.name, stack=error.stack, line=line, column=column)
+
+    def _eval_error(self, result: CallResult, consumed: int) -> StrategyEvalError:
+        status = result.status
+        if status is Status.OUT_OF_MEMORY or status is Status.STATE:
+            # Linear memory never shrinks after an OOM; a lost state cannot be used: rebuild.
+            self._guest = None
+        if status is Status.INTERRUPTED:
+            return StrategyTimeout(f"the strategy ran longer than {self._limits.timeout_ms} ms", consumed=consumed)
+        if status is Status.OUT_OF_MEMORY:
+            return StrategyMemoryError(
+                f"the strategy exceeded its {self._limits.memory_bytes >> 20} MiB memory limit", consumed=consumed
+            )
+        error = parse_error(result.output, status.name.lower().replace("_", " "))
+        if status is Status.BAD_RESULT:
+            return InvalidResult(error.message, consumed=consumed)
+        if status is Status.JS_ERROR:
+            return StrategyRuntimeError(error.name, error.message, error.stack, consumed=consumed)
+        return SandboxTrap(f"sandbox error ({status.name}): {error.message}", consumed=consumed)
+
+
+def _trap_error(trap: wasmtime.Trap, consumed: int) -> StrategyEvalError:
+    code = trap.trap_code
+    if code is wasmtime.TrapCode.INTERRUPT:
+        return StrategyTimeout("the strategy passed the epoch backstop deadline", trapped=True, consumed=consumed)
+    if code is wasmtime.TrapCode.OUT_OF_FUEL:
+        return StrategyTimeout("the strategy ran out of fuel", trapped=True, consumed=consumed)
+    name = code.name if code is not None else None
+    return SandboxTrap(f"the sandbox trapped: {trap.message}", trap_code=name, consumed=consumed)
+
+
+def _as_candle(candle: Candle) -> Candle:
+    if len(candle) != 6:
+        raise ValueError(f"a candle is (time, open, high, low, close, volume), got {len(candle)} values")
+    values = (float(candle[0]), float(candle[1]), float(candle[2]), float(candle[3]), float(candle[4]),
+              float(candle[5]))
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"candle values must be finite: {values}")
+    return values
+
+
+def _as_candles(candles: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    rows = np.ascontiguousarray(candles, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != 6:
+        raise ValueError(f"candles must have shape (n, 6), got {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise ValueError("candle values must be finite")
+    return rows
+
+
+def _position(position: Position | None) -> GuestPosition:
+    if position is None:
+        return None
+    return float(position.amount), float(position.entry_price), float(position.entry_time)

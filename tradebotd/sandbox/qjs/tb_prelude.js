@@ -1,0 +1,228 @@
+// tb_prelude.js: evaluated by tb_shim.c in every fresh JSContext, before the strategy.
+//
+// The script's completion value is a function. The shim calls it once with the host-backed
+// pieces (virtual clock, seeded PRNG, limits) and keeps the helpers it returns. The strategy
+// sees only what this installs on purpose: `console`, a `Date` whose "now" is the newest
+// candle's decision time, and a seeded `Math.random`.
+//
+// The checks here give strategy authors precise messages ("amount must be a finite positive
+// number, got NaN", which JSON would flatten to null). They are not the security boundary:
+// the host validates the JSON again (tradebotd/sandbox/result.py).
+(function (hostNow, hostRandom, limits) {
+  'use strict';
+
+  // Captured before any strategy code runs, so replacing these globals only breaks the strategy
+  // that does it (and the host still rejects what comes out).
+  const stringify = JSON.stringify;
+  const isArray = Array.isArray;
+  const objectKeys = Object.keys;
+  const defineProperty = Object.defineProperty;
+  const freeze = Object.freeze;
+  const isFinite = Number.isFinite;
+  const toStr = String;
+  const RealDate = Date;
+  const construct = Reflect.construct;
+  const ErrorClass = Error;
+
+  function hidden(target, name, value) {
+    defineProperty(target, name, { value, writable: true, configurable: true, enumerable: false });
+  }
+
+  // ---- clock: Date.now() and new Date() read the candle clock, never the host's ----
+  function Date(...args) {
+    if (new.target === undefined) return toStr(new RealDate(hostNow()));
+    return construct(RealDate, args.length === 0 ? [hostNow()] : args, new.target);
+  }
+  defineProperty(Date, 'length', { value: 7 });
+  defineProperty(Date, 'prototype', { value: RealDate.prototype });
+  hidden(Date, 'now', function now() { return hostNow(); });
+  hidden(Date, 'parse', RealDate.parse);
+  hidden(Date, 'UTC', RealDate.UTC);
+  hidden(RealDate.prototype, 'constructor', Date);
+  hidden(globalThis, 'Date', Date);
+
+  // ---- randomness: a PRNG seeded by the host at load ----
+  hidden(Math, 'random', hostRandom);
+
+  // ---- console: bounded capture, returned to the host after each call ----
+  const lines = [];
+  let dropped = 0;
+
+  function clip(text, max) {
+    return text.length > max ? text.slice(0, max - 1) + '\u2026' : text;
+  }
+
+  function show(value) {
+    const type = typeof value;
+    if (type === 'string') return value;
+    if (value instanceof ErrorClass) {
+      return value.stack ? `${value.name}: ${value.message}\n${value.stack}` : toStr(value);
+    }
+    if (value === null || (type !== 'object' && type !== 'function')) return toStr(value);
+    try {
+      const json = stringify(value);
+      if (json !== undefined) return json;
+    } catch (_) {
+      // cyclic, BigInt inside, throwing toJSON: fall through to String()
+    }
+    try {
+      return toStr(value);
+    } catch (_) {
+      return '[unprintable]';
+    }
+  }
+
+  function logger(level) {
+    return function (...args) {
+      if (lines.length >= limits.maxLogLines) {
+        dropped++;
+        return;
+      }
+      let text = '';
+      for (let i = 0; i < args.length; i++) text += (i ? ' ' : '') + show(args[i]);
+      lines.push([level, clip(text, limits.maxLogChars)]);
+    };
+  }
+
+  hidden(globalThis, 'console', {
+    log: logger('log'),
+    info: logger('info'),
+    warn: logger('warn'),
+    error: logger('error'),
+    debug: logger('debug'),
+  });
+
+  function takeLogs() {
+    if (lines.length === 0 && dropped === 0) return undefined;
+    if (dropped) lines.push(['warn', `(${dropped} more console lines dropped)`]);
+    const json = stringify(lines);
+    lines.length = 0;
+    dropped = 0;
+    return json;
+  }
+
+  // ---- result validation ----
+  function describeValue(value) {
+    if (typeof value === 'string') return stringify(clip(value, 40));
+    if (value === null) return 'null';
+    if (isArray(value)) return 'an array';
+    if (typeof value === 'object') return 'an object';
+    if (typeof value === 'number' || typeof value === 'boolean') return toStr(value);
+    return typeof value;
+  }
+
+  // A rejected result is '!' followed by the error JSON; an accepted one is the result JSON,
+  // which always starts with '{'. The shim tells them apart by the first character.
+  function bad(message) {
+    return '!' + stringify({ error: { name: 'InvalidResult', message, stack: '' } });
+  }
+
+  function positiveNumber(result, out, key) {
+    const value = result[key];
+    if (value === undefined || value === null) return null;
+    if (typeof value !== 'number' || !isFinite(value) || value <= 0) {
+      return `${key} must be a finite positive number, got ${describeValue(value)}`;
+    }
+    out[key] = value;
+    return null;
+  }
+
+  function checkIndicators(indicators, out) {
+    if (typeof indicators !== 'object' || isArray(indicators)) {
+      return `indicators must be an object, got ${describeValue(indicators)}`;
+    }
+    const clean = {};
+    let budget = limits.maxResultBytes; // rough size guard before JSON.stringify allocates
+    for (const key of objectKeys(indicators)) {
+      const value = indicators[key];
+      const where = `indicators.${clip(key, 40)}`;
+      if (typeof value === 'number') {
+        if (!isFinite(value)) return `${where} must be a finite number, got ${value}`;
+        budget -= 24;
+      } else if (typeof value === 'string') {
+        budget -= value.length;
+      } else if (typeof value === 'boolean') {
+        budget -= 5;
+      } else if (isArray(value)) {
+        if (value.length > budget / 2) return `${where} has ${value.length} entries: result too large`;
+        for (let i = 0; i < value.length; i++) {
+          const x = value[i];
+          if (typeof x !== 'number' || !isFinite(x)) {
+            return `${where}[${i}] must be a finite number, got ${describeValue(x)}`;
+          }
+        }
+        budget -= value.length * 2;
+      } else {
+        return `${where} must be a number, string, boolean or array of numbers, got ${describeValue(value)}`;
+      }
+      if (budget < 0) return `indicators exceed the ${limits.maxResultBytes}-byte result limit`;
+      clean[key] = isArray(value) ? value.slice() : value;
+    }
+    out.indicators = clean;
+    return null;
+  }
+
+  // Validates a strategy's return value. Returns the normalised result as JSON, '' for a hold
+  // that need not be serialised (holdIsEmpty), or '!'-prefixed error JSON. Unknown keys are
+  // dropped.
+  function finish(result, holdIsEmpty) {
+    if (result === null || typeof result !== 'object' || isArray(result)) {
+      return bad(`the strategy must return an object like {signal: 'hold'}, got ${describeValue(result)}`);
+    }
+    const signal = result.signal;
+    if (signal !== 'buy' && signal !== 'sell' && signal !== 'hold') {
+      return bad(`signal must be 'buy', 'sell' or 'hold', got ${describeValue(signal)}`);
+    }
+    const out = { signal };
+    const problem =
+      positiveNumber(result, out, 'amount') ||
+      positiveNumber(result, out, 'takeProfit') ||
+      positiveNumber(result, out, 'stopLoss');
+    if (problem) return bad(problem);
+    const reason = result.reason;
+    if (reason !== undefined && reason !== null) {
+      if (typeof reason !== 'string') return bad(`reason must be a string, got ${describeValue(reason)}`);
+      if (reason.length > limits.maxReasonChars) {
+        return bad(`reason has ${reason.length} characters, the limit is ${limits.maxReasonChars}`);
+      }
+      out.reason = reason;
+    }
+    const indicators = result.indicators;
+    if (indicators !== undefined && indicators !== null) {
+      const indicatorProblem = checkIndicators(indicators, out);
+      if (indicatorProblem) return bad(indicatorProblem);
+    }
+    if (holdIsEmpty && signal === 'hold') return '';
+    return stringify(out);
+  }
+
+  // ---- errors: {"error": {name, message, stack}} for whatever was thrown ----
+  function describeError(thrown) {
+    let name = 'Error';
+    let message = '';
+    let stack = '';
+    try {
+      if (thrown !== null && (typeof thrown === 'object' || typeof thrown === 'function')) {
+        name = toStr(thrown.name ?? 'Error');
+        message = toStr(thrown.message ?? '');
+        const s = thrown.stack;
+        if (typeof s === 'string') stack = s;
+      } else {
+        message = `uncaught ${typeof thrown}: ${toStr(thrown)}`;
+      }
+    } catch (_) {
+      message = message || '(the thrown value could not be described)';
+    }
+    return stringify({ error: { name: clip(name, 200), message: clip(message, 2000), stack: clip(stack, 4000) } });
+  }
+
+  function deepFreeze(value) {
+    if (value !== null && typeof value === 'object') {
+      for (const key of objectKeys(value)) deepFreeze(value[key]);
+      freeze(value);
+    }
+    return value;
+  }
+
+  return { finish, takeLogs, describeError, deepFreeze };
+})
