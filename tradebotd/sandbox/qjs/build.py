@@ -10,7 +10,8 @@ Steps:
    ``upstream-quickjs/``), pinned by version *and* sha256 and cached under
    ``$TRADEBOTD_BUILD_CACHE`` (default ``~/.cache/tradebotd-build``). They are never copied
    into the repository. pip downloads it when importable (so pip's index and proxy settings
-   apply, with ``--require-hashes``); otherwise PyPI's JSON API via urllib.
+   apply, with ``--require-hashes``); otherwise urllib reads the index's simple API
+   (``$PIP_INDEX_URL``, default PyPI), as inside pip's isolated build environment.
 2. ``python -m ziglang cc`` (PyPI ``ziglang==0.17.0``: clang + wasi-libc + linker, build-time
    only) compiles upstream's ``quickjs.c libregexp.c libunicode.c dtoa.c`` and our
    ``tb_shim.c tb_strtod.c``; ``tb_prelude.js`` is embedded as a C string.
@@ -26,15 +27,18 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import html
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +119,7 @@ def fetch_sdist(sdist: Sdist, cache: Path) -> Path:
         if importlib.util.find_spec("pip") is not None:
             downloaded = _download_with_pip(sdist, Path(tmp))
         else:
-            downloaded = _download_from_pypi_json(sdist, Path(tmp))
+            downloaded = _download_from_index(sdist, Path(tmp))
         actual = sha256_file(downloaded)
         if actual != sdist.sha256:
             raise BuildError(f"{downloaded.name}: sha256 {actual}, expected {sdist.sha256}")
@@ -139,17 +143,29 @@ def _download_with_pip(sdist: Sdist, dest: Path) -> Path:
     return path
 
 
-def _download_from_pypi_json(sdist: Sdist, dest: Path) -> Path:
-    url = f"https://pypi.org/pypi/{sdist.name}/{sdist.version}/json"
-    with urllib.request.urlopen(url, timeout=60) as response:
-        release = json.load(response)
-    for entry in release.get("urls", []):
-        if entry.get("filename") == sdist.filename:
-            path = dest / sdist.filename
-            with urllib.request.urlopen(entry["url"], timeout=300) as response, path.open("wb") as f:
-                shutil.copyfileobj(response, f)
-            return path
-    raise BuildError(f"{sdist.filename} is not listed at {url}")
+def _download_from_index(sdist: Sdist, dest: Path) -> Path:
+    """Downloads from the package index's simple API (PEP 691 JSON, or PEP 503 HTML): the API
+    every PyPI mirror serves, unlike PyPI's own /pypi/<name>/json."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page = f"{index}/{sdist.name}/"
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read()
+        content_type = response.headers.get_content_type()
+    if content_type == "application/vnd.pypi.simple.v1+json":
+        links = {f["filename"]: f["url"] for f in json.loads(body)["files"]}
+    else:
+        anchors = re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', body.decode("utf-8", "replace"))
+        links = {html.unescape(name).strip(): html.unescape(href) for href, name in anchors}
+    if sdist.filename not in links:
+        raise BuildError(f"{sdist.filename} is not listed at {page}")
+    url = urllib.parse.urljoin(page, links[sdist.filename]).split("#", 1)[0]
+    path = dest / sdist.filename
+    with urllib.request.urlopen(url, timeout=300) as response, path.open("wb") as f:
+        shutil.copyfileobj(response, f)
+    return path
 
 
 def extract_sources(sdist: Sdist, archive: Path, cache: Path) -> Path:
