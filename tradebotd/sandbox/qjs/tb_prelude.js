@@ -29,17 +29,18 @@
   }
 
   // ---- clock: Date.now() and new Date() read the candle clock, never the host's ----
-  function Date(...args) {
+  // A function expression: a `function Date` declaration would be hoisted over RealDate above.
+  const VirtualDate = function Date(...args) {
     if (new.target === undefined) return toStr(new RealDate(hostNow()));
     return construct(RealDate, args.length === 0 ? [hostNow()] : args, new.target);
-  }
-  defineProperty(Date, 'length', { value: 7 });
-  defineProperty(Date, 'prototype', { value: RealDate.prototype });
-  hidden(Date, 'now', function now() { return hostNow(); });
-  hidden(Date, 'parse', RealDate.parse);
-  hidden(Date, 'UTC', RealDate.UTC);
-  hidden(RealDate.prototype, 'constructor', Date);
-  hidden(globalThis, 'Date', Date);
+  };
+  defineProperty(VirtualDate, 'length', { value: 7 });
+  defineProperty(VirtualDate, 'prototype', { value: RealDate.prototype });
+  hidden(VirtualDate, 'now', function now() { return hostNow(); });
+  hidden(VirtualDate, 'parse', RealDate.parse);
+  hidden(VirtualDate, 'UTC', RealDate.UTC);
+  hidden(RealDate.prototype, 'constructor', VirtualDate);
+  hidden(globalThis, 'Date', VirtualDate);
 
   // ---- randomness: a PRNG seeded by the host at load ----
   hidden(Math, 'random', hostRandom);
