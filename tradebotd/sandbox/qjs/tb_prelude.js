@@ -22,7 +22,17 @@
   const toStr = String;
   const RealDate = Date;
   const construct = Reflect.construct;
+  const apply = Reflect.apply;
+  const setPrototypeOf = Object.setPrototypeOf;
+  const arraySlice = Array.prototype.slice;
   const ErrorClass = Error;
+
+  // What this file stringifies is built from null-prototype objects and arrays, so a strategy
+  // that defines Object.prototype.toJSON (or Array.prototype.toJSON) cannot reach it.
+  function bareArray(array) {
+    setPrototypeOf(array, null);
+    return array;
+  }
 
   function hidden(target, name, value) {
     defineProperty(target, name, { value, writable: true, configurable: true, enumerable: false });
@@ -46,7 +56,7 @@
   hidden(Math, 'random', hostRandom);
 
   // ---- console: bounded capture, returned to the host after each call ----
-  const lines = [];
+  const lines = bareArray([]);
   let dropped = 0;
 
   function clip(text, max) {
@@ -81,7 +91,7 @@
       }
       let text = '';
       for (let i = 0; i < args.length; i++) text += (i ? ' ' : '') + show(args[i]);
-      lines.push([level, clip(text, limits.maxLogChars)]);
+      lines[lines.length] = bareArray([level, clip(text, limits.maxLogChars)]);
     };
   }
 
@@ -95,7 +105,7 @@
 
   function takeLogs() {
     if (lines.length === 0 && dropped === 0) return undefined;
-    if (dropped) lines.push(['warn', `(${dropped} more console lines dropped)`]);
+    if (dropped) lines[lines.length] = bareArray(['warn', `(${dropped} more console lines dropped)`]);
     const json = stringify(lines);
     lines.length = 0;
     dropped = 0;
@@ -115,7 +125,7 @@
   // A rejected result is '!' followed by the error JSON; an accepted one is the result JSON,
   // which always starts with '{'. The shim tells them apart by the first character.
   function bad(message) {
-    return '!' + stringify({ error: { name: 'InvalidResult', message, stack: '' } });
+    return '!' + stringify({ __proto__: null, error: { __proto__: null, name: 'InvalidResult', message, stack: '' } });
   }
 
   function positiveNumber(result, out, key) {
@@ -132,7 +142,7 @@
     if (typeof indicators !== 'object' || isArray(indicators)) {
       return `indicators must be an object, got ${describeValue(indicators)}`;
     }
-    const clean = {};
+    const clean = { __proto__: null };
     let budget = limits.maxResultBytes; // rough size guard before JSON.stringify allocates
     for (const key of objectKeys(indicators)) {
       const value = indicators[key];
@@ -157,7 +167,7 @@
         return `${where} must be a number, string, boolean or array of numbers, got ${describeValue(value)}`;
       }
       if (budget < 0) return `indicators exceed the ${limits.maxResultBytes}-byte result limit`;
-      clean[key] = isArray(value) ? value.slice() : value;
+      clean[key] = isArray(value) ? bareArray(apply(arraySlice, value, [])) : value;
     }
     out.indicators = clean;
     return null;
@@ -174,7 +184,7 @@
     if (signal !== 'buy' && signal !== 'sell' && signal !== 'hold') {
       return bad(`signal must be 'buy', 'sell' or 'hold', got ${describeValue(signal)}`);
     }
-    const out = { signal };
+    const out = { __proto__: null, signal };
     const problem =
       positiveNumber(result, out, 'amount') ||
       positiveNumber(result, out, 'takeProfit') ||
@@ -214,7 +224,8 @@
     } catch (_) {
       message = message || '(the thrown value could not be described)';
     }
-    return stringify({ error: { name: clip(name, 200), message: clip(message, 2000), stack: clip(stack, 4000) } });
+    const error = { __proto__: null, name: clip(name, 200), message: clip(message, 2000), stack: clip(stack, 4000) };
+    return stringify({ __proto__: null, error });
   }
 
   function deepFreeze(value) {
