@@ -1,0 +1,19 @@
+"""Binance kline market data: the live feed (``MarketFeed``) and its sans-I/O core.
+
+Modules: ``wire`` (frame and REST parsing), ``tracker`` (per-stream candle state machine),
+``rest`` (klines / server time over aiohttp), ``backoff``, ``feed`` (the asyncio shell),
+``errors`` (the error tree).
+"""
+
+from tradebotd.market.errors import MalformedMessage, RestError, RestRejected, RestUnavailable
+from tradebotd.market.feed import FeedSink, FeedStats, MarketFeed
+
+__all__ = [
+    "FeedSink",
+    "FeedStats",
+    "MalformedMessage",
+    "MarketFeed",
+    "RestError",
+    "RestRejected",
+    "RestUnavailable",
+]
