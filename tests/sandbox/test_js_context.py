@@ -140,7 +140,8 @@ def test_console_is_captured_bounded_and_per_call(make: MakeStrategy) -> None:
 
 
 def test_instances_do_not_share_globals(make: MakeStrategy) -> None:
-    writer = make("function evaluate() { globalThis.shared = 'leak'; Array.prototype.leak = 1; return {signal: 'hold'} }")
+    writer = make("function evaluate() { globalThis.shared = 'leak'; Array.prototype.leak = 1; "
+                  "return {signal: 'hold'} }")
     reader = make("function evaluate() { return {signal: 'hold', reason: typeof shared + ' ' + typeof [].leak} }")
     writer.step(candle(1), None)
     assert reader.step(candle(1), None)[0].reason == "undefined undefined"

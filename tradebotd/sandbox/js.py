@@ -387,6 +387,8 @@ def _as_candle(candle: Candle) -> Candle:
 
 def _as_candles(candles: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     rows = np.ascontiguousarray(candles, dtype=np.float64)
+    if rows.size == 0:
+        return rows.reshape(0, 6)
     if rows.ndim != 2 or rows.shape[1] != 6:
         raise ValueError(f"candles must have shape (n, 6), got {rows.shape}")
     if not np.isfinite(rows).all():

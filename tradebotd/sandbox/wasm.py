@@ -14,6 +14,8 @@ Hazards this module guards against (measured; each one kills the whole daemon):
   trapping: :func:`check_thread_stack` refuses such threads.
 * A Store configured with ``WasiConfig.stdout_custom`` alive at exit aborts: stores here get an
   empty ``WasiConfig`` (no stdio, env, args or preopens).
+* ``Module.deserialize_file`` maps the ``.cwasm``: rewriting that file in place under a running
+  process raises SIGBUS. The cache is only ever replaced atomically (new inode).
 
 The direct call path (:class:`I32Export`) uses wasmtime-py's private ``_ffi`` module: its
 public ``Func.__call__`` costs 20-40 µs per call, this ≈3-5 µs. wasmtime is pinned exactly in
