@@ -24,6 +24,7 @@ pyproject.toml; re-run tests/sandbox on every upgrade.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import importlib.metadata
@@ -149,6 +150,8 @@ class WasmRuntime:
                 thread = threading.Thread(target=self._tick, name="tradebotd-wasm-epoch", daemon=True)
                 thread.start()
                 self._ticker = thread
+                # Stop ticking before interpreter teardown can free the Engine under the thread.
+                atexit.register(self.stop_ticker)
 
     def _tick(self) -> None:
         # One thread serves every store of this engine; wasm runs without the GIL, so this
@@ -157,9 +160,10 @@ class WasmRuntime:
             self.engine.increment_epoch()
 
     def stop_ticker(self) -> None:
-        """Stops the epoch thread (tests, shutdown). Epoch deadlines stop advancing."""
+        """Stops the epoch thread (tests, shutdown; also run at exit). Epoch deadlines stop
+        advancing, so only the interrupt deadline still stops runaway strategies."""
         self._ticker_stop.set()
-        if self._ticker is not None:
+        if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join()
 
 

@@ -1,0 +1,195 @@
+"""Sandbox benchmark: ``python -m tradebotd.sandbox.bench`` (or ``main()`` from ``make bench``).
+
+Measures, for a 20-period SMA-cross JS strategy with the default limits (interrupt deadline,
+memory cap, epoch backstop ticker running), on synthetic candles:
+
+* module load from the ``.cwasm`` cache (and the one-off compile when the cache is cold),
+* instantiate + load of one strategy, and of 100 strategies,
+* RSS per instance with 100 instances holding 200 candles each,
+* ``step`` median / p99 with 200 and 500 candles of history, and ``run_until_signal`` per candle.
+
+Targets: step median < 60 µs and p99 < 200 µs at 200 candles; < 0.5 MiB per instance;
+100 strategies loaded in < 1 s once the module is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from tradebotd.model import Position
+from tradebotd.sandbox.js import JsStrategy, SandboxLimits
+from tradebotd.sandbox.wasm import WasmRuntime, default_cache_dir
+
+__all__ = ["SMA_CROSS", "main", "run"]
+
+SMA_CROSS = """
+function sma(candles, period, end) {
+  let sum = 0;
+  for (let i = end - period; i < end; i++) sum += candles[i].close;
+  return sum / period;
+}
+function tradingStrategy({candles, currentPrice, position, parameters}) {
+  const n = candles.length, period = parameters.period;
+  if (n < period + 1) return {signal: 'hold'};
+  const now = sma(candles, period, n), before = sma(candles, period, n - 1);
+  const previousClose = candles[n - 2].close;
+  if (!position && previousClose <= before && currentPrice > now) {
+    return {signal: 'buy', amount: 1, reason: 'price crossed above SMA', indicators: {sma: now}};
+  }
+  if (position && previousClose >= before && currentPrice < now) {
+    return {signal: 'sell', reason: 'price crossed below SMA', indicators: {sma: now}};
+  }
+  return {signal: 'hold'};
+}
+"""
+PARAMETERS = {"period": 20}
+INTERVAL_MS = 60_000
+
+
+def synthetic_candles(n: int, seed: int = 1) -> npt.NDArray[np.float64]:
+    """A random walk around 100: (time, open, high, low, close, volume) rows, 1m apart."""
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(0, 0.5, n))
+    open_ = np.concatenate(([100.0], close[:-1]))
+    spread = np.abs(rng.normal(0, 0.3, n))
+    return np.column_stack([
+        np.arange(n, dtype=np.float64) * INTERVAL_MS, open_,
+        np.maximum(open_, close) + spread, np.minimum(open_, close) - spread, close,
+        rng.uniform(1, 10, n),
+    ])
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Wall times in µs, GC disabled while timing."""
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            started = time.perf_counter_ns()
+            fn()
+            times.append((time.perf_counter_ns() - started) / 1000)
+    finally:
+        gc.enable()
+    return times
+
+
+def _step_latency(runtime: WasmRuntime, history: int, steps: int) -> tuple[float, float]:
+    series = synthetic_candles(history + steps + 100)
+    strategy = JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS,
+                          limits=SandboxLimits(max_candles=history), runtime=runtime)
+    strategy.push_history(series[:history])
+    rows = [tuple(float(x) for x in row) for row in series[history:]]
+    for row in rows[:100]:  # warm-up
+        strategy.step(row, None)  # type: ignore[arg-type]
+    it = iter(rows[100:])
+    times = _timed(lambda: strategy.step(next(it), None), steps)  # type: ignore[arg-type]
+    strategy.close()
+    return statistics.median(times), float(np.percentile(times, 99))
+
+
+def run(steps: int = 5000) -> dict[str, float]:
+    """Runs every measurement; returns name -> value (units in the name)."""
+    results: dict[str, float] = {}
+    cache_dir = default_cache_dir()
+    started = time.perf_counter()
+    WasmRuntime(cache_dir=cache_dir).stop_ticker()  # compiles and fills the cache if cold
+    results["module_first_load_ms"] = (time.perf_counter() - started) * 1000
+    with tempfile.TemporaryDirectory() as cold:
+        started = time.perf_counter()
+        WasmRuntime(cache_dir=Path(cold)).stop_ticker()
+        results["module_compile_cold_ms"] = (time.perf_counter() - started) * 1000
+    loads = _timed(lambda: WasmRuntime(cache_dir=cache_dir).stop_ticker(), 20)
+    results["module_load_from_cache_ms"] = statistics.median(loads) / 1000
+
+    runtime = WasmRuntime(cache_dir=cache_dir)
+    history = synthetic_candles(200)
+
+    def new_strategy() -> JsStrategy:
+        return JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS, runtime=runtime)
+
+    new_strategy().close()  # first instance: ticker thread, lazy imports
+    results["instantiate_load_ms"] = statistics.median(_timed(lambda: new_strategy().close(), 50)) / 1000
+
+    gc.collect()
+    before = _rss_bytes()
+    started = time.perf_counter()
+    fleet = [new_strategy() for _ in range(100)]
+    results["load_100_strategies_s"] = time.perf_counter() - started
+    for i, strategy in enumerate(fleet):
+        strategy.push_history(history)
+        for row in synthetic_candles(5, seed=i):
+            strategy.step(tuple(float(x) for x in row), None)  # type: ignore[arg-type]
+    gc.collect()
+    results["rss_per_instance_mib"] = (_rss_bytes() - before) / 100 / (1 << 20)
+    results["linear_memory_per_instance_mib"] = fleet[0].memory_bytes / (1 << 20)
+    for strategy in fleet:
+        strategy.close()
+    del fleet
+
+    for size in (200, 500):
+        median, p99 = _step_latency(runtime, size, steps)
+        results[f"step_{size}_median_us"] = median
+        results[f"step_{size}_p99_us"] = p99
+
+    batch = JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS,
+                       limits=SandboxLimits(max_candles=200), runtime=runtime)
+    series = synthetic_candles(20_200)
+    batch.push_history(series[:200])
+    started = time.perf_counter()
+    done, position = 200, None
+    while done < len(series):  # a backtest: flip between flat and long at every signal
+        consumed, decision = batch.run_until_signal(series[done:], position)
+        done += consumed
+        if decision is not None:
+            entry = series[done - 1]
+            opened = Position(Decimal(1), Decimal(str(entry[4])), int(entry[0]))
+            position = opened if decision.signal == "buy" else None
+    results["run_until_signal_per_candle_us"] = (time.perf_counter() - started) / 20_000 * 1e6
+    batch.close()
+    runtime.stop_ticker()
+    return results
+
+
+TARGETS = {
+    "step_200_median_us": 60.0,
+    "step_200_p99_us": 200.0,
+    "rss_per_instance_mib": 0.5,
+    "load_100_strategies_s": 1.0,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="JS sandbox benchmark")
+    parser.add_argument("--steps", type=int, default=5000, help="timed steps per history size")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run(args.steps)
+    for name, value in results.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("  ok" if value < target else f"  MISSED (target < {target})")
+        print(f"{name:34} {value:10.3f}{verdict}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
