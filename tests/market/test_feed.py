@@ -155,7 +155,7 @@ async def test_malformed_frames_are_counted_and_survived(
 ) -> None:
     feed = start_feed()
     await warm(feed, server, sink, BTC)
-    bad = [
+    bad: list[str | bytes] = [
         fixture_text("malformed/truncated.txt"),
         fixture_text("malformed/price_not_numeric.txt"),
         fixture_text("malformed/unknown_event.txt"),
@@ -297,7 +297,7 @@ async def test_hole_in_binance_history_is_skipped_once(sink: RecordingSink) -> N
     assert feed.stats.gaps_skipped == 1
 
 
-async def test_sink_errors_end_run(server: ReplayServer, sink: RecordingSink) -> None:
+async def test_sink_error_ends_run_and_a_restart_starts_afresh(server: ReplayServer, sink: RecordingSink) -> None:
     sink.fail_on_closed = LookupError("engine bug")
     feed = MarketFeed(ws_url=server.ws_url, rest_url=server.rest_url, sink=sink, history=5, silence_timeout_s=None)
     task = asyncio.create_task(feed.run())
@@ -307,6 +307,20 @@ async def test_sink_errors_end_run(server: ReplayServer, sink: RecordingSink) ->
     with pytest.raises(LookupError, match="engine bug"):
         async with asyncio.timeout(10):
             await task
+    async with asyncio.timeout(10):
+        await server.wait_until(lambda: server.connections == 0)
+
+    # What a supervisor does: run it again. The stream is warmed up again, then goes live.
+    sink.fail_on_closed = None
+    task = asyncio.create_task(feed.run())
+    await sink.wait_for(lambda: sink.history_calls == [BTC, BTC])
+    assert sink.history[BTC] == expected(btc(server), PAST + 1 - 5, 5)
+    await subscribed(server, BTC)
+    await server.advance(1)
+    await sink.wait_for(lambda: len(sink.closed) == 1)
+    assert sink.closed == expected(btc(server), PAST + 1, 1)
+    await feed.stop()
+    await task
 
 
 async def test_unreachable_endpoint_retries_with_one_line_per_retry(sink: RecordingSink) -> None:

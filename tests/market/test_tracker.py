@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import TypeVar
 
 import orjson
 
@@ -25,6 +26,7 @@ from tradebotd.model import Candle, StreamKey
 
 from .conftest import fixture_lines, fixture_text
 
+T = TypeVar("T")
 BTC = StreamKey("BTCUSDT", "1m")
 MIN = 60_000
 A, B, C, D = 1700000040000, 1700000100000, 1700000160000, 1700000220000
@@ -51,8 +53,8 @@ def warmed(history: int = 2, baseline: int = A - MIN) -> CandleTracker:
     """A tracker whose BTC stream is LIVE, warm-up ending with the candle at ``baseline``."""
     tracker = CandleTracker(history=history)
     tracker.add([BTC])
-    [fetch] = tracker.subscribed([BTC])
-    assert isinstance(fetch, FetchHistory) and fetch.count == history
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
+    assert fetch.count == history
     events = tracker.receive_history(
         fetch.request, [candle(baseline - 2 * MIN), candle(baseline - MIN), candle(baseline)], A
     )
@@ -66,6 +68,12 @@ def feed(tracker: CandleTracker, frames: list[str], start_ns: int = 1) -> list[E
     for i, text in enumerate(frames):
         events += tracker.receive_frame(text, start_ns + i)
     return events
+
+
+def one(events: list[Event], kind: type[T]) -> T:
+    """The single event of ``kind`` among ``events``."""
+    [event] = [e for e in events if isinstance(e, kind)]
+    return event
 
 
 def delivered(events: list[Event]) -> list[int]:
@@ -120,8 +128,7 @@ def test_final_frames_during_warm_up_are_held_until_history_arrives() -> None:
     tracker = CandleTracker(history=3)
     tracker.add([BTC])
     assert tracker.receive_frame(frame(A, closed=True), 1) == []  # not subscribed yet: held
-    [fetch] = tracker.subscribed([BTC])
-    assert isinstance(fetch, FetchHistory)
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
     assert [type(e) for e in tracker.receive_frame(frame(B, closed=False), 2)] == [Update]  # updates flow
     assert tracker.receive_frame(frame(B, closed=True), 3) == []
 
@@ -135,7 +142,7 @@ def test_final_frames_during_warm_up_are_held_until_history_arrives() -> None:
 def test_history_overlapping_held_frames_drops_the_copies() -> None:
     tracker = CandleTracker(history=1)
     tracker.add([BTC])
-    [fetch] = tracker.subscribed([BTC])
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
     tracker.receive_frame(frame(A, closed=True), 1)
     events = tracker.receive_history(fetch.request, [candle(A - MIN), candle(A)], B)  # REST already has A
 
@@ -147,7 +154,7 @@ def test_history_overlapping_held_frames_drops_the_copies() -> None:
 def test_zero_history_still_sets_a_baseline() -> None:
     tracker = CandleTracker(history=0)
     tracker.add([BTC])
-    [fetch] = tracker.subscribed([BTC])
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
     assert tracker.receive_history(fetch.request, [candle(A)], B) == [History(BTC, ())]
     assert delivered(tracker.receive_frame(frame(B, closed=True), 1)) == [B]
 
@@ -155,7 +162,7 @@ def test_zero_history_still_sets_a_baseline() -> None:
 def test_young_market_without_history_starts_with_the_first_live_candle() -> None:
     tracker = CandleTracker(history=5)
     tracker.add([BTC])
-    [fetch] = tracker.subscribed([BTC])
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
     assert tracker.receive_history(fetch.request, [], A) == [History(BTC, ())]
     assert delivered(tracker.receive_frame(frame(C, closed=True), 1)) == [C]
 
@@ -167,7 +174,7 @@ def test_reconnect_backfills_from_the_last_delivered_candle() -> None:
     assert tracker.phase(BTC) is Phase.WAITING
     # Frames on the new connection before the backfill is even requested are held.
     assert tracker.receive_frame(frame(D, closed=True), 5) == []
-    [fetch] = tracker.subscribed([BTC])
+    fetch = one(tracker.subscribed([BTC]), FetchRange)
     assert isinstance(fetch, FetchRange) and (fetch.start, fetch.attempt) == (B, 0)
 
     events = tracker.receive_range(fetch.request, [(candle(B), 7), (candle(C), 7), (candle(D), 7)], D + MIN)
@@ -180,10 +187,9 @@ def test_reconnect_backfills_from_the_last_delivered_candle() -> None:
 def test_answers_to_superseded_requests_are_ignored() -> None:
     tracker = warmed()
     tracker.connection_made()
-    [first] = tracker.subscribed([BTC])
+    first = one(tracker.subscribed([BTC]), FetchRange)
     tracker.connection_made()  # replaced again before the answer came
-    [second] = tracker.subscribed([BTC])
-    assert isinstance(first, FetchRange) and isinstance(second, FetchRange)
+    second = one(tracker.subscribed([BTC]), FetchRange)
     assert not tracker.is_pending(first.request) and tracker.is_pending(second.request)
     assert tracker.receive_range(first.request, [(candle(A), 1)], B) == []
     assert delivered(tracker.receive_range(second.request, [(candle(A), 1)], B)) == [A]
@@ -192,12 +198,12 @@ def test_answers_to_superseded_requests_are_ignored() -> None:
 def test_gap_rest_has_not_caught_up_with_is_retried_then_skipped() -> None:
     tracker = warmed()
     feed(tracker, [frame(A, closed=True)])
-    [fetch] = [e for e in tracker.receive_frame(frame(C, closed=True), 2) if isinstance(e, FetchRange)]
+    fetch = one(tracker.receive_frame(frame(C, closed=True), 2), FetchRange)
 
     attempts = []
     for _ in range(3):  # REST keeps answering without B
         events = tracker.receive_range(fetch.request, [], C + MIN)
-        [fetch] = [e for e in events if isinstance(e, FetchRange)]
+        fetch = one(events, FetchRange)
         attempts.append(fetch.attempt)
     assert attempts == [1, 2, 3]
 
@@ -209,7 +215,7 @@ def test_gap_rest_has_not_caught_up_with_is_retried_then_skipped() -> None:
 def test_hole_confirmed_by_rest_is_skipped_at_once() -> None:
     tracker = warmed()
     feed(tracker, [frame(A, closed=True)])
-    [fetch] = [e for e in tracker.receive_frame(frame(C, closed=True), 2) if isinstance(e, FetchRange)]
+    fetch = one(tracker.receive_frame(frame(C, closed=True), 2), FetchRange)
 
     events = tracker.receive_range(fetch.request, [(candle(C), 9)], D)  # REST has no B either
 
@@ -221,12 +227,11 @@ def test_hole_confirmed_by_rest_is_skipped_at_once() -> None:
 def test_corrupt_final_from_the_future_is_dropped_not_trusted() -> None:
     tracker = warmed()
     far = A + 10_000 * MIN
-    [fetch] = [e for e in tracker.receive_frame(frame(far, closed=True), 1) if isinstance(e, FetchRange)]
+    fetch = one(tracker.receive_frame(frame(far, closed=True), 1), FetchRange)
     for _ in range(4):  # REST (at server time B) never has anything near it
         events = tracker.receive_range(fetch.request, [], B)
-        fetches = [e for e in events if isinstance(e, FetchRange)]
-        if fetches:
-            [fetch] = fetches
+        if any(isinstance(e, FetchRange) for e in events):
+            fetch = one(events, FetchRange)
     assert events == [Dropped(BTC, far, "future")]
     assert delivered(tracker.receive_frame(frame(A, closed=True), 2)) == [A]  # the stream lives on
 
@@ -245,7 +250,7 @@ def test_malformed_unknown_and_control_frames() -> None:
 def test_removed_stream_ignores_its_pending_answer() -> None:
     tracker = CandleTracker(history=1)
     tracker.add([BTC])
-    [fetch] = tracker.subscribed([BTC])
+    fetch = one(tracker.subscribed([BTC]), FetchHistory)
     tracker.remove([BTC])
     assert tracker.receive_history(fetch.request, [candle(A)], B) == []
     assert not tracker.is_pending(fetch.request)
@@ -269,7 +274,7 @@ def test_random_loss_duplication_and_reordering_never_break_exactly_once() -> No
         tracker = CandleTracker(history=0, max_gap_retries=3)
         tracker.add([BTC])
         out: list[Event] = list(tracker.subscribed([BTC]))
-        out += tracker.receive_history(out[0].request, [candle(A - MIN)], A)  # type: ignore[union-attr]
+        out += tracker.receive_history(one(out, FetchHistory).request, [candle(A - MIN)], A)
         sent = 0
         pending = [e for e in out if isinstance(e, FetchRange)]
         while sent < len(frames) or pending:

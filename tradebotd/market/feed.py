@@ -246,6 +246,9 @@ class MarketFeed:
         self._rng = rng or random.Random()
         self.stats = FeedStats()
 
+        self._history = history
+        self._max_gap_retries = max_gap_retries
+        self._max_pending_frames = max_pending_frames
         self._tracker = CandleTracker(history=history, max_gap_retries=max_gap_retries)
         self._desired: dict[str, StreamKey] = {}  # stream name -> key
         self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
@@ -262,7 +265,7 @@ class MarketFeed:
         self._processor: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._last_control_id = 0
-        self._started = False
+        self._running = False
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -288,10 +291,16 @@ class MarketFeed:
                 self._conn.end(_Outcome("idle", "no streams wanted"))
 
     async def run(self) -> None:
-        """Connect, read, reconnect, until ``stop()``. Raises what the sink raises."""
-        if self._started:
-            raise RuntimeError("MarketFeed.run() can be called only once")
-        self._started = True
+        """Connect, read, reconnect, until ``stop()``; returns at once after ``stop()``.
+
+        Raises what the sink raises. It may then be called again (a supervisor restarting it):
+        each run starts afresh, so every wanted stream gets its warm-up ``on_history`` again.
+        """
+        if self._running:
+            raise RuntimeError("MarketFeed.run() is already running")
+        self._running = True
+        self._finished.clear()
+        self._reset()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 session = self._session
@@ -318,12 +327,22 @@ class MarketFeed:
                     raise
         finally:
             self._task_group = None
+            self._running = False
             self._finished.set()
+
+    def _reset(self) -> None:
+        """Fresh state for a run: nothing delivered yet, every wanted stream to be warmed up."""
+        self._tracker = CandleTracker(history=self._history, max_gap_retries=self._max_gap_retries)
+        self._inbox = asyncio.Queue()
+        self._frame_slots = asyncio.Semaphore(self._max_pending_frames)
+        self._conn = self._active = None
+        if self._desired:
+            self._inbox.put_nowait(_StreamsChanged(frozenset(self._desired.values()), frozenset()))
 
     async def stop(self) -> None:
         """End ``run()`` and wait for it (unless called from inside a sink callback)."""
         self._stopping.set()
-        if self._started and asyncio.current_task() is not self._processor:
+        if self._running and asyncio.current_task() is not self._processor:
             await self._finished.wait()
 
     def server_now_ms(self) -> int:
