@@ -98,7 +98,7 @@ class Daemon:
             sink=self.engine,
             history=market.history,
             rotate_after_s=market.rotate_after_s,
-            backoff_min_s=market.reconnect_min_s,
+            backoff_initial_s=market.reconnect_min_s,
             backoff_max_s=market.reconnect_max_s,
         )
 

@@ -7,6 +7,7 @@ from .engine import RuntimeFactory, StrategyRuntime
 from .model import StreamKey
 from .sandbox.errors import StrategyLoadError
 from .sandbox.js import JsStrategy, SandboxLimits
+from .sandbox.typescript import erase_types
 from .store.base import StrategyRow
 
 __all__ = ["make_runtime_factory", "sandbox_limits"]
@@ -25,10 +26,17 @@ def make_runtime_factory(settings: SandboxSettings) -> RuntimeFactory:
     limits = sandbox_limits(settings)
 
     def load(row: StrategyRow, key: StreamKey) -> StrategyRuntime:
-        if row.kind != "js":
-            raise StrategyLoadError(f"strategy kind {row.kind!r} is not supported by this version")
         if not row.source.strip():
             raise StrategyLoadError("the strategy has no code (typescript_code is empty)")
-        return JsStrategy(row.source, parameters=row.parameters, interval_ms=key.interval_ms, limits=limits)
+        if row.kind == "js":
+            source, filename = row.source, "strategy.js"
+        elif row.kind == "ts":
+            # Types become spaces, so line and column numbers in JS errors match the user's TS.
+            source, filename = erase_types(row.source), "strategy.ts"
+        else:
+            raise StrategyLoadError(f"strategy kind {row.kind!r} is not supported by this version")
+        return JsStrategy(
+            source, parameters=row.parameters, interval_ms=key.interval_ms, limits=limits, filename=filename
+        )
 
     return load
