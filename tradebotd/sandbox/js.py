@@ -191,7 +191,7 @@ class JsStrategy:
                 try:
                     result = guest.push(chunk, epoch_ticks=self._eval_ticks, fuel=self._fuel(0, len(chunk)))
                 except wasmtime.Trap as trap:
-                    raise self._discard(guest, trap) from None
+                    raise self._discard(guest, trap, chunk) from None
                 self._history.extend(chunk[:result.consumed])
                 if result.status is not Status.OK:
                     raise self._eval_error(result, result.consumed)

@@ -208,14 +208,16 @@ static int copy_out(char **buf, size_t *cap, const char *data, size_t len)
     return 0;
 }
 
-static void set_output(const char *data, size_t len)
+/* Returns -1 if the buffer could not grow (the host then sees no output). */
+static int set_output(const char *data, size_t len)
 {
     if (copy_out(&S.out, &S.out_cap, data, len) == 0) {
         tb_result.out_ptr = (uint32_t)(uintptr_t)S.out;
         tb_result.out_len = (uint32_t)len;
-    } else {
-        tb_result.out_len = 0;
+        return 0;
     }
+    tb_result.out_len = 0;
+    return -1;
 }
 
 static int32_t finish_call(int32_t status)
@@ -234,15 +236,15 @@ static int32_t fail_with(int32_t status, const char *name, const char *message)
 }
 
 /* Copies a JS string into the output buffer; returns -1 if it is not a string or on OOM. */
-static int output_js_string(JSValueConst value, size_t skip)
+static int output_js_string(JSValueConst value)
 {
     size_t len;
     const char *s = JS_ToCStringLen(S.ctx, &len, value);
     if (!s)
         return -1;
-    set_output(s + skip, len - skip);
+    int r = set_output(s, len);
     JS_FreeCString(S.ctx, s);
-    return 0;
+    return r;
 }
 
 static void collect_logs(void)
@@ -295,16 +297,14 @@ static int32_t report_exception(int32_t status)
     arm_deadline(TB_GRACE_MS);
     JSValue desc = JS_Call(S.ctx, S.describe_error, JS_UNDEFINED, 1, (JSValueConst *)&exc);
     JS_FreeValue(S.ctx, exc);
-    if (JS_IsException(desc) || output_js_string(desc, 0) < 0) {
+    if (JS_IsException(desc) || output_js_string(desc) < 0) {
         JS_FreeValue(S.ctx, JS_GetException(S.ctx));
         JS_FreeValue(S.ctx, desc);
-        const char *name = status == TB_INTERRUPTED ? "InternalError" : "Error";
-        const char *message = status == TB_INTERRUPTED ? "interrupted"
-                              : status == TB_OUT_OF_MEMORY ? "out of memory"
-                                                           : "(the error could not be described)";
+        if (status == TB_INTERRUPTED)
+            return fail_with(status, "InternalError", "interrupted");
         if (status == TB_OUT_OF_MEMORY)
-            name = "InternalError";
-        return fail_with(status, name, message);
+            return fail_with(status, "InternalError", "out of memory");
+        return fail_with(status, "Error", "(the error could not be described)");
     }
     JS_FreeValue(S.ctx, desc);
     return finish_call(status);
@@ -481,8 +481,8 @@ static int32_t evaluate(double current_price, int hold_is_empty)
         snprintf(message, sizeof message, "the result is %zu bytes of JSON, the limit is %u",
                  len, (unsigned)tb_config.max_result_bytes);
         status = fail_with(TB_BAD_RESULT, "InvalidResult", message);
-    } else if (len > 0) {
-        set_output(s, len);
+    } else if (len > 0 && set_output(s, len) < 0) {
+        status = TB_OUT_OF_MEMORY; /* never let a lost buy/sell look like a hold */
     }
     JS_FreeCString(S.ctx, s);
     return finish_call(status);
