@@ -82,7 +82,10 @@ class FeedSink(Protocol):
         stream. ``received_ns`` is ``time.monotonic_ns()`` when its frame (or REST page) arrived."""
 
     def on_update(self, candle: Candle) -> None:
-        """A non-final kline (``closed=False``), for take-profit / stop-loss watching. Keep it cheap."""
+        """A non-final kline (``closed=False``), for take-profit / stop-loss watching. Keep it cheap.
+
+        Updates are not held back during warm-up or backfill, so one may come before its stream's
+        ``on_history``, and they carry no ordering promise across reconnects."""
 
 
 @dataclass(slots=True)
@@ -202,7 +205,7 @@ class MarketFeed:
         ping_timeout_s: float | None = 20.0,
         open_timeout_s: float = 10.0,
         close_timeout_s: float = 5.0,
-        control_interval_s: float = 0.3,
+        control_interval_s: float = 0.4,
         rest_timeout_s: float = 10.0,
         rest_concurrency: int = 4,
         max_gap_retries: int = 3,
@@ -218,8 +221,10 @@ class MarketFeed:
         - ``silence_timeout_s``: reconnect when no frame at all arrived for this long (Binance
           pushes every kline stream every 2 s; None disables, e.g. for a manually driven server).
         - ``control_interval_s``: at most one control frame per interval. Binance disconnects
-          above 5 incoming messages per second, counting our pings and pongs too, so 0.3 s
-          (3.3 frames/s) leaves room for those and for network jitter.
+          above 5 incoming messages per second, counting our pings and pongs too; 0.4 s means at
+          most 3 frames in any second, which leaves room for those and for network jitter that
+          bunches frames together. Frames carry up to 200 streams each, and changes made while a
+          frame waits are merged into it.
         - ``max_pending_frames``: frames received but not processed yet; when full, reading stops
           and TCP pushes back (a slow sink must not grow memory without bound).
         """
@@ -229,6 +234,8 @@ class MarketFeed:
             raise ValueError(f"market ws_url is not a WebSocket URL: {exc}") from None
         if not rest_url.startswith(("http://", "https://")):
             raise ValueError(f"market rest_url is not an HTTP URL: {rest_url!r}")
+        if rest_concurrency < 1 or max_pending_frames < 1 or control_interval_s <= 0 or rotate_after_s <= 0:
+            raise ValueError("rest_concurrency, max_pending_frames, control_interval_s, rotate_after_s must be > 0")
         self._ws_url = ws_url.rstrip("/")
         self._rest_url = rest_url
         self._sink = sink
@@ -397,7 +404,8 @@ class MarketFeed:
             match queue.popleft():
                 case Closed(candle=candle, received_ns=received_ns, backfilled=backfilled):
                     self.stats.closed += 1
-                    self.stats.backfilled += backfilled
+                    if backfilled:
+                        self.stats.backfilled += 1
                     await self._sink.on_closed(candle, received_ns)
                 case Update(candle=candle):
                     self._sink.on_update(candle)

@@ -100,8 +100,9 @@ class ReplayServer:
         self.total_connections = 0
         self.rate_limited = 0  # clients disconnected for exceeding max_messages_per_s
         self.messages_sent = 0  # kline frames written
-        self.control_frames: list[tuple[int, str]] = []  # (client number, text) of each text frame
-        self.rest_requests: list[tuple[str, dict[str, str]]] = []  # (path, query)
+        # The most recent frames and requests (bounded: the demo may run for days).
+        self.control_frames: deque[tuple[int, str]] = deque(maxlen=10_000)  # (client number, text)
+        self.rest_requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)  # (path, query)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
