@@ -128,7 +128,9 @@ class _Connection:
         self.confirmed: set[str] = set(url_streams)  # ... and acknowledged
         self.requests: dict[int, tuple[ControlMethod, tuple[str, ...]]] = {}
         self.started = time.monotonic()
-        self.last_frame = self.started
+        # Since when the reader has waited on the socket; None while it hands a frame over (it
+        # may wait for room in the inbox then: a slow sink is not a silent server).
+        self.idle_since: float | None = self.started
         self.outcome: _Outcome | None = None
         self.done = asyncio.Event()
 
@@ -595,6 +597,8 @@ class MarketFeed:
                 task.cancel()
             results = await asyncio.gather(ended, *helpers, return_exceptions=True)
             self._conn = None
+            if conn.outcome is not None and conn.outcome.reason == "silent":
+                conn.ws.transport.abort()  # an unresponsive peer would hold a closing handshake for close_timeout_s
             await conn.ws.close()
         for result in results:
             if isinstance(result, Exception):
@@ -607,9 +611,10 @@ class MarketFeed:
             # so leaving the loop is a disconnect like any other.
             async for data in conn.ws:
                 received_ns = time.monotonic_ns()
-                conn.last_frame = time.monotonic()
+                conn.idle_since = None
                 await self._frame_slots.acquire()
                 self._inbox.put_nowait(_Frame(conn, data, received_ns))
+                conn.idle_since = time.monotonic()
         except ConnectionClosedError as exc:
             conn.end(_Outcome("dropped", describe(exc)))
             return
@@ -640,8 +645,8 @@ class MarketFeed:
                 await conn.ws.send(encode_control(method, names, self._last_control_id))
                 self.stats.control_sent += 1
                 log.debug("market feed control sent", method=method, streams=len(names))
-        except ConnectionClosed:
-            return  # the reader reports the disconnect
+        except ConnectionClosed as exc:
+            conn.end(_Outcome("dropped", describe(exc)))
 
     def _control_change(self, conn: _Connection) -> tuple[ControlMethod, tuple[str, ...]] | None:
         extra = sorted(conn.subscribed - self._desired.keys())
@@ -660,10 +665,11 @@ class MarketFeed:
                 conn.end(_Outcome("rotate", "connection age limit"))
                 return
             wake = rotate_at
-            if self._silence_timeout_s is not None:
-                silent_at = conn.last_frame + self._silence_timeout_s
-                if now >= silent_at:
-                    conn.end(_Outcome("silent", f"no frame for {self._silence_timeout_s:g} s"))
+            timeout = self._silence_timeout_s
+            if timeout is not None:
+                idle_since = conn.idle_since
+                if idle_since is not None and now - idle_since >= timeout:
+                    conn.end(_Outcome("silent", f"no frame for {timeout:g} s"))
                     return
-                wake = min(wake, silent_at)
+                wake = min(wake, (idle_since if idle_since is not None else now) + timeout)
             await asyncio.sleep(wake - now)

@@ -268,7 +268,8 @@ class ReplayServer:
 
     def go_silent(self) -> None:
         """Clients connected now get nothing more (no data, no pings, no pongs) and their frames are
-        ignored; the TCP connection stays open. New connections are served normally."""
+        ignored; the connection stays open (a close handshake is still answered, by aiohttp).
+        New connections are served normally."""
         for client in self._clients:
             client.silent = True
 
