@@ -352,6 +352,14 @@ async def test_unreachable_endpoint_retries_with_one_line_per_retry(sink: Record
     assert sink.history == {} and feed.stats.connects == 0
 
 
+async def test_raw_stream_endpoint_in_the_config_is_accepted(
+    server: ReplayServer, sink: RecordingSink, start_feed: FeedFactory
+) -> None:
+    feed = start_feed(ws_url=server.ws_url + "/ws/")  # as Binance's testnet docs write it
+    await warm(feed, server, sink, BTC)
+    assert feed.stats.connects == 1
+
+
 def test_bad_urls_are_refused_up_front(sink: RecordingSink) -> None:
     with pytest.raises(ValueError, match="ws_url"):
         MarketFeed(ws_url="http://example.com", rest_url="http://example.com", sink=sink)

@@ -238,7 +238,9 @@ class MarketFeed:
             raise ValueError(f"market rest_url is not an HTTP URL: {rest_url!r}")
         if rest_concurrency < 1 or max_pending_frames < 1 or control_interval_s <= 0 or rotate_after_s <= 0:
             raise ValueError("rest_concurrency, max_pending_frames, control_interval_s, rotate_after_s must be > 0")
-        self._ws_url = ws_url.rstrip("/")
+        # The base endpoint, e.g. wss://stream.binance.com:9443. Binance's docs also quote raw-stream
+        # endpoints ending in /ws (the testnet's wss://stream.testnet.binance.vision/ws); accept both.
+        self._ws_url = ws_url.rstrip("/").removesuffix("/ws").removesuffix("/stream")
         self._rest_url = rest_url
         self._sink = sink
         self._session = session

@@ -334,18 +334,19 @@ class ReplayServer:
         return len(client.recent) > self._max_messages_per_s
 
     async def _keepalive(self, client: _Client) -> None:
-        """Pings every ``ping_interval_s`` and the connection age limit (Binance: 24 h)."""
-        started = time.monotonic()
-        interval = self._ping_interval_s
-        while True:
-            wait = interval if interval is not None else float("inf")
-            if self._max_connection_s is not None:
-                wait = min(wait, started + self._max_connection_s - time.monotonic())
-            await asyncio.sleep(max(0.0, wait) if wait != float("inf") else 3600.0)
-            if self._max_connection_s is not None and time.monotonic() - started >= self._max_connection_s:
+        """A ping every ``ping_interval_s``, and a clean close at the age limit (Binance: 24 h)."""
+        loop = asyncio.get_running_loop()
+        inf = float("inf")
+        ping_every = self._ping_interval_s if self._ping_interval_s is not None else inf
+        close_at = loop.time() + self._max_connection_s if self._max_connection_s is not None else inf
+        next_ping = loop.time() + ping_every
+        while min(next_ping, close_at) < inf:
+            await asyncio.sleep(min(next_ping, close_at) - loop.time())
+            if loop.time() >= close_at:
                 await self._close_client(client, WSCloseCode.OK, "connection age limit")
                 return
-            if interval is not None and not client.silent:
+            next_ping += ping_every
+            if not client.silent:
                 try:
                     await client.ws.ping(str(int(time.time() * 1000)).encode())
                 except (ConnectionError, RuntimeError):
