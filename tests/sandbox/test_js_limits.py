@@ -72,7 +72,9 @@ def test_endless_microtasks_time_out(make: MakeStrategy) -> None:
     ],
 )
 def test_deep_recursion_is_a_catchable_range_error(make: MakeStrategy, action: str) -> None:
-    strategy = make(_misbehaving_on_candle_2(action))
+    # A generous deadline: building the deep structures takes real time on a loaded machine,
+    # and this test is about the stack, not the clock.
+    strategy = make(_misbehaving_on_candle_2(action), limits=SandboxLimits(timeout_ms=10_000))
     strategy.step(candle(0), None)
     with pytest.raises(StrategyRuntimeError) as err:
         strategy.step(candle(1), None)
@@ -99,7 +101,7 @@ def test_the_strategy_can_catch_its_own_stack_overflow(make: MakeStrategy) -> No
     ],
 )
 def test_allocation_bomb_is_a_memory_error_and_the_strategy_recovers(make: MakeStrategy, action: str) -> None:
-    limits = SandboxLimits(memory_bytes=8 << 20)
+    limits = SandboxLimits(memory_bytes=8 << 20, timeout_ms=10_000)  # about memory, not time
     strategy = make(_misbehaving_on_candle_2(action), limits=limits)
     strategy.step(candle(0), None)
     with pytest.raises(StrategyMemoryError):

@@ -48,7 +48,7 @@ def _returning(expression: str) -> str:
 def test_invalid_results_are_rejected_and_the_strategy_keeps_working(
     make: MakeStrategy, expression: str, message: str
 ) -> None:
-    strategy = make(_returning(expression))
+    strategy = make(_returning(expression), limits=SandboxLimits(timeout_ms=10_000))
     with pytest.raises(InvalidResult) as err:
         strategy.step(candle(1), None)
     assert message in str(err.value)
