@@ -57,7 +57,7 @@ def expected(series: Series, first: int, count: int) -> list[Candle]:
 
 
 def btc(server: ReplayServer) -> Series:
-    return server._series["BTCUSDT"]  # the series the server was built from
+    return server.series["BTCUSDT"]
 
 
 async def subscribed(server: ReplayServer, *keys: StreamKey) -> None:
@@ -214,12 +214,12 @@ async def test_live_subscription_changes_keep_the_connection_and_the_rate_limit(
 
     assert server.total_connections == 1 and server.rate_limited == 0
     assert feed.stats.control_sent >= 6
-    assert sink.history[ETH] == expected(server._series["ETHUSDT"], PAST - HISTORY, HISTORY)
+    assert sink.history[ETH] == expected(server.series["ETHUSDT"], PAST - HISTORY, HISTORY)
 
     before = len(sink.closed_for(BTC))
     await server.advance(5)
     await sink.wait_for(lambda: len(sink.closed_for(ETH)) == 5 and len(sink.closed_for(BTC)) == before + 5)
-    assert sink.closed_for(ETH) == expected(server._series["ETHUSDT"], PAST, 5)
+    assert sink.closed_for(ETH) == expected(server.series["ETHUSDT"], PAST, 5)
     assert [c.open_time % 300_000 for c in sink.closed_for(BTC_5M)] == [0] * len(sink.closed_for(BTC_5M))
 
 

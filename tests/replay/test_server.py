@@ -54,7 +54,7 @@ async def test_combined_stream_wraps_events_and_advance_returns_once_written(ser
     assert [e["k"]["x"] for e in btc] == [False, False, True]
     assert [e["k"]["x"] for e in eth] == [False, False, False]  # candle 10 of 15 minutes: 5m still open
     final = btc[-1]["k"]
-    candle = server._series["BTCUSDT"].candles[PAST]
+    candle = server.series["BTCUSDT"].candles[PAST]
     assert final["t"] == candle.open_time and final["c"] == format_decimal(candle.close)
     assert btc[-1]["E"] == candle.open_time + MIN
 

@@ -30,10 +30,10 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Self
 
 import orjson
@@ -149,6 +149,11 @@ class ReplayServer:
         if self._port is None:
             raise RuntimeError("ReplayServer is not started")
         return self._port
+
+    @property
+    def series(self) -> Mapping[str, Series]:
+        """The replayed series by symbol."""
+        return MappingProxyType(self._series)
 
     @property
     def ws_url(self) -> str:
