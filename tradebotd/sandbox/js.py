@@ -66,7 +66,7 @@ __all__ = ["RANDOM_SEED", "EvalInfo", "JsStrategy", "SandboxLimits"]
 
 RANDOM_SEED = 0x7472_6164_6562_6F74  # b"tradebot": Math.random's seed after every load
 RUN_CHUNK = 64  # candles per wasm call in run_until_signal; bounds the epoch backstop per call
-_FUEL_PER_CANDLE = 200_000  # fuel allowance for appending one candle (≈10x what it uses)
+_FUEL_PER_CANDLE = 100_000  # fuel allowance for appending one candle (it uses ≈7 k)
 _LOAD_FUEL = 2_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
 
 
@@ -75,7 +75,7 @@ class SandboxLimits:
     """Per-strategy limits.
 
     ``fuel`` is an optional deterministic budget in wasm fuel units per evaluation (an SMA step
-    over 200 candles uses ≈0.25 M). It needs a separately compiled module (≈20% slower code),
+    over 200 candles uses ≈0.16 M). It needs a separately compiled module (≈20% slower code),
     and running out of fuel traps, so the instance is rebuilt. In ``run_until_signal`` the
     budget applies per wasm call, i.e. ``fuel`` times the candles in that call.
     """
