@@ -241,3 +241,13 @@ def test_float_amounts_become_exact_decimals() -> None:
     from tradebotd.engine import _decimal
 
     assert _decimal(0.1) == D("0.1") and _decimal(1e-8) == D("1E-8") and _decimal(None) is None
+
+
+async def test_history_sent_again_after_a_feed_restart_evaluates_only_new_candles(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 4)])
+    await h.engine.on_closed(candle(4), 0)
+    # the feed restarted and warms the stream up again: 5 and 6 closed while it was down
+    await h.engine.on_history(KEY, [candle(i) for i in range(2, 7)])
+    assert h.runtimes["s1"].evaluated == [4 * MIN, 5 * MIN, 6 * MIN]

@@ -19,6 +19,8 @@ from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
 from .model import interval_ms, normalize_symbol
+from .replay import cli as replay_cli
+from .replay.series import ReplayDataError
 from .store.base import NotFound, StrategyKind
 from .store.sqlite import SqliteStore
 
@@ -90,15 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    replay = sub.add_parser("replay-server", help="serve a candle CSV over Binance's WebSocket and REST protocols")
-    replay.add_argument("--data", type=Path, default=None,
-                        help="CSV with time,open,high,low,close,volume (default: the bundled demo series)")
-    replay.add_argument("--speed", type=float, default=1.0, help="x real time (default 1)")
-    replay.add_argument("--host", default="127.0.0.1")
-    replay.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as PORT=<n>)")
-    replay.add_argument("--symbol", default=None, help="symbol (default: from the file name)")
-    replay.add_argument("--interval", default=None, type=_interval, help="interval (default: from the file name)")
-    replay.add_argument("--history", type=int, default=500, help="candles already in the past at start")
+    replay = sub.add_parser("replay-server", help="serve candle CSVs over Binance's WebSocket and REST protocols")
+    replay_cli.add_arguments(replay)
     return parser
 
 
@@ -209,15 +204,13 @@ def cmd_db_init(settings: Settings) -> int:
 
 
 def cmd_replay_server(args: argparse.Namespace) -> int:
-    from .replay.server import serve_replay
-
     try:
-        asyncio.run(serve_replay(
-            args.data, speed=args.speed, host=args.host, port=args.port, symbol=args.symbol,
-            interval=args.interval, history=args.history,
-        ))
+        asyncio.run(replay_cli.run_from_args(args))
     except KeyboardInterrupt:
         pass
+    except (ReplayDataError, OSError) as exc:
+        print(f"tradebotd replay-server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -240,16 +240,27 @@ class Engine:
     # -- market data (the feed's sink) -------------------------------------------------------
 
     async def on_history(self, key: StreamKey, candles: Sequence[Candle]) -> None:
+        """Warm-up candles for a stream. The feed sends them again after it restarts: candles that
+        are new to us then are handled like closed candles (protective levels, evaluation)."""
         async with self._lock:
             history = self._history.get(key)
             if history is None:
                 history = self._history[key] = CandleHistory(self.config.history)
+            known_last = history.last_open_time
             history.extend(candles)
             batch = WriteBatch()
             if self.config.record_candles:
                 batch.candles.extend(candles)
+            slots = list(self._by_key.get(key, []))
+            if known_last is not None:
+                for candle in candles:
+                    if candle.open_time > known_last:
+                        self._record_fills(self.broker.on_candle(candle), batch)
+                        for slot in slots:
+                            if slot.warm:
+                                await self._evaluate(slot, candle, batch)
             if len(history):
-                for slot in list(self._by_key.get(key, [])):
+                for slot in slots:
                     if not slot.warm:
                         await self._warm(slot, history, batch)
             self._sink(batch)
