@@ -60,28 +60,54 @@ def hold(t: int, p: Position | None) -> Decision:
 
 
 def row(sid: str = "s1", code: str = "v1", **kw: Any) -> StrategyRow:
-    base = dict(id=sid, user_id="u", name=sid, python_code=None, typescript_code=code, asset="btcusdt",
-                interval="1m", status="running", portfolio_id="p", parameters={}, last_run_at=None,
-                last_signal_at=None, error_message=None, created_at="c", updated_at="u1", kind="js")
+    base = dict(
+        id=sid,
+        user_id="u",
+        name=sid,
+        python_code=None,
+        typescript_code=code,
+        asset="btcusdt",
+        interval="1m",
+        status="running",
+        portfolio_id="p",
+        parameters={},
+        last_run_at=None,
+        last_signal_at=None,
+        error_message=None,
+        created_at="c",
+        updated_at="u1",
+        kind="js",
+    )
     base.update(kw)
     return StrategyRow(**base)  # type: ignore[arg-type]
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, *, now_ms: int = 10**9 * MIN, cursors: dict[str, int] | None = None,
-                 config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        now_ms: int = 10**9 * MIN,
+        cursors: dict[str, int] | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
         self.store = SqliteStore(tmp_path / "e.db")
         self.store.migrate()
         self.runtimes: dict[str, Scripted] = {}
         self.scripts: dict[str, Callable[[int, Position | None], Decision]] = {}
         self.now = now_ms
-        self.broker = PaperBroker(fee_rate=D("0.001"), slippage_bps=D(0), default_amount=D("0.001"),
-                                  cash={"p": D("10000")})
+        self.broker = PaperBroker(
+            fee_rate=D("0.001"), slippage_bps=D(0), default_amount=D("0.001"), cash={"p": D("10000")}
+        )
         self.stream_changes = 0
         self.engine = Engine(
-            broker=self.broker, sink=lambda b: self.store.apply([b]), runtime_factory=self.factory,
-            now_ms=lambda: self.now, config=config or EngineConfig(max_candle_lag_ms=0),
-            cursors=cursors, on_streams_changed=self.changed,
+            broker=self.broker,
+            sink=lambda b: self.store.apply([b]),
+            runtime_factory=self.factory,
+            now_ms=lambda: self.now,
+            config=config or EngineConfig(max_candle_lag_ms=0),
+            cursors=cursors,
+            on_streams_changed=self.changed,
         )
 
     def changed(self) -> None:
@@ -111,8 +137,11 @@ async def test_history_then_each_closed_candle_exactly_once(tmp_path: Path) -> N
 
 async def test_signals_become_trades_with_deterministic_ids(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.scripts["s1"] = lambda t, p: Decision("buy", amount=0.5) if t == 6 * MIN else (
-        Decision("sell", reason="done") if t == 8 * MIN else Decision("hold"))
+    h.scripts["s1"] = lambda t, p: (
+        Decision("buy", amount=0.5)
+        if t == 6 * MIN
+        else (Decision("sell", reason="done") if t == 8 * MIN else Decision("hold"))
+    )
     await h.engine.sync([row()])
     await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
     await h.engine.on_closed(candle(6, "100"), 0)
@@ -120,7 +149,9 @@ async def test_signals_become_trades_with_deterministic_ids(tmp_path: Path) -> N
     await h.engine.on_closed(candle(8, "110"), 0)
     trades = h.store.trades("s1")
     assert [(t.side, t.amount, t.price, t.candle_time) for t in trades] == [
-        ("buy", D("0.5"), D("100"), 6 * MIN), ("sell", D("0.5"), D("110"), 8 * MIN)]
+        ("buy", D("0.5"), D("100"), 6 * MIN),
+        ("sell", D("0.5"), D("110"), 8 * MIN),
+    ]
     assert trades[0].client_order_id.endswith(f"-{6 * MIN}-buy")
     levels = [e.level for _, e in h.store.logs_after("s1")]
     assert levels.count("signal") == 2 and levels.count("trade") == 2

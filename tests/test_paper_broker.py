@@ -18,13 +18,26 @@ def broker(cash: str = "10000", fee: str = "0.001", slippage: str = "0") -> Pape
     return PaperBroker(fee_rate=D(fee), slippage_bps=D(slippage), default_amount=D("0.001"), cash={"p": D(cash)})
 
 
-def intent(side: str, price: str, t: int = 60_000, amount: str | None = None, tp: str | None = None,
-           sl: str | None = None, sid: str = "s1") -> OrderIntent:
+def intent(
+    side: str,
+    price: str,
+    t: int = 60_000,
+    amount: str | None = None,
+    tp: str | None = None,
+    sl: str | None = None,
+    sid: str = "s1",
+) -> OrderIntent:
     return OrderIntent(
         client_order_id=client_order_id(sid, t, side),  # type: ignore[arg-type]
-        strategy_id=sid, portfolio_id="p", key=KEY, side=side,  # type: ignore[arg-type]
-        amount=None if amount is None else D(amount), reference_price=D(price), candle_time=t,
-        take_profit=None if tp is None else D(tp), stop_loss=None if sl is None else D(sl),
+        strategy_id=sid,
+        portfolio_id="p",
+        key=KEY,
+        side=side,  # type: ignore[arg-type]
+        amount=None if amount is None else D(amount),
+        reference_price=D(price),
+        candle_time=t,
+        take_profit=None if tp is None else D(tp),
+        stop_loss=None if sl is None else D(sl),
     )
 
 

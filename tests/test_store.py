@@ -23,22 +23,63 @@ def store(tmp_path: Path) -> SqliteStore:
 
 
 def trade(coid: str, price: str = "100") -> TradeRow:
-    return TradeRow(id=coid, strategy_id="s", portfolio_id=None, symbol="BTCUSDT", side="buy", amount=D("0.001"),
-                    price=D(price), fee=D("0.0001"), status="filled", client_order_id=coid, exchange_order_id=None,
-                    candle_time=60_000, reason="r", created_at="2026-01-01T00:00:00.000Z")
+    return TradeRow(
+        id=coid,
+        strategy_id="s",
+        portfolio_id=None,
+        symbol="BTCUSDT",
+        side="buy",
+        amount=D("0.001"),
+        price=D(price),
+        fee=D("0.0001"),
+        status="filled",
+        client_order_id=coid,
+        exchange_order_id=None,
+        candle_time=60_000,
+        reason="r",
+        created_at="2026-01-01T00:00:00.000Z",
+    )
 
 
 def test_schema_has_the_web_app_tables_and_columns(store: SqliteStore) -> None:
     def columns(table: str) -> set[str]:
         return {r["name"] for r in store.execute(f"PRAGMA table_info({table})")}
 
-    assert {"id", "user_id", "name", "python_code", "typescript_code", "asset", "interval", "status", "portfolio_id",
-            "parameters", "last_run_at", "last_signal_at", "error_message", "created_at", "updated_at"} <= columns(
-        "strategies")
+    assert {
+        "id",
+        "user_id",
+        "name",
+        "python_code",
+        "typescript_code",
+        "asset",
+        "interval",
+        "status",
+        "portfolio_id",
+        "parameters",
+        "last_run_at",
+        "last_signal_at",
+        "error_message",
+        "created_at",
+        "updated_at",
+    } <= columns("strategies")
     assert {"id", "strategy_id", "level", "message", "data", "created_at"} <= columns("strategy_logs")
     assert {"symbol", "interval", "open_time", "open", "high", "low", "close", "volume"} <= columns("market_data")
-    assert {"id", "strategy_id", "portfolio_id", "symbol", "side", "amount", "price", "fee", "status",
-            "client_order_id", "exchange_order_id", "candle_time", "reason", "created_at"} <= columns("trades")
+    assert {
+        "id",
+        "strategy_id",
+        "portfolio_id",
+        "symbol",
+        "side",
+        "amount",
+        "price",
+        "fee",
+        "status",
+        "client_order_id",
+        "exchange_order_id",
+        "candle_time",
+        "reason",
+        "created_at",
+    } <= columns("trades")
     assert {"id", "user_id", "name", "type", "cash", "currency", "created_at"} <= columns("portfolios")
     assert store.execute("PRAGMA journal_mode")[0][0] == "wal"
 
@@ -58,8 +99,9 @@ def test_newer_schema_is_refused(store: SqliteStore) -> None:
 
 
 def test_status_check_constraint(store: SqliteStore) -> None:
-    sid = store.add_strategy(name="a", user_id="u", code="x", kind="js", asset="btcusdt", interval="1m",
-                             parameters={}, portfolio_id=None)
+    sid = store.add_strategy(
+        name="a", user_id="u", code="x", kind="js", asset="btcusdt", interval="1m", parameters={}, portfolio_id=None
+    )
     with pytest.raises(sqlite3.IntegrityError):
         store.execute("UPDATE strategies SET status = 'bogus' WHERE id = ?", (sid,))
 
@@ -67,8 +109,16 @@ def test_status_check_constraint(store: SqliteStore) -> None:
 def test_strategy_lifecycle_and_prefix_ids(store: SqliteStore) -> None:
     pid = store.ensure_paper_portfolio(user_id="u", cash=D("10000"), currency="USDT")
     assert store.ensure_paper_portfolio(user_id="u", cash=D("1"), currency="USDT") == pid  # created once
-    sid = store.add_strategy(name="sma", user_id="u", code="function strategy(){}", kind="js", asset="btcusdt",
-                             interval="5m", parameters={"fast": 5}, portfolio_id=pid)
+    sid = store.add_strategy(
+        name="sma",
+        user_id="u",
+        code="function strategy(){}",
+        kind="js",
+        asset="btcusdt",
+        interval="5m",
+        parameters={"fast": 5},
+        portfolio_id=pid,
+    )
     row = store.get_strategy(sid)
     assert row.status == "draft" and row.parameters == {"fast": 5} and row.source.startswith("function")
     assert store.resolve_strategy_id(sid[:8]) == sid
@@ -101,8 +151,16 @@ def test_positions_cursors_cash_and_candles(store: SqliteStore) -> None:
     pid = store.ensure_paper_portfolio(user_id="u", cash=D("10000"), currency="USDT")
     pos = Position(D("0.5"), D("123.45678901"), 60_000, D("130"), None)
     candle = Candle("BTCUSDT", "1m", 60_000, D("1.1"), D("1.2"), D("1.0"), D("1.15"), D("10.5"))
-    store.apply([WriteBatch(positions={"s": (pid, KEY, pos)}, cash={pid: D("9938.27160549")},
-                            cursors={"s": ("BTCUSDT", "1m", 120_000)}, candles=[candle, candle])])
+    store.apply(
+        [
+            WriteBatch(
+                positions={"s": (pid, KEY, pos)},
+                cash={pid: D("9938.27160549")},
+                cursors={"s": ("BTCUSDT", "1m", 120_000)},
+                candles=[candle, candle],
+            )
+        ]
+    )
     assert store.positions() == {"s": (pid, KEY, pos)}
     assert store.portfolios()[0].cash == D("9938.27160549")
     assert store.cursors() == {"s": 120_000}

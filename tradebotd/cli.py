@@ -56,7 +56,9 @@ def _interval(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tradebotd", description="Real-time trading daemon with sandboxed strategies.")
+    parser = argparse.ArgumentParser(
+        prog="tradebotd", description="Real-time trading daemon with sandboxed strategies."
+    )
     parser.add_argument("--version", action="version", version=f"tradebotd {__version__}")
     config_help = "config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
     parser.add_argument("--config", metavar="PATH", help=config_help)
@@ -70,18 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="store administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", parents=[common], help="create or migrate the store and the paper portfolio")
 
-    strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(dest="strategy_command",
-                                                                                   required=True)
+    strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(
+        dest="strategy_command", required=True
+    )
     add = strategy.add_parser("add", parents=[common], help="add a strategy from a file; prints its id")
     add.add_argument("name")
     add.add_argument("--file", required=True, type=Path, help="JavaScript source (.js)")
     add.add_argument("--asset", default="btcusdt", type=_asset, help="symbol (default: btcusdt)")
     add.add_argument("--interval", default="1m", type=_interval, help="kline interval (default: 1m)")
-    add.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
-                     help="strategy parameter (repeatable; JSON values allowed)")
+    add.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy parameter (repeatable; JSON values allowed)",
+    )
     add.add_argument("--start", action="store_true", help="set status 'running' right away")
-    add.add_argument("--if-missing", action="store_true",
-                     help="do nothing (and print the existing id) if a strategy with this name exists")
+    add.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing (and print the existing id) if a strategy with this name exists",
+    )
     listing = strategy.add_parser("list", parents=[common], help="list strategies")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     for verb, help_text in (("start", "set status 'running'"), ("stop", "set status 'paused'")):
@@ -146,13 +158,29 @@ def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
         elif command == "list":
             rows = store.list_strategies()
             if args.json:
-                print(json.dumps([
-                    {"id": r.id, "name": r.name, "asset": r.asset, "interval": r.interval, "status": r.status,
-                     "kind": r.kind, "parameters": dict(r.parameters), "last_run_at": r.last_run_at,
-                     "last_signal_at": r.last_signal_at, "error_message": r.error_message,
-                     "portfolio_id": r.portfolio_id, "created_at": r.created_at, "updated_at": r.updated_at}
-                    for r in rows
-                ], indent=2))
+                print(
+                    json.dumps(
+                        [
+                            {
+                                "id": r.id,
+                                "name": r.name,
+                                "asset": r.asset,
+                                "interval": r.interval,
+                                "status": r.status,
+                                "kind": r.kind,
+                                "parameters": dict(r.parameters),
+                                "last_run_at": r.last_run_at,
+                                "last_signal_at": r.last_signal_at,
+                                "error_message": r.error_message,
+                                "portfolio_id": r.portfolio_id,
+                                "created_at": r.created_at,
+                                "updated_at": r.updated_at,
+                            }
+                            for r in rows
+                        ],
+                        indent=2,
+                    )
+                )
             else:
                 print(f"{'ID':36}  {'STATUS':8}  {'ASSET':10}  {'INT':4}  NAME")
                 for r in rows:
@@ -178,8 +206,17 @@ def _print_logs(store: SqliteStore, strategy_id: str, *, follow: bool, as_json: 
             for rowid, entry in store.logs_after(strategy_id, after):
                 after = rowid
                 if as_json:
-                    print(json.dumps({"created_at": entry.created_at, "level": entry.level,
-                                      "message": entry.message, "data": entry.data}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "created_at": entry.created_at,
+                                "level": entry.level,
+                                "message": entry.message,
+                                "data": entry.data,
+                            }
+                        ),
+                        flush=True,
+                    )
                 else:
                     data = f"  {json.dumps(entry.data)}" if entry.data else ""
                     print(f"{entry.created_at}  {entry.level:6}  {entry.message}{data}", flush=True)

@@ -93,9 +93,7 @@ class ExchangeSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
 
     market: MarketSettings = MarketSettings()
     paper: PaperSettings = PaperSettings()
@@ -190,8 +188,7 @@ def load_settings(config: str | os.PathLike[str] | None = None) -> tuple[Setting
         if key in (file_data.get(section) or {}):
             env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
             raise ConfigError(
-                f"{path}: [{section}] {key} is a secret and must come from the environment ({env}), "
-                "never from a file"
+                f"{path}: [{section}] {key} is a secret and must come from the environment ({env}), never from a file"
             )
     try:
         settings = Settings(**file_data)
@@ -208,4 +205,3 @@ def load_settings(config: str | os.PathLike[str] | None = None) -> tuple[Setting
                 lines.append(f"{where}: {key}: {err['msg']} (got {value})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     return settings, used
-

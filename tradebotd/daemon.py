@@ -66,9 +66,7 @@ class Daemon:
             user_id=settings.store.user_id, cash=paper.cash, currency=paper.currency
         )
         cash: dict[str | None, Decimal] = {p.id: p.cash for p in self.store.portfolios()}
-        positions = {
-            sid: PaperPosition(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()
-        }
+        positions = {sid: PaperPosition(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()}
         self.broker = PaperBroker(
             fee_rate=paper.fee_rate,
             slippage_bps=paper.slippage_bps,
@@ -108,8 +106,13 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        log.info("tradebotd starting", store=str(self.settings.store.path), ws_url=self.settings.market.ws_url,
-                 rest_url=self.settings.market.rest_url, broker="paper")
+        log.info(
+            "tradebotd starting",
+            store=str(self.settings.store.path),
+            ws_url=self.settings.market.ws_url,
+            rest_url=self.settings.market.rest_url,
+            broker="paper",
+        )
         self.supervisor.start("store-writer", self.writer.run)
         self.supervisor.start("market-feed", self.feed.run)
         self.supervisor.start("control", self._control_loop)

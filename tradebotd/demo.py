@@ -27,7 +27,9 @@ EXAMPLE = Path(__file__).resolve().parent / "examples" / "sma_crossover.js"
 def _start_replay(speed: float) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tradebotd", "replay-server", "--speed", str(speed), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -70,9 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "TRADEBOTD_CONFIG": str(config)}
     cli = [sys.executable, "-m", "tradebotd"]
     sid = subprocess.run(
-        [*cli, "strategy", "add", "SMA 5/20 demo", "--file", str(EXAMPLE), "--asset", "btcusdt",
-         "--interval", "1m", "--param", "fast=5", "--param", "slow=20", "--param", "amount=0.01", "--start"],
-        env=env, check=True, capture_output=True, text=True,
+        [
+            *cli,
+            "strategy",
+            "add",
+            "SMA 5/20 demo",
+            "--file",
+            str(EXAMPLE),
+            "--asset",
+            "btcusdt",
+            "--interval",
+            "1m",
+            "--param",
+            "fast=5",
+            "--param",
+            "slow=20",
+            "--param",
+            "amount=0.01",
+            "--start",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     print(f"demo: replay on 127.0.0.1:{port} at {args.speed:g}x, store {db}, strategy {sid}", flush=True)
     daemon = subprocess.Popen([*cli, "run"], env=env)
@@ -87,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             trades = store.trades(sid)
             store.close()
             for t in trades[seen:]:
-                print(f"demo: TRADE {t.side:4} {t.amount} {t.symbol} at {t.price} (fee {t.fee}) "
-                      f"candle {t.candle_time} id {t.client_order_id}", flush=True)
+                print(
+                    f"demo: TRADE {t.side:4} {t.amount} {t.symbol} at {t.price} (fee {t.fee}) "
+                    f"candle {t.candle_time} id {t.client_order_id}",
+                    flush=True,
+                )
             seen = len(trades)
     except KeyboardInterrupt:
         pass

@@ -183,10 +183,21 @@ class Engine:
         slot = _Slot(row=row, key=key, fingerprint=fingerprint(row), runtime=runtime, cursor=cursor)
         self._slots[row.id] = slot
         self._by_key.setdefault(key, []).append(slot)
-        log.info("strategy reloaded" if reload else "strategy started", strategy_id=row.id,
-                 name=row.name, symbol=key.symbol, interval=key.interval)
-        batch.logs.append(_entry(row.id, "info", "strategy reloaded" if reload else "strategy started",
-                                 {"symbol": key.symbol, "interval": key.interval}))
+        log.info(
+            "strategy reloaded" if reload else "strategy started",
+            strategy_id=row.id,
+            name=row.name,
+            symbol=key.symbol,
+            interval=key.interval,
+        )
+        batch.logs.append(
+            _entry(
+                row.id,
+                "info",
+                "strategy reloaded" if reload else "strategy started",
+                {"symbol": key.symbol, "interval": key.interval},
+            )
+        )
         history = self._history.get(key)
         if history is not None and len(history):
             await self._warm(slot, history, batch)
@@ -223,8 +234,11 @@ class Engine:
         if slot.cursor is None or slot.cursor < first:
             if slot.cursor is not None:
                 missed = (first - slot.cursor) // slot.key.interval_ms - 1
-                log.warning("strategy resumes after a gap longer than the history", strategy_id=slot.row.id,
-                            missed_candles=missed)
+                log.warning(
+                    "strategy resumes after a gap longer than the history",
+                    strategy_id=slot.row.id,
+                    missed_candles=missed,
+                )
             slot.runtime.push_history(history.rows())
             slot.cursor = last
             batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, last)
@@ -346,14 +360,18 @@ class Engine:
             if self.config.log_holds:
                 batch.logs.append(_entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
             return
-        batch.logs.append(_entry(sid, "signal", f"{decision.signal} signal" +
-                                 (f": {decision.reason}" if decision.reason else ""), data))
+        batch.logs.append(
+            _entry(
+                sid, "signal", f"{decision.signal} signal" + (f": {decision.reason}" if decision.reason else ""), data
+            )
+        )
         if stale:
             self.stats.stale_refusals += 1
-            message = f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago " \
-                      f"(market.max_candle_lag_s = {self.config.max_candle_lag_ms / 1000:g})"
-            log.warning("stale candle; not trading", strategy_id=sid, candle_time=candle.open_time,
-                        lag_ms=lag_ms)
+            message = (
+                f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago "
+                f"(market.max_candle_lag_s = {self.config.max_candle_lag_ms / 1000:g})"
+            )
+            log.warning("stale candle; not trading", strategy_id=sid, candle_time=candle.open_time, lag_ms=lag_ms)
             batch.logs.append(_entry(sid, "info", message, {"candle_time": candle.open_time, "lag_ms": lag_ms}))
             return
         intent = OrderIntent(
@@ -373,8 +391,7 @@ class Engine:
             outcome = await self.broker.submit(intent)
         except Exception as exc:
             log.exception("order failed", strategy_id=sid, client_order_id=intent.client_order_id)
-            batch.logs.append(_entry(sid, "error", f"order failed: {exc}",
-                                     {"client_order_id": intent.client_order_id}))
+            batch.logs.append(_entry(sid, "error", f"order failed: {exc}", {"client_order_id": intent.client_order_id}))
             return
         self._record_outcome(outcome, sid, batch)
 
@@ -385,8 +402,13 @@ class Engine:
         slot.errors += 1
         self.stats.strategy_errors += 1
         details = {"candle_time": candle.open_time, "consecutive_errors": slot.errors, **(data or {})}
-        log.warning("strategy error", strategy_id=sid, candle_time=candle.open_time, error=message,
-                    consecutive_errors=slot.errors)
+        log.warning(
+            "strategy error",
+            strategy_id=sid,
+            candle_time=candle.open_time,
+            error=message,
+            consecutive_errors=slot.errors,
+        )
         batch.logs.append(_entry(sid, "error", message, details))
         batch.strategy_runs[sid] = (utc_now(), None)
         if slot.errors >= self.config.max_consecutive_errors:
@@ -398,8 +420,9 @@ class Engine:
             self._record_fills([outcome], batch)
             return
         level = "info" if isinstance(outcome, Ignored) else "error"
-        log.info("order not placed", strategy_id=strategy_id, client_order_id=outcome.client_order_id,
-                 reason=outcome.reason)
+        log.info(
+            "order not placed", strategy_id=strategy_id, client_order_id=outcome.client_order_id, reason=outcome.reason
+        )
         batch.logs.append(_entry(strategy_id, level, outcome.reason, {"client_order_id": outcome.client_order_id}))
 
     def _record_fills(self, fills: Iterable[Fill], batch: WriteBatch) -> None:
@@ -429,16 +452,34 @@ class Engine:
                 batch.cash[fill.portfolio_id] = fill.cash_after
             verb = "bought" if fill.side == "buy" else "sold"
             message = f"{verb} {fill.amount} {fill.key.symbol} at {fill.price} (fee {fill.fee})"
-            batch.logs.append(_entry(fill.strategy_id, "trade", message, {
-                "client_order_id": fill.client_order_id, "side": fill.side, "amount": str(fill.amount),
-                "price": str(fill.price), "fee": str(fill.fee), "candle_time": fill.candle_time,
-                "reason": fill.reason,
-            }))
+            batch.logs.append(
+                _entry(
+                    fill.strategy_id,
+                    "trade",
+                    message,
+                    {
+                        "client_order_id": fill.client_order_id,
+                        "side": fill.side,
+                        "amount": str(fill.amount),
+                        "price": str(fill.price),
+                        "fee": str(fill.fee),
+                        "candle_time": fill.candle_time,
+                        "reason": fill.reason,
+                    },
+                )
+            )
             for note in fill.notes:
                 batch.logs.append(_entry(fill.strategy_id, "info", note, {"client_order_id": fill.client_order_id}))
-            log.info("fill", strategy_id=fill.strategy_id, client_order_id=fill.client_order_id,
-                     side=fill.side, amount=str(fill.amount), price=str(fill.price), fee=str(fill.fee),
-                     candle_time=fill.candle_time)
+            log.info(
+                "fill",
+                strategy_id=fill.strategy_id,
+                client_order_id=fill.client_order_id,
+                side=fill.side,
+                amount=str(fill.amount),
+                price=str(fill.price),
+                fee=str(fill.fee),
+                candle_time=fill.candle_time,
+            )
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -468,4 +509,3 @@ def _error_data(exc: BaseException) -> dict[str, Any]:
 def _trade_id(coid: str) -> str:
     """Trades get a uuid derived from their client order id: the same decision, the same row."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tradebotd:trade:{coid}"))
-

@@ -54,9 +54,7 @@ def interval_ms(interval: str) -> int:
     try:
         return INTERVAL_MS[interval]
     except KeyError:
-        raise ValueError(
-            f"unsupported kline interval {interval!r}; expected one of {', '.join(INTERVAL_MS)}"
-        ) from None
+        raise ValueError(f"unsupported kline interval {interval!r}; expected one of {', '.join(INTERVAL_MS)}") from None
 
 
 def normalize_symbol(asset: str) -> str:

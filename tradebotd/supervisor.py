@@ -40,8 +40,9 @@ class Supervisor:
                     return
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 wait = delay * (0.5 + random.random())
-                log.exception("task crashed; restarting", task=name, restart_in_s=round(wait, 2),
-                              restarts=self.restarts[name])
+                log.exception(
+                    "task crashed; restarting", task=name, restart_in_s=round(wait, 2), restarts=self.restarts[name]
+                )
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self._max)
                 continue
@@ -50,14 +51,14 @@ class Supervisor:
     def task(self, name: str) -> asyncio.Task[None]:
         return self._tasks[name]
 
-    async def wait(self, name: str, timeout: float) -> bool:
-        """Wait for one task to finish on its own; cancel it after ``timeout``. True if it finished."""
+    async def wait(self, name: str, grace_s: float) -> bool:
+        """Wait for one task to finish on its own; cancel it after ``grace_s``. True if it finished."""
         task = self._tasks.get(name)
         if task is None:
             return True
-        done, _ = await asyncio.wait({task}, timeout=timeout)
+        done, _ = await asyncio.wait({task}, timeout=grace_s)
         if not done:
-            log.warning("task did not finish in time; cancelling", task=name, timeout_s=timeout)
+            log.warning("task did not finish in time; cancelling", task=name, grace_s=grace_s)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             return False

@@ -100,9 +100,7 @@ class PaperBroker:
         cost = price * amount + fee
         cash = self.cash(intent.portfolio_id)
         if cost > cash:
-            return Rejected(
-                intent.client_order_id, f"insufficient cash: need {q_money(cost)}, have {cash}"
-            )
+            return Rejected(intent.client_order_id, f"insufficient cash: need {q_money(cost)}, have {cash}")
         held = self._positions.get(intent.strategy_id)
         notes: list[str] = []
         take_profit, stop_loss = self._levels(intent, price, notes)
@@ -158,8 +156,9 @@ class PaperBroker:
             amount = min(amount, q_amount(intent.amount))
             if amount <= 0:
                 return Rejected(intent.client_order_id, "amount rounds to zero at 8 decimals")
-        return self._close(held, intent.strategy_id, intent.client_order_id, amount, price,
-                           intent.candle_time, intent.reason)
+        return self._close(
+            held, intent.strategy_id, intent.client_order_id, amount, price, intent.candle_time, intent.reason
+        )
 
     def _close(
         self,

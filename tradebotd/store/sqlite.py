@@ -161,8 +161,7 @@ class SqliteStore:
         """Apply pending migrations; returns the schema version."""
         with self._tx():
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
             )
             current = self._db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
             if current > SCHEMA_VERSION:
@@ -221,8 +220,20 @@ class SqliteStore:
                 "INSERT INTO strategies (id, user_id, name, typescript_code, asset, interval, status, "
                 "portfolio_id, parameters, created_at, updated_at, kind) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, user_id, name, code, asset, interval, status, portfolio_id,
-                 json.dumps(dict(parameters)), now, now, kind),
+                (
+                    sid,
+                    user_id,
+                    name,
+                    code,
+                    asset,
+                    interval,
+                    status,
+                    portfolio_id,
+                    json.dumps(dict(parameters)),
+                    now,
+                    now,
+                    kind,
+                ),
             )
         return sid
 
@@ -315,8 +326,13 @@ class SqliteStore:
         rows = self._db.execute("SELECT * FROM portfolios ORDER BY created_at").fetchall()
         return [
             PortfolioRow(
-                id=r["id"], user_id=r["user_id"], name=r["name"], type=r["type"],
-                cash=Decimal(r["cash"]), currency=r["currency"], created_at=r["created_at"],
+                id=r["id"],
+                user_id=r["user_id"],
+                name=r["name"],
+                type=r["type"],
+                cash=Decimal(r["cash"]),
+                currency=r["currency"],
+                created_at=r["created_at"],
             )
             for r in rows
         ]
@@ -348,11 +364,20 @@ class SqliteStore:
         rows = self._db.execute(sql + " ORDER BY candle_time, rowid", args).fetchall()
         return [
             TradeRow(
-                id=r["id"], strategy_id=r["strategy_id"], portfolio_id=r["portfolio_id"], symbol=r["symbol"],
-                side=r["side"], amount=Decimal(r["amount"]), price=Decimal(r["price"]), fee=Decimal(r["fee"]),
-                status=r["status"], client_order_id=r["client_order_id"],
-                exchange_order_id=r["exchange_order_id"], candle_time=int(r["candle_time"]),
-                reason=r["reason"], created_at=r["created_at"],
+                id=r["id"],
+                strategy_id=r["strategy_id"],
+                portfolio_id=r["portfolio_id"],
+                symbol=r["symbol"],
+                side=r["side"],
+                amount=Decimal(r["amount"]),
+                price=Decimal(r["price"]),
+                fee=Decimal(r["fee"]),
+                status=r["status"],
+                client_order_id=r["client_order_id"],
+                exchange_order_id=r["exchange_order_id"],
+                candle_time=int(r["candle_time"]),
+                reason=r["reason"],
+                created_at=r["created_at"],
             )
             for r in rows
         ]
@@ -367,8 +392,11 @@ class SqliteStore:
             (
                 int(r["rowid"]),
                 LogEntry(
-                    strategy_id=r["strategy_id"], level=r["level"], message=r["message"],
-                    data=json.loads(r["data"]) if r["data"] else None, created_at=r["created_at"],
+                    strategy_id=r["strategy_id"],
+                    level=r["level"],
+                    message=r["message"],
+                    data=json.loads(r["data"]) if r["data"] else None,
+                    created_at=r["created_at"],
                 ),
             )
             for r in rows
@@ -401,8 +429,19 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (symbol, interval, open_time) DO UPDATE SET "
                 "open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close, "
                 "volume = excluded.volume",
-                [(c.symbol, c.interval, c.open_time, str(c.open), str(c.high), str(c.low), str(c.close),
-                  str(c.volume)) for c in b.candles],
+                [
+                    (
+                        c.symbol,
+                        c.interval,
+                        c.open_time,
+                        str(c.open),
+                        str(c.high),
+                        str(c.low),
+                        str(c.close),
+                        str(c.volume),
+                    )
+                    for c in b.candles
+                ],
             )
         if b.trades:
             # A trade with a client order id we already hold is the same decision re-done after a
@@ -411,9 +450,25 @@ class SqliteStore:
                 "INSERT INTO trades (id, strategy_id, portfolio_id, symbol, side, amount, price, fee, status, "
                 "client_order_id, exchange_order_id, candle_time, reason, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_order_id) DO NOTHING",
-                [(t.id, t.strategy_id, t.portfolio_id, t.symbol, t.side, str(t.amount), str(t.price),
-                  str(t.fee), t.status, t.client_order_id, t.exchange_order_id, t.candle_time, t.reason,
-                  t.created_at) for t in b.trades],
+                [
+                    (
+                        t.id,
+                        t.strategy_id,
+                        t.portfolio_id,
+                        t.symbol,
+                        t.side,
+                        str(t.amount),
+                        str(t.price),
+                        str(t.fee),
+                        t.status,
+                        t.client_order_id,
+                        t.exchange_order_id,
+                        t.candle_time,
+                        t.reason,
+                        t.created_at,
+                    )
+                    for t in b.trades
+                ],
             )
         for sid, (pid, key, pos) in b.positions.items():
             if pos is None:
@@ -427,9 +482,18 @@ class SqliteStore:
                     "entry_price = excluded.entry_price, "
                     "entry_time = excluded.entry_time, take_profit = excluded.take_profit, "
                     "stop_loss = excluded.stop_loss, updated_at = excluded.updated_at",
-                    (sid, pid, key.symbol, key.interval, str(pos.amount), str(pos.entry_price), pos.entry_time,
-                     None if pos.take_profit is None else str(pos.take_profit),
-                     None if pos.stop_loss is None else str(pos.stop_loss), now),
+                    (
+                        sid,
+                        pid,
+                        key.symbol,
+                        key.interval,
+                        str(pos.amount),
+                        str(pos.entry_price),
+                        pos.entry_time,
+                        None if pos.take_profit is None else str(pos.take_profit),
+                        None if pos.stop_loss is None else str(pos.stop_loss),
+                        now,
+                    ),
                 )
         for pid, cash in b.cash.items():
             db.execute("UPDATE portfolios SET cash = ? WHERE id = ?", (str(cash), pid))
@@ -437,8 +501,17 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO strategy_logs (id, strategy_id, level, message, data, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(str(uuid.uuid4()), e.strategy_id, e.level, e.message,
-                  None if e.data is None else json.dumps(e.data, default=str), e.created_at) for e in b.logs],
+                [
+                    (
+                        str(uuid.uuid4()),
+                        e.strategy_id,
+                        e.level,
+                        e.message,
+                        None if e.data is None else json.dumps(e.data, default=str),
+                        e.created_at,
+                    )
+                    for e in b.logs
+                ],
             )
         for sid, (symbol, interval, open_time) in b.cursors.items():
             db.execute(

@@ -41,6 +41,7 @@ class StoreWriter:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._on_committed = on_committed
+        self._committed = asyncio.Event()
         self.committed_batches = 0
         self.failed_attempts = 0
 
@@ -59,6 +60,10 @@ class StoreWriter:
     async def flush(self) -> None:
         """Wait until every batch submitted so far is committed (wrap in ``asyncio.timeout``)."""
         await self._idle.wait()
+
+    async def wait_committed(self) -> None:
+        """Wait for the next commit (tests and tools await conditions on the store this way)."""
+        await self._committed.wait()
 
     async def run(self) -> None:
         """Commit batches until :meth:`stop`; supervised by the daemon."""
@@ -88,6 +93,8 @@ class StoreWriter:
                 now = time.monotonic_ns()
                 for batch in batches:
                     self._on_committed(batch, now)
+            self._committed.set()
+            self._committed = asyncio.Event()
             # Let the trading path run before the next commit (writes never starve it).
             await asyncio.sleep(0)
 
