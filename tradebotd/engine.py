@@ -37,7 +37,7 @@ from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize
 from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
 from .store.sqlite import utc_now
 
-__all__ = ["Engine", "EngineConfig", "EvalInfo", "RuntimeFactory", "StrategyRuntime"]
+__all__ = ["BatchRuntime", "Engine", "EngineConfig", "EvalInfo", "RuntimeFactory", "StrategyRuntime", "order_intent"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,15 @@ class StrategyRuntime(Protocol):
     ) -> tuple[Decision, Any]: ...
 
     def close(self) -> None: ...
+
+
+class BatchRuntime(StrategyRuntime, Protocol):
+    """A runtime that can evaluate many candles per call (backtests): push and evaluate each row
+    in order, stopping after the first non-hold decision; returns (rows consumed, that decision)."""
+
+    def run_until_signal(
+        self, candles: npt.NDArray[np.float64], position: Position | None
+    ) -> tuple[int, Decision | None]: ...
 
 
 RuntimeFactory = Callable[[StrategyRow, StreamKey], StrategyRuntime]
@@ -104,6 +113,26 @@ def fingerprint(row: StrategyRow) -> str:
 def _decimal(x: float | None) -> Decimal | None:
     # repr() gives the shortest string that round-trips, so 0.1 becomes Decimal("0.1").
     return None if x is None else Decimal(repr(x))
+
+
+def order_intent(decision: Decision, *, strategy_id: str, portfolio_id: str | None, candle: Candle) -> OrderIntent:
+    """The order a buy/sell decision on ``candle`` asks for; floats become exact decimals here.
+    Shared by the daemon and the backtest so both send the broker identical intents."""
+    if decision.signal == "hold":
+        raise ValueError("a hold decision places no order")
+    return OrderIntent(
+        client_order_id=client_order_id(strategy_id, candle.open_time, decision.signal),
+        strategy_id=strategy_id,
+        portfolio_id=portfolio_id,
+        key=candle.key,
+        side=decision.signal,
+        amount=_decimal(decision.amount),
+        reference_price=candle.close,
+        candle_time=candle.open_time,
+        reason=decision.reason,
+        take_profit=_decimal(decision.take_profit),
+        stop_loss=_decimal(decision.stop_loss),
+    )
 
 
 class Engine:
@@ -374,19 +403,7 @@ class Engine:
             log.warning("stale candle; not trading", strategy_id=sid, candle_time=candle.open_time, lag_ms=lag_ms)
             batch.logs.append(_entry(sid, "info", message, {"candle_time": candle.open_time, "lag_ms": lag_ms}))
             return
-        intent = OrderIntent(
-            client_order_id=client_order_id(sid, candle.open_time, decision.signal),
-            strategy_id=sid,
-            portfolio_id=slot.row.portfolio_id,
-            key=slot.key,
-            side=decision.signal,
-            amount=_decimal(decision.amount),
-            reference_price=candle.close,
-            candle_time=candle.open_time,
-            reason=decision.reason,
-            take_profit=_decimal(decision.take_profit),
-            stop_loss=_decimal(decision.stop_loss),
-        )
+        intent = order_intent(decision, strategy_id=sid, portfolio_id=slot.row.portfolio_id, candle=candle)
         try:
             outcome = await self.broker.submit(intent)
         except Exception as exc:
