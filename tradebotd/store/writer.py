@@ -65,6 +65,11 @@ class StoreWriter:
         """Wait for the next commit (tests and tools await conditions on the store this way)."""
         await self._committed.wait()
 
+    def next_commit(self) -> asyncio.Event:
+        """The event the next commit sets. Take it *before* checking a condition on the store, then
+        wait on it: a commit in between cannot be missed."""
+        return self._committed
+
     async def run(self) -> None:
         """Commit batches until :meth:`stop`; supervised by the daemon."""
         delay = self._retry_min_s
