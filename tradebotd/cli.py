@@ -254,7 +254,7 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "replay-server":
-        configure_logging("info", "auto", stream=sys.stderr)
+        configure_logging("info", "auto", stream=sys.stderr, cache=False)
         return cmd_replay_server(args)
     try:
         settings, config_file = load_settings(getattr(args, "config", None))
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .daemon import run_daemon
 
             return asyncio.run(run_daemon(settings))
-        configure_logging(settings.log.level, settings.log.format, stream=sys.stderr)
+        configure_logging(settings.log.level, settings.log.format, stream=sys.stderr, cache=False)
         if args.command == "db":
             return cmd_db_init(settings)
         if args.command == "strategy":

@@ -161,6 +161,7 @@ class Engine:
         # strategy id -> updated_at of the row that failed: not retried until the row changes
         # (the store may still say 'running' until the writer has committed the error).
         self._failed: dict[str, str] = {}
+        self._last_inputs: tuple[Candle, tuple[float, float, float, float, float, float], str] | None = None
         # Control-plane changes and candle processing never interleave mid-candle.
         self._lock = asyncio.Lock()
 
@@ -344,10 +345,10 @@ class Engine:
             return  # already evaluated (exactly once, across restarts too)
         slot.cursor = candle.open_time
         batch.cursors[sid] = (candle.symbol, candle.interval, candle.open_time)
-        now_iso = utc_now()
+        floats, now_iso = self._inputs(candle)
         self.stats.evaluations += 1
         try:
-            decision, info = slot.runtime.step(candle.as_floats(), self.broker.position(sid))
+            decision, info = slot.runtime.step(floats, self.broker.position(sid))
         except StrategyError as exc:
             self._strategy_error(slot, candle, str(exc), _error_data(exc), batch)
             return
@@ -371,6 +372,8 @@ class Engine:
             reason=decision.reason,
         )
         batch.strategy_runs[sid] = (now_iso, now_iso if decision.signal != "hold" else None)
+        if decision.signal == "hold" and not self.config.log_holds:
+            return  # the common case: nothing else to record
         data: dict[str, Any] = {
             "candle_time": candle.open_time,
             "close": str(candle.close),
@@ -411,6 +414,13 @@ class Engine:
             batch.logs.append(_entry(sid, "error", f"order failed: {exc}", {"client_order_id": intent.client_order_id}))
             return
         self._record_outcome(outcome, sid, batch)
+
+    def _inputs(self, candle: Candle) -> tuple[tuple[float, float, float, float, float, float], str]:
+        """Per-candle values every strategy shares, computed once per candle, not per strategy."""
+        cached = self._last_inputs
+        if cached is None or cached[0] is not candle:
+            cached = self._last_inputs = (candle, candle.as_floats(), utc_now())
+        return cached[1], cached[2]
 
     def _strategy_error(
         self, slot: _Slot, candle: Candle, message: str, data: dict[str, Any] | None, batch: WriteBatch

@@ -10,6 +10,7 @@ wherever they appear, and keys that look like credentials are masked whatever th
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -45,11 +46,17 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: mask credential-looking keys and any registered secret value."""
+    """structlog processor: mask credential-looking keys and any registered secret value.
+    Runs on every log line (one per candle decision), so the key check is cached."""
     for key in list(event_dict):
-        lowered = key.lower()
-        if any(part in lowered for part in _SECRET_KEY_PARTS):
+        if _is_secret_key(key):
             event_dict[key] = _MASK
         elif _secrets:
             event_dict[key] = _scrub(event_dict[key])
@@ -64,8 +71,13 @@ def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: TextIO | None = None,
+    *,
+    cache: bool = True,
 ) -> None:
-    """Configure structlog and the standard library's logging once, at start-up."""
+    """Configure structlog and the standard library's logging once, at start-up.
+
+    ``cache`` binds each logger for good on first use (faster; what the daemon wants). Short-lived
+    commands and tests pass ``cache=False`` so a later ``configure_logging`` still takes effect."""
     out = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
@@ -99,7 +111,7 @@ def configure_logging(
         processors=[*shared, own_renderer],
         logger_factory=logger_factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

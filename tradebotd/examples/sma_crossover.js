@@ -14,7 +14,8 @@ function tradingStrategy(context) {
   if (candles.length < slow + 1) {
     return { signal: 'hold', reason: `warming up (${candles.length}/${slow + 1} candles)` };
   }
-  const closes = candles.map((c) => c.close);
+  // Only the last slow + 1 closes matter; slicing first keeps each evaluation O(slow), not O(history).
+  const closes = candles.slice(-(slow + 1)).map((c) => c.close);
   const prev = closes.slice(0, -1);
   const fastNow = sma(closes, fast), slowNow = sma(closes, slow);
   const fastPrev = sma(prev, fast), slowPrev = sma(prev, slow);

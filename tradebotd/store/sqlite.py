@@ -513,18 +513,18 @@ class SqliteStore:
                     for e in b.logs
                 ],
             )
-        for sid, (symbol, interval, open_time) in b.cursors.items():
-            db.execute(
+        if b.cursors:
+            db.executemany(
                 "INSERT INTO strategy_cursors (strategy_id, symbol, interval, last_candle_time, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (strategy_id) DO UPDATE SET symbol = excluded.symbol, "
                 "interval = excluded.interval, last_candle_time = max(last_candle_time, excluded.last_candle_time), "
                 "updated_at = excluded.updated_at",
-                (sid, symbol, interval, open_time, now),
+                [(sid, symbol, interval, open_time, now) for sid, (symbol, interval, open_time) in b.cursors.items()],
             )
-        for sid, (run_at, signal_at) in b.strategy_runs.items():
-            db.execute(
+        if b.strategy_runs:
+            db.executemany(
                 "UPDATE strategies SET last_run_at = ?, last_signal_at = coalesce(?, last_signal_at) WHERE id = ?",
-                (run_at, signal_at, sid),
+                [(run_at, signal_at, sid) for sid, (run_at, signal_at) in b.strategy_runs.items()],
             )
         for sid, message in b.strategy_errors.items():
             db.execute(

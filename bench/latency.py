@@ -1,0 +1,90 @@
+"""Issue 2: time from a closed-kline frame arriving to the decision being recorded.
+
+The real daemon (feed, engine, JS sandbox, paper broker, SQLite writer) runs against the replay
+server on 127.0.0.1. Each candle is released alone (``server.advance(1)``) and the next one only
+after the previous decision was committed, so every sample is one candle's full path: frame
+received (the feed stamps ``time.monotonic_ns()`` on arrival) -> parsed -> evaluated by every
+strategy -> paper fills -> batch committed to SQLite (WAL). The same candles run with 1 and with
+100 strategies on one symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from tradebotd.config import LogSettings
+from tradebotd.daemon import Daemon
+from tradebotd.logs import configure_logging
+from tradebotd.replay.series import Series
+from tradebotd.replay.server import ReplayServer
+from tradebotd.testing import replay_settings, until_stored
+
+from .rows import Row, median, percentile
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
+PAST = 600
+
+
+async def _run(series: Series, strategies: int, candles: int, history: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with ReplayServer([series], past=PAST, ping_interval_s=None) as server:
+            daemon = Daemon(
+                replay_settings(server, Path(tmp) / "bench.db", history=history, log=LogSettings(format="json"))
+            )
+            code = EXAMPLE.read_text()
+            sids = [
+                daemon.store.add_strategy(
+                    name=f"sma-{i}",
+                    user_id="bench",
+                    code=code,
+                    kind="js",
+                    asset=series.key.symbol,
+                    interval=series.key.interval,
+                    parameters={"fast": 5, "slow": 20, "amount": 0.001},
+                    portfolio_id=daemon.portfolio_id,
+                    status="running",
+                )
+                for i in range(strategies)
+            ]
+            await daemon.start()
+            await until_stored(daemon, lambda: len(daemon.store.cursors()) == len(sids), limit_s=120)
+            for _ in range(20):  # warm the JIT-less paths and caches: not measured
+                await _one(daemon, server, series, sids[0])
+            daemon.latency.samples_ns.clear()
+            for _ in range(candles):
+                await _one(daemon, server, series, sids[0])
+            samples = [ns / 1e6 for ns in daemon.latency.samples_ns]
+            await daemon.shutdown()
+            return samples
+
+
+async def _one(daemon: Daemon, server: ReplayServer, series: Series, sid: str) -> None:
+    before = daemon.store.cursors()[sid]
+    await server.advance(1)
+    await until_stored(daemon, lambda: daemon.store.cursors()[sid] > before, limit_s=60)
+
+
+def run(series: Series, *, candles: int = 300, history: int = 500) -> list[Row]:
+    # Decision log lines are part of the path: render them as in production, into /dev/null
+    # (left open: loggers stay bound to it for the rest of the process).
+    configure_logging("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
+    if True:
+        rows: list[Row] = []
+        for strategies, target in ((1, 1.0), (100, 10.0)):
+            samples = asyncio.run(_run(series, strategies, candles, history))
+            label = f"{strategies} JS strateg{'y' if strategies == 1 else 'ies'}"
+            rows.append(Row("latency (issue 2)", f"kline->recorded, {label}, median", median(samples), "ms"))
+            rows.append(
+                Row(
+                    "latency (issue 2)",
+                    f"kline->recorded, {label}, p99",
+                    percentile(samples, 99),
+                    "ms",
+                    target=target,
+                    note=f"{len(samples)} candles, history {history}",
+                )
+            )
+    return rows
