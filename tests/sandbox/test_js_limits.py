@@ -26,15 +26,38 @@ def _misbehaving_on_candle_2(action: str, at: int = 2) -> str:
     }}"""
 
 
-def test_infinite_loop_times_out_and_the_instance_is_reused(make: MakeStrategy) -> None:
-    strategy = make(_misbehaving_on_candle_2("while (true) {}"), limits=SandboxLimits(timeout_ms=20))
+def test_infinite_loop_times_out_and_the_instance_is_rebuilt(make: MakeStrategy) -> None:
+    source = "function spin() { while (true) {} }\n" + _misbehaving_on_candle_2("spin();")
+    strategy = make(source, limits=SandboxLimits(timeout_ms=20))
     strategy.step(candle(0), None)
     with pytest.raises(StrategyTimeout) as err:
         strategy.step(candle(1), None)
     assert not err.value.trapped  # QuickJS's interrupt handler, not a trap
+    # Where the strategy was when it was stopped: in the message and the stack.
+    assert str(err.value) == "the strategy ran longer than 20 ms in spin (strategy.js:1:1)"
+    assert "at evaluate (strategy.js:" in err.value.stack
     decision, info = strategy.step(candle(2), None)
-    assert decision.indicators == {"n": 3, "calls": 3}  # same instance: globals survived
-    assert not info.rebuilt
+    # A fresh instance (globals start afresh), with the whole history.
+    assert info.rebuilt
+    assert decision.indicators == {"n": 3, "calls": 1}
+
+
+def test_an_interrupt_skips_finally_blocks_so_the_instance_is_not_reused(make: MakeStrategy) -> None:
+    # Why timeouts rebuild: the strategy cannot restore its own invariants on an interrupt.
+    source = """
+    let inside = false, calls = 0;
+    function evaluate(ctx) {
+      if (inside) throw new Error('state left half-updated by an earlier call');
+      calls++;
+      inside = true;
+      try { if (ctx.candles.length === 2) while (true) {} } finally { inside = false; }
+      return {signal: 'hold', indicators: {calls}};
+    }"""
+    strategy = make(source, limits=SandboxLimits(timeout_ms=20))
+    strategy.step(candle(0), None)
+    with pytest.raises(StrategyTimeout):
+        strategy.step(candle(1), None)
+    assert strategy.step(candle(2), None)[0].indicators == {"calls": 1}
 
 
 def test_a_timeout_cannot_be_caught_by_the_strategy(make: MakeStrategy) -> None:
@@ -51,7 +74,7 @@ def test_catastrophic_regex_times_out(make: MakeStrategy) -> None:
     strategy.step(candle(0), None)
     with pytest.raises(StrategyTimeout):
         strategy.step(candle(1), None)
-    assert strategy.step(candle(2), None)[0].indicators == {"n": 3, "calls": 3}
+    assert strategy.step(candle(2), None)[0].indicators == {"n": 3, "calls": 1}
 
 
 def test_endless_microtasks_time_out(make: MakeStrategy) -> None:
@@ -98,6 +121,10 @@ def test_the_strategy_can_catch_its_own_stack_overflow(make: MakeStrategy) -> No
         "const a = []; for (;;) a.push(new Array(1e5).fill(1.5));",
         "globalThis.kept = []; for (;;) kept.push(new Array(1e5).fill(1.5));",
         "'x'.repeat(50e6);",
+        # Small objects: the heap fills up so exactly that even QuickJS's "out of memory" error
+        # object cannot be allocated (it then throws null); still reported as out of memory.
+        "const a = []; for (;;) a.push({x: 1});",
+        "try { const a = []; for (;;) a.push({x: 1}); } catch (e) { return {signal: 'hold', reason: String(e)}; }",
     ],
 )
 def test_allocation_bomb_is_a_memory_error_and_the_strategy_recovers(make: MakeStrategy, action: str) -> None:
@@ -111,6 +138,19 @@ def test_allocation_bomb_is_a_memory_error_and_the_strategy_recovers(make: MakeS
     assert info.rebuilt
     assert decision.indicators == {"n": 3, "calls": 1}
     assert strategy.memory_bytes < 2 * limits.memory_bytes
+
+
+def test_memory_error_says_where_the_allocation_failed(make: MakeStrategy) -> None:
+    strategy = make("function evaluate() {\n  return {signal: 'hold', reason: 'x'.repeat(50e6)};\n}")
+    with pytest.raises(StrategyMemoryError) as err:
+        strategy.step(candle(0), None)
+    assert str(err.value) == "the strategy exceeded its 32 MiB memory limit in evaluate (strategy.js:2:39)"
+    assert err.value.stack.strip() == "at evaluate (strategy.js:2:39)"
+
+
+def test_a_thrown_null_is_not_mistaken_for_out_of_memory(make: MakeStrategy) -> None:
+    with pytest.raises(StrategyRuntimeError, match="uncaught object: null"):
+        make("function evaluate() { throw null }").step(candle(0), None)
 
 
 def test_a_trap_discards_the_instance_and_the_next_call_rebuilds_it(make: MakeStrategy) -> None:

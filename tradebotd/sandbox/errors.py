@@ -8,8 +8,9 @@ is at fault (or, for ``SandboxUnavailable``, this machine cannot run strategies 
     │                           throw or timeout, no entry function, bad parameters
     ├── StrategyEvalError       one evaluation failed; the strategy stays usable
     │   ├── StrategyRuntimeError    the JS threw (incl. RangeError from deep recursion)
-    │   ├── StrategyTimeout         the wall-clock deadline (or the fuel budget) ran out
-    │   ├── StrategyMemoryError     the JS heap limit was reached
+    │   ├── StrategyTimeout         the wall-clock deadline (or the fuel budget) ran out;
+    │   │                           the instance is rebuilt
+    │   ├── StrategyMemoryError     the JS heap limit was reached; the instance is rebuilt
     │   ├── InvalidResult           the returned value is not a valid decision
     │   └── SandboxTrap             the wasm instance trapped; it is rebuilt for the next call
     └── SandboxUnavailable      the sandbox cannot run here (wasm missing or stale, thread
@@ -82,20 +83,26 @@ class StrategyRuntimeError(StrategyEvalError):
 
 
 class StrategyTimeout(StrategyEvalError):
-    """The evaluation ran past its deadline.
+    """The evaluation ran past its deadline; the instance is rebuilt for the next call.
 
-    ``trapped`` is false when QuickJS's interrupt handler stopped it (the usual case; the
-    instance is reused) and true when the epoch backstop or the fuel budget trapped the
-    instance (it is rebuilt for the next call).
+    ``trapped`` is false when QuickJS's interrupt handler stopped it (the usual case; ``stack``
+    then says where the strategy was) and true when the epoch backstop or the fuel budget
+    trapped the instance.
     """
 
-    def __init__(self, message: str, *, trapped: bool = False, consumed: int = 0) -> None:
+    def __init__(self, message: str, *, trapped: bool = False, stack: str = "", consumed: int = 0) -> None:
         super().__init__(message, consumed=consumed)
         self.trapped = trapped
+        self.stack = stack
 
 
 class StrategyMemoryError(StrategyEvalError):
-    """The strategy reached its JS heap limit."""
+    """The strategy reached its JS heap limit; the instance is rebuilt for the next call.
+    ``stack`` says where the allocation failed, when QuickJS could still tell."""
+
+    def __init__(self, message: str, *, stack: str = "", consumed: int = 0) -> None:
+        super().__init__(message, consumed=consumed)
+        self.stack = stack
 
 
 class InvalidResult(StrategyEvalError):

@@ -23,14 +23,22 @@ splitmix64 PRNG seeded with :data:`RANDOM_SEED` at load. There is no ``performan
 
 Failure policy (measured in the sandbox notes):
 
-* JS exception, deadline stopped by QuickJS's interrupt handler, invalid result: the instance
-  stays as it is and is reused.
+* JS exception (RangeError from deep recursion included), invalid result: the strategy saw the
+  error with its own ``catch``/``finally`` blocks, so its state is whatever it made of it; the
+  instance is reused.
+* Deadline stopped by QuickJS's interrupt handler (``StrategyTimeout``): QuickJS itself is
+  clean, but the interrupt is uncatchable and skips the strategy's ``finally`` blocks too, so
+  its globals may be half-updated; and a loop that allocated until stopped leaves linear memory
+  grown for good. The instance is rebuilt before the next call.
 * JS heap limit (``StrategyMemoryError``): linear memory never shrinks, so the instance is
   rebuilt before the next call.
 * ``wasmtime.Trap`` (epoch backstop, fuel, stack overflow, out-of-bounds): QuickJS's state is
-  left mid-operation; the instance is discarded and the next call transparently rebuilds it:
-  new instance, source loaded again, the history kept on the host re-sent. The strategy's own
-  global variables start afresh then, and Math.random restarts from its seed.
+  left mid-operation; the instance is discarded.
+
+Rebuilding is transparent to the caller: new instance, source loaded again, the history kept on
+the host re-sent (≈1-3 ms). The strategy's own global variables start afresh, exactly as after a
+daemon restart, and Math.random restarts from its seed. An instance is never reused after a
+timeout, an out-of-memory or a trap.
 """
 
 from __future__ import annotations
@@ -120,7 +128,7 @@ class EvalInfo:
 
     elapsed_us: float  # wall time of the call, host side included
     console: tuple[ConsoleLine, ...] = ()  # captured console output
-    rebuilt: bool = False  # the instance was rebuilt first (after a trap or OOM)
+    rebuilt: bool = False  # the instance was rebuilt first (after a timeout, OOM or trap)
 
 
 Candle = tuple[float, float, float, float, float, float]
@@ -348,21 +356,31 @@ class JsStrategy:
 
     def _eval_error(self, result: CallResult, consumed: int) -> StrategyEvalError:
         status = result.status
-        if status is Status.OUT_OF_MEMORY or status is Status.STATE:
-            # Linear memory never shrinks after an OOM; a lost state cannot be used: rebuild.
+        if status in _REBUILD_AFTER:
             self._guest = None
+        error = parse_error(result.output, status.name.lower().replace("_", " "))
         if status is Status.INTERRUPTED:
-            return StrategyTimeout(f"the strategy ran longer than {self._limits.timeout_ms} ms", consumed=consumed)
+            return StrategyTimeout(
+                f"the strategy ran longer than {self._limits.timeout_ms} ms{error.where(self._filename)}",
+                stack=error.stack, consumed=consumed,
+            )
         if status is Status.OUT_OF_MEMORY:
             return StrategyMemoryError(
-                f"the strategy exceeded its {self._limits.memory_bytes >> 20} MiB memory limit", consumed=consumed
+                f"the strategy exceeded its {self._limits.memory_bytes >> 20} MiB memory limit"
+                f"{error.where(self._filename)}",
+                stack=error.stack, consumed=consumed,
             )
-        error = parse_error(result.output, status.name.lower().replace("_", " "))
         if status is Status.BAD_RESULT:
             return InvalidResult(error.message, consumed=consumed)
         if status is Status.JS_ERROR:
             return StrategyRuntimeError(error.name, error.message, error.stack, consumed=consumed)
         return SandboxTrap(f"sandbox error ({status.name}): {error.message}", consumed=consumed)
+
+
+# Statuses after which the instance is not reused (see the module docstring): an interrupted
+# strategy may have half-updated globals, linear memory never shrinks after an OOM, and a
+# STATE error means the shim lost its loaded strategy.
+_REBUILD_AFTER = frozenset({Status.INTERRUPTED, Status.OUT_OF_MEMORY, Status.STATE})
 
 
 def _trap_error(trap: wasmtime.Trap, consumed: int) -> StrategyEvalError:

@@ -86,6 +86,15 @@ class JsError:
         self.message = message
         self.stack = stack
 
+    def where(self, filename: str) -> str:
+        """``" in spin (strategy.js:3:5)"``: the innermost stack frame in ``filename`` (frames in
+        the sandbox's own prelude mean nothing to the strategy's author), or ``""``."""
+        for line in self.stack.splitlines():
+            frame = line.strip().removeprefix("at ").strip()
+            if f"({filename}:" in frame or frame.startswith(f"{filename}:"):
+                return f" in {frame}"
+        return ""
+
     def location(self, filename: str) -> tuple[int | None, int | None]:
         """(line, column) of the innermost stack frame in ``filename``, if any."""
         match = re.search(rf"{re.escape(filename)}:(\d+)(?::(\d+))?", self.stack)

@@ -26,6 +26,7 @@
  * leave the instance usable. The host's epoch deadline is only a backstop for the rare native
  * loop that never polls the interrupt handler.
  */
+#include <malloc.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -149,6 +150,85 @@ static struct {
 
 extern unsigned char __stack_low; /* lowest address of the linear stack (wasm-ld symbol) */
 
+/* ---------------------------------------------------------------- JS heap limit
+ *
+ * Enforced by the allocator QuickJS is given, not by JS_SetMemoryLimit: when QuickJS's own
+ * limit refuses an allocation, building the "out of memory" error can fail too, and QuickJS then
+ * throws null, which looks exactly like a strategy's `throw null`. Counting here tells the shim
+ * for certain that the heap ran out during this call, whatever ends up thrown. The count is
+ * malloc_usable_size of what QuickJS holds (its arenas and large blocks), i.e. real footprint. */
+
+static struct {
+    size_t used;  /* bytes QuickJS currently holds */
+    size_t limit; /* tb_config.memory_limit at load; 0 = none */
+    int refused;  /* an allocation failed since the last entry call */
+} H;
+
+static int heap_admit(size_t more)
+{
+    if (H.limit && (more > H.limit || H.used > H.limit - more)) {
+        H.refused = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static void *heap_took(void *p)
+{
+    if (p)
+        H.used += malloc_usable_size(p);
+    else
+        H.refused = 1; /* linear memory itself is exhausted (store cap) */
+    return p;
+}
+
+static void *heap_calloc(void *opaque, size_t count, size_t size)
+{
+    (void)opaque;
+    if (size && count > SIZE_MAX / size) {
+        H.refused = 1;
+        return NULL;
+    }
+    return heap_admit(count * size) ? heap_took(calloc(count, size)) : NULL;
+}
+
+static void *heap_malloc(void *opaque, size_t size)
+{
+    (void)opaque;
+    return heap_admit(size) ? heap_took(malloc(size)) : NULL;
+}
+
+static void heap_free(void *opaque, void *ptr)
+{
+    (void)opaque;
+    if (!ptr)
+        return;
+    H.used -= malloc_usable_size(ptr);
+    free(ptr);
+}
+
+static void *heap_realloc(void *opaque, void *ptr, size_t size)
+{
+    if (!ptr)
+        return heap_malloc(opaque, size);
+    size_t old = malloc_usable_size(ptr);
+    if (size > old && !heap_admit(size - old))
+        return NULL;
+    void *grown = realloc(ptr, size);
+    if (!grown) {
+        H.refused = 1;
+        return NULL;
+    }
+    H.used = H.used - old + malloc_usable_size(grown);
+    return grown;
+}
+
+static size_t heap_usable_size(const void *ptr) { return malloc_usable_size((void *)ptr); }
+
+static const JSMallocFunctions heap_functions = {
+    heap_calloc, heap_malloc, heap_free, heap_realloc, heap_usable_size,
+};
+
 /* ---------------------------------------------------------------- small helpers */
 
 static uint64_t now_ns(void)
@@ -183,6 +263,7 @@ static void enter(void)
     tb_result.out_len = 0;
     tb_result.log_len = 0;
     tb_result.consumed = 0;
+    H.refused = 0;
     if (!S.rt)
         return;
     JS_UpdateStackTop(S.rt);
@@ -267,29 +348,15 @@ static void collect_logs(void)
     JS_FreeValue(S.ctx, logs);
 }
 
-static int is_out_of_memory(JSValueConst exc)
-{
-    if (!JS_IsError(exc))
-        return 0;
-    JSValue message = JS_GetPropertyStr(S.ctx, exc, "message");
-    const char *s = JS_ToCString(S.ctx, message);
-    int oom = s && strcmp(s, "out of memory") == 0;
-    if (s)
-        JS_FreeCString(S.ctx, s);
-    else
-        JS_FreeValue(S.ctx, JS_GetException(S.ctx));
-    JS_FreeValue(S.ctx, message);
-    return oom;
-}
-
 /* Turns the pending JS exception into error JSON and a status: TB_INTERRUPTED if our deadline
- * stopped it, TB_OUT_OF_MEMORY for the heap limit, else `status`. */
+ * stopped it, TB_OUT_OF_MEMORY if the heap ran out during this call (whatever was thrown:
+ * null when even the error object could not be allocated), else `status`. */
 static int32_t report_exception(int32_t status)
 {
     JSValue exc = JS_GetException(S.ctx);
     if (S.interrupted) {
         status = TB_INTERRUPTED;
-    } else if (is_out_of_memory(exc)) {
+    } else if (H.refused) {
         status = TB_OUT_OF_MEMORY;
         JS_RunGC(S.rt); /* free what the failed allocation left behind before describing it */
     }
@@ -506,6 +573,7 @@ static void unload(void)
     }
     if (S.rt)
         JS_FreeRuntime(S.rt);
+    H.used = 0; /* everything QuickJS held went with its runtime */
     free(S.history);
     free(S.scratch);
     JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.finish, &S.take_logs,
@@ -579,10 +647,10 @@ static int32_t load(const char *source, uint32_t source_len, const char *params,
     S.capacity = tb_config.max_candles ? tb_config.max_candles : 1;
     S.history = calloc(S.capacity, sizeof(JSValue));
     S.scratch = calloc(S.capacity, sizeof(JSValue));
-    S.rt = JS_NewRuntime();
+    H.limit = tb_config.memory_limit;
+    S.rt = JS_NewRuntime2(&heap_functions, NULL);
     if (!S.history || !S.scratch || !S.rt)
         return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
-    JS_SetMemoryLimit(S.rt, tb_config.memory_limit);
     JS_SetInterruptHandler(S.rt, interrupt_handler, NULL);
     enter(); /* now that a runtime exists: sets its stack limit */
     S.ctx = new_context(S.rt);
