@@ -65,8 +65,11 @@ class SandboxSettings(_Section):
     timeout_ms: int = Field(50, ge=1, le=60_000)
     memory_mb: int = Field(32, ge=4, le=1024)
     max_result_kb: int = Field(64, ge=1, le=16_384)
-    max_candles: int = Field(1000, ge=1, le=100_000)
+    max_candles: int = Field(500, ge=1, le=100_000, description="candles in each strategy's context")
     max_consecutive_errors: int = Field(3, ge=1)
+    eval_threads: int = Field(
+        2, ge=1, le=64, description="worker threads evaluating a candle's strategies in parallel; 1 = none"
+    )
 
 
 class StoreSettings(_Section):

@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -40,6 +42,25 @@ from .store.sqlite import utc_now
 __all__ = ["BatchRuntime", "Engine", "EngineConfig", "EvalInfo", "RuntimeFactory", "StrategyRuntime", "order_intent"]
 
 log = structlog.get_logger(__name__)
+
+PARALLEL_MIN_STRATEGIES = 4
+"""Below this many strategies on a candle, handing work to threads costs more than it saves."""
+WORKER_STACK_BYTES = 16 << 20
+"""Native stack for sandbox worker threads: wasm needs max_wasm_stack (2 MiB) plus Python's."""
+
+
+def sandbox_pool(threads: int) -> ThreadPoolExecutor:
+    """Worker threads for sandbox calls, all started now with a known stack size (thread stack
+    size is fixed at creation; wasm on a thread with too little native stack would crash)."""
+    previous = threading.stack_size(WORKER_STACK_BYTES)
+    try:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox")
+        barrier = threading.Barrier(threads)
+        for future in [pool.submit(barrier.wait) for _ in range(threads)]:
+            future.result()
+    finally:
+        threading.stack_size(previous)
+    return pool
 
 
 class EvalInfo(Protocol):
@@ -78,6 +99,7 @@ class EngineConfig:
     max_consecutive_errors: int = 3
     log_holds: bool = False
     record_candles: bool = True
+    eval_threads: int = 1  # >1: evaluate a candle's strategies in this many worker threads
 
 
 @dataclass(slots=True)
@@ -161,7 +183,10 @@ class Engine:
         # strategy id -> updated_at of the row that failed: not retried until the row changes
         # (the store may still say 'running' until the writer has committed the error).
         self._failed: dict[str, str] = {}
-        self._last_inputs: tuple[Candle, tuple[float, float, float, float, float, float], str] | None = None
+        self._last_inputs: tuple[Candle, Floats6, str] | None = None
+        self._pool = sandbox_pool(config.eval_threads) if config.eval_threads > 1 else None
+        # Log lines about decisions and fills, written after the batch is handed over (see _submit).
+        self._narration: list[tuple[str, dict[str, Any]]] = []
         # Control-plane changes and candle processing never interleave mid-candle.
         self._lock = asyncio.Lock()
 
@@ -191,7 +216,7 @@ class Engine:
                 if slot is not None and slot.fingerprint == fingerprint(row):
                     continue
                 await self._start(row, batch, reload=slot is not None)
-            self._sink(batch)
+            self._submit(batch)
         self._on_streams_changed()
 
     async def _start(self, row: StrategyRow, batch: WriteBatch, *, reload: bool) -> None:
@@ -307,7 +332,7 @@ class Engine:
                 for slot in slots:
                     if not slot.warm:
                         await self._warm(slot, history, batch)
-            self._sink(batch)
+            self._submit(batch)
 
     async def on_closed(self, candle: Candle, received_ns: int) -> None:
         async with self._lock:
@@ -322,12 +347,19 @@ class Engine:
                 batch.candles.append(candle)
             # Protective levels first: the candle touched them before it closed.
             self._record_fills(self.broker.on_candle(candle), batch)
-            for slot in list(self._by_key.get(key, [])):
-                if slot.warm:
-                    await self._evaluate(slot, candle, batch)
-            self._sink(batch)
+            await self._evaluate_all([s for s in self._by_key.get(key, []) if s.warm], candle, batch)
+            self._submit(batch)
         if batch.strategy_errors:
             self._on_streams_changed()
+
+    def _submit(self, batch: WriteBatch) -> None:
+        """Hand the batch to the writer, then narrate: the decision log lines (one per strategy and
+        candle) are written right after the writer's commit had its turn, so logging 100 lines never
+        delays recording 100 decisions."""
+        self._sink(batch)
+        if self._narration:
+            lines, self._narration = self._narration, []
+            asyncio.get_running_loop().call_soon(_narrate, lines)
 
     def on_update(self, candle: Candle) -> None:
         """An in-progress kline: only protective levels can react to it."""
@@ -335,44 +367,80 @@ class Engine:
         if fills:
             batch = WriteBatch()
             self._record_fills(fills, batch)
-            self._sink(batch)
+            self._submit(batch)
 
     # -- one strategy, one candle ------------------------------------------------------------
 
     async def _evaluate(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> None:
-        sid = slot.row.id
+        """Evaluate one strategy on one candle (warm-up catch-up and re-sent history)."""
+        if self._claim(slot, candle, batch):
+            floats, _ = self._inputs(candle)
+            await self._settle(slot, candle, _step(slot.runtime, floats, self.broker.position(slot.row.id)), batch)
+
+    async def _evaluate_all(self, slots: Sequence[_Slot], candle: Candle, batch: WriteBatch) -> None:
+        """Evaluate every strategy on a closed candle. With ``eval_threads`` > 1 the sandbox calls
+        run in parallel worker threads (wasm releases the GIL; each instance is used by one thread
+        at a time); everything that follows (orders, records) runs here, in slot order, so the
+        outcome is the same as evaluating one after another."""
+        claimed = [slot for slot in slots if self._claim(slot, candle, batch)]
+        if not claimed:
+            return
+        floats, _ = self._inputs(candle)
+        work = [(slot.runtime, self.broker.position(slot.row.id)) for slot in claimed]
+        if self._pool is None or len(work) < PARALLEL_MIN_STRATEGIES:
+            outcomes = [_step(runtime, floats, position) for runtime, position in work]
+        else:
+            loop = asyncio.get_running_loop()
+            parts = self.config.eval_threads
+            size = -(-len(work) // parts)
+            chunks = [work[i : i + size] for i in range(0, len(work), size)]
+            results = await asyncio.gather(*(loop.run_in_executor(self._pool, _step_all, c, floats) for c in chunks))
+            outcomes = [outcome for chunk in results for outcome in chunk]
+        for slot, outcome in zip(claimed, outcomes, strict=True):
+            await self._settle(slot, candle, outcome, batch)
+
+    def _claim(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> bool:
+        """Advance the strategy's cursor to ``candle``; False if it already evaluated it."""
         if slot.cursor is not None and candle.open_time <= slot.cursor:
-            return  # already evaluated (exactly once, across restarts too)
+            return False  # already evaluated (exactly once, across restarts too)
         slot.cursor = candle.open_time
-        batch.cursors[sid] = (candle.symbol, candle.interval, candle.open_time)
-        floats, now_iso = self._inputs(candle)
+        batch.cursors[slot.row.id] = (candle.symbol, candle.interval, candle.open_time)
         self.stats.evaluations += 1
-        try:
-            decision, info = slot.runtime.step(floats, self.broker.position(sid))
-        except StrategyError as exc:
-            self._strategy_error(slot, candle, str(exc), _error_data(exc), batch)
+        return True
+
+    async def _settle(self, slot: _Slot, candle: Candle, outcome: _StepOutcome, batch: WriteBatch) -> None:
+        """Record one evaluation's outcome and place the order it asks for."""
+        sid = slot.row.id
+        _, now_iso = self._inputs(candle)
+        if isinstance(outcome, StrategyError):
+            self._strategy_error(slot, candle, str(outcome), _error_data(outcome), batch)
             return
-        except Exception as exc:  # a sandbox bug must cost one strategy, never the daemon
-            log.exception("strategy runtime failed unexpectedly", strategy_id=sid)
-            self._strategy_error(slot, candle, f"internal sandbox error: {exc!r}", None, batch)
+        if isinstance(outcome, BaseException):  # a sandbox bug must cost one strategy, never the daemon
+            log.error("strategy runtime failed unexpectedly", strategy_id=sid, error=repr(outcome), exc_info=outcome)
+            self._strategy_error(slot, candle, f"internal sandbox error: {outcome!r}", None, batch)
             return
+        decision, info = outcome
         slot.errors = 0
         eval_us = float(getattr(info, "elapsed_us", 0.0))
         console = list(getattr(info, "console", None) or [])
         lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
         stale = self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms
-        log.info(
-            "decision",
-            strategy_id=sid,
-            symbol=candle.symbol,
-            interval=candle.interval,
-            candle_time=candle.open_time,
-            signal=decision.signal,
-            eval_us=round(eval_us, 1),
-            reason=decision.reason,
+        self._narration.append(
+            (
+                "decision",
+                {
+                    "strategy_id": sid,
+                    "symbol": candle.symbol,
+                    "interval": candle.interval,
+                    "candle_time": candle.open_time,
+                    "signal": decision.signal,
+                    "eval_us": round(eval_us, 1),
+                    "reason": decision.reason,
+                },
+            )
         )
         batch.strategy_runs[sid] = (now_iso, now_iso if decision.signal != "hold" else None)
-        if decision.signal == "hold" and not self.config.log_holds:
+        if decision.signal == "hold" and not self.config.log_holds and not console:
             return  # the common case: nothing else to record
         data: dict[str, Any] = {
             "candle_time": candle.open_time,
@@ -389,8 +457,7 @@ class Engine:
         if console:
             data["console"] = console
         if decision.signal == "hold":
-            if self.config.log_holds:
-                batch.logs.append(_entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
+            batch.logs.append(_entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
             return
         batch.logs.append(
             _entry(
@@ -408,14 +475,14 @@ class Engine:
             return
         intent = order_intent(decision, strategy_id=sid, portfolio_id=slot.row.portfolio_id, candle=candle)
         try:
-            outcome = await self.broker.submit(intent)
+            order = await self.broker.submit(intent)
         except Exception as exc:
             log.exception("order failed", strategy_id=sid, client_order_id=intent.client_order_id)
             batch.logs.append(_entry(sid, "error", f"order failed: {exc}", {"client_order_id": intent.client_order_id}))
             return
-        self._record_outcome(outcome, sid, batch)
+        self._record_outcome(order, sid, batch)
 
-    def _inputs(self, candle: Candle) -> tuple[tuple[float, float, float, float, float, float], str]:
+    def _inputs(self, candle: Candle) -> tuple[Floats6, str]:
         """Per-candle values every strategy shares, computed once per candle, not per strategy."""
         cached = self._last_inputs
         if cached is None or cached[0] is not candle:
@@ -497,15 +564,19 @@ class Engine:
             )
             for note in fill.notes:
                 batch.logs.append(_entry(fill.strategy_id, "info", note, {"client_order_id": fill.client_order_id}))
-            log.info(
-                "fill",
-                strategy_id=fill.strategy_id,
-                client_order_id=fill.client_order_id,
-                side=fill.side,
-                amount=str(fill.amount),
-                price=str(fill.price),
-                fee=str(fill.fee),
-                candle_time=fill.candle_time,
+            self._narration.append(
+                (
+                    "fill",
+                    {
+                        "strategy_id": fill.strategy_id,
+                        "client_order_id": fill.client_order_id,
+                        "side": fill.side,
+                        "amount": str(fill.amount),
+                        "price": str(fill.price),
+                        "fee": str(fill.fee),
+                        "candle_time": fill.candle_time,
+                    },
+                )
             )
 
     # -- shutdown ----------------------------------------------------------------------------
@@ -518,6 +589,31 @@ class Engine:
     def close(self) -> None:
         for sid in list(self._slots):
             self._remove(sid)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _narrate(lines: list[tuple[str, dict[str, Any]]]) -> None:
+    for event, fields in lines:
+        log.info(event, **fields)
+
+
+Floats6 = tuple[float, float, float, float, float, float]
+_StepOutcome = tuple[Decision, Any] | BaseException
+
+
+def _step(runtime: StrategyRuntime, floats: Floats6, position: Position | None) -> _StepOutcome:
+    """One sandbox call; errors are returned, not raised, so a batch of calls always completes."""
+    try:
+        return runtime.step(floats, position)
+    except Exception as exc:
+        return exc
+
+
+def _step_all(work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6) -> list[_StepOutcome]:
+    """A worker thread's share of one candle's evaluations."""
+    return [_step(runtime, floats, position) for runtime, position in work]
 
 
 def _entry(strategy_id: str, level: Any, message: str, data: dict[str, Any] | None) -> LogEntry:

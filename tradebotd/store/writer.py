@@ -30,6 +30,7 @@ class StoreWriter:
         *,
         retry_min_s: float = 0.05,
         retry_max_s: float = 5.0,
+        idle_checkpoint_s: float | None = None,
         on_committed: Callable[[WriteBatch, int], None] | None = None,
     ) -> None:
         self._store = store
@@ -41,6 +42,10 @@ class StoreWriter:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._on_committed = on_committed
+        self._idle_checkpoint_s = idle_checkpoint_s
+        self._dirty = False  # committed since the last checkpoint
+        self._checkpoint_due = False
+        self._timer: asyncio.TimerHandle | None = None
         self._committed = asyncio.Event()
         self.committed_batches = 0
         self.failed_attempts = 0
@@ -55,6 +60,9 @@ class StoreWriter:
             return
         self._pending.append(batch)
         self._idle.clear()
+        if self._timer is not None:  # not idle after all
+            self._timer.cancel()
+            self._timer = None
         self._wakeup.set()
 
     async def flush(self) -> None:
@@ -78,7 +86,13 @@ class StoreWriter:
                 self._idle.set()
                 if self._stopping:
                     return
+                if self._checkpoint_due:
+                    self._checkpoint()
                 self._wakeup.clear()
+                if self._dirty and self._idle_checkpoint_s is not None and self._timer is None:
+                    # Quiet for a while (candles close in bursts) is a good moment for housekeeping.
+                    self._timer = asyncio.get_running_loop().call_later(self._idle_checkpoint_s, self._due)
+                # Await the event itself (no wait_for wrapper): a submit resumes this task first.
                 await self._wakeup.wait()
                 continue
             batches = list(self._pending)
@@ -91,6 +105,7 @@ class StoreWriter:
                 delay = min(delay * 2, self._retry_max_s)
                 continue
             delay = self._retry_min_s
+            self._dirty = True
             for _ in batches:
                 self._pending.popleft()
             self.committed_batches += len(batches)
@@ -103,7 +118,24 @@ class StoreWriter:
             # Let the trading path run before the next commit (writes never starve it).
             await asyncio.sleep(0)
 
+    def _due(self) -> None:
+        self._timer = None
+        self._checkpoint_due = True
+        self._wakeup.set()
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_due = False
+        try:
+            self._store.checkpoint()
+        except StoreUnavailable as exc:
+            log.warning("store checkpoint failed; will retry when idle again", error=str(exc))
+            return
+        self._dirty = False
+
     def stop(self) -> None:
         """Finish what is queued, then return from :meth:`run`."""
         self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wakeup.set()
