@@ -49,6 +49,7 @@ __all__ = [
     "JS_STACK_BUDGET",
     "MAX_WASM_STACK",
     "I32Export",
+    "RawI32Call",
     "WasmRuntime",
     "check_thread_stack",
     "default_cache_dir",
@@ -141,6 +142,11 @@ class WasmRuntime:
     def epoch_ticks(seconds: float) -> int:
         """Epoch deadline (in ticks) that expires no sooner than ``seconds`` from now."""
         return max(1, math.ceil(seconds / EPOCH_TICK_SECONDS)) + 1
+
+    def start_ticker(self) -> None:
+        """Starts the epoch thread unless it runs. For stores created on :attr:`engine` by other
+        sandboxes (native wasm strategies), so one thread serves every store of the process."""
+        self._start_ticker()
 
     def _start_ticker(self) -> None:
         if self._ticker is not None:
@@ -247,6 +253,61 @@ class I32Export:
         if trap:
             raise wasmtime.Trap._from_ptr(trap)
         return int(self._results[0].of.i32) if self._n_results else 0
+
+
+# Our own prototype of wasmtime_func_call_unchecked (``dll[name]`` returns a fresh function object,
+# so wasmtime-py's binding keeps its argtypes): addresses go in as plain ints, the cheapest
+# conversion ctypes has.
+_func_call_unchecked = ffi.dll["wasmtime_func_call_unchecked"]
+_func_call_unchecked.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_func_call_unchecked.restype = ctypes.c_void_p
+
+
+class RawI32Call:
+    """An exported function of i32 parameters and at most one i32 result, called through
+    ``wasmtime_func_call_unchecked`` with preallocated raw values: ≈1.1 µs per call against
+    ≈2.7 µs for :class:`I32Export` (no ``wasmtime_val_t`` conversion, no ctypes object created
+    per call). Native strategies use it: their whole evaluation costs about one call.
+
+    Wasmtime does not check the signature on this path, so the constructor does. Raises
+    ``wasmtime.Trap`` when the wasm traps (the instance must then be discarded).
+    """
+
+    __slots__ = ("_context", "_func", "_func_address", "_n_params", "_n_results", "_n_values", "_store", "_trap",
+                 "_trap_address", "_values", "_values_address")
+
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        ty = func.type(store)
+        if any(str(kind) != "i32" for kind in (*ty.params, *ty.results)) or len(ty.results) > 1:
+            raise TypeError("RawI32Call needs a function of i32 parameters and at most one i32 result")
+        self._store = store  # the context address below lives as long as the store
+        self._func = func  # keeps the wasmtime_func_t behind _func_address alive
+        self._context = ctypes.cast(store._context(), ctypes.c_void_p).value
+        self._func_address = ctypes.addressof(func._func)
+        self._n_params = len(ty.params)
+        self._n_results = len(ty.results)
+        self._n_values = max(1, len(ty.params), len(ty.results))
+        self._values = (ffi.wasmtime_val_raw * self._n_values)()
+        self._values_address = ctypes.addressof(self._values)
+        self._trap = ctypes.c_void_p()
+        self._trap_address = ctypes.addressof(self._trap)
+
+    def __call__(self, *args: int) -> int:
+        if len(args) != self._n_params:
+            raise TypeError(f"expected {self._n_params} arguments, got {len(args)}")
+        values = self._values
+        for i, value in enumerate(args):
+            values[i].i32 = value
+        error = _func_call_unchecked(
+            self._context, self._func_address, self._values_address, self._n_values, self._trap_address
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
+        trap = self._trap
+        if trap.value:
+            pointer, trap.value = trap.value, None
+            raise wasmtime.Trap._from_ptr(ctypes.cast(pointer, ctypes.POINTER(ffi.wasm_trap_t)))
+        return int(values[0].i32) if self._n_results else 0
 
 
 # ---------------------------------------------------------------- thread stack check
