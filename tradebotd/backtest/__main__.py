@@ -1,0 +1,5 @@
+import sys
+
+from tradebotd.backtest.cli import main
+
+sys.exit(main())

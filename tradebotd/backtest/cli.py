@@ -1,0 +1,215 @@
+"""``tradebotd backtest``: a strategy file over historical candles, with the paper broker's rules.
+
+    tradebotd backtest --strategy FILE (--data CSV | --symbol S --interval I) [--since DATE] [--until DATE]
+                       [--param K=V ...] [--fee 0.001] [--slippage-bps 0] [--cash 10000] [--amount A]
+                       [--warmup N] [--out DIR] [--no-plot] [--json]
+
+Candles come from a CSV (``time,open,high,low,close,volume``; symbol and interval from
+``--symbol``/``--interval`` or a file name like ``BTCUSDT_1m.csv``) or from the store's
+``market_data`` (``tradebotd data download``). Fee, slippage, cash and the default buy amount
+default to the ``[paper]`` config, so a backtest matches what paper trading would do.
+
+``--warmup N``: evaluation starts once N candles are available: the first evaluation is on the N-th
+candle and sees N candles (the N − 1 before it are pushed as history only); 0 evaluates every
+candle. Default: the strategy's declared lookback (see ``tradebotd.backtest.strategy``), else 0.
+
+Outputs (``--out DIR``): ``fills.csv``, ``trades.csv``, ``summary.json``, ``equity.png`` (see
+``report`` and ``metrics`` for columns and definitions). The summary is printed as a table, or as
+JSON on stdout with ``--json``.
+
+Exit codes: 0 done, 1 the strategy failed (did not load, or an error streak stopped it),
+2 bad usage, configuration or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from tradebotd.backtest.metrics import equity_curve, round_trips, summarize
+from tradebotd.backtest.report import format_summary, write_fills, write_summary, write_trades
+from tradebotd.backtest.runner import BacktestError, BacktestResult, BacktestSettings, run_backtest
+from tradebotd.backtest.strategy import load_strategy
+from tradebotd.config import Settings, load_settings
+from tradebotd.data.candles import CandleTable, read_csv, read_store
+from tradebotd.data.errors import CandleDataError
+from tradebotd.data.times import parse_time
+from tradebotd.errors import ConfigError, StrategyError
+from tradebotd.model import StreamKey, interval_ms, normalize_symbol
+from tradebotd.replay.series import names_from_path
+
+__all__ = ["add_arguments", "main", "parse_param", "run"]
+
+_PROG = "tradebotd backtest"
+
+
+class _Usage(Exception):
+    """Bad command-line usage (exit code 2)."""
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; the value is JSON when it parses (numbers, booleans, lists), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _time(text: str) -> int:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``tradebotd backtest``'s options to ``parser``."""
+    parser.add_argument("--strategy", required=True, type=Path, metavar="FILE", help="strategy source (.js, .ts)")
+    parser.add_argument("--data", type=Path, metavar="CSV", help="candles as time,open,high,low,close,volume")
+    parser.add_argument("--symbol", help="symbol (required without --data: read from the store)")
+    parser.add_argument("--interval", help="kline interval, e.g. 1m (required without --data)")
+    parser.add_argument("--since", type=_time, metavar="DATE", help="first candle open time (UTC date or epoch ms)")
+    parser.add_argument("--until", type=_time, metavar="DATE", help="stop before this open time")
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy parameter (repeatable; JSON values allowed)",
+    )
+    parser.add_argument("--fee", type=_decimal, metavar="RATE", help="fee rate per fill (default: [paper] fee_rate)")
+    parser.add_argument("--slippage-bps", type=_decimal, metavar="BPS", help="default: [paper] slippage_bps")
+    parser.add_argument("--cash", type=_decimal, help="starting cash (default: [paper] cash)")
+    parser.add_argument("--amount", type=_decimal, help="buy amount when a result has none ([paper] default_amount)")
+    parser.add_argument(
+        "--warmup",
+        type=_count,
+        metavar="N",
+        help="evaluate from the N-th candle on (default: declared lookback, else 0)",
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write fills.csv, trades.csv, summary.json, equity.png")
+    parser.add_argument("--no-plot", action="store_true", help="with --out: skip equity.png")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _key(args: argparse.Namespace) -> StreamKey:
+    named_symbol, named_interval = names_from_path(args.data) if args.data else (None, None)
+    symbol = args.symbol or named_symbol
+    interval = args.interval or named_interval
+    if args.data is None and (symbol is None or interval is None):
+        raise _Usage("give --data CSV, or --symbol and --interval to read candles from the store")
+    if symbol is None or interval is None:
+        raise _Usage(f"{args.data}: cannot tell the symbol and interval from the file name; pass --symbol/--interval")
+    try:
+        interval_ms(interval)
+        return StreamKey(normalize_symbol(symbol), interval)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _candles(args: argparse.Namespace, settings: Settings) -> CandleTable:
+    key = _key(args)
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        raise _Usage("--until must be after --since")
+    if args.data is not None:
+        table = read_csv(args.data, key).between(args.since, args.until)
+    else:
+        table = read_store(settings.store.path, key, args.since, args.until)
+    if not len(table):
+        raise CandleDataError(f"{args.data}: no candles between --since and --until")
+    return table
+
+
+def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResult, dict[str, Any]]:
+    """Load candles and strategy, run, write the outputs; returns the result and the summary."""
+    table = _candles(args, settings)
+    paper = settings.paper
+    loaded = load_strategy(args.strategy, key=table.key, parameters=dict(args.param), sandbox=settings.sandbox)
+    try:
+        warmup = args.warmup if args.warmup is not None else (loaded.lookback or 0)
+        try:
+            config = BacktestSettings(
+                fee_rate=paper.fee_rate if args.fee is None else args.fee,
+                slippage_bps=paper.slippage_bps if args.slippage_bps is None else args.slippage_bps,
+                cash=paper.cash if args.cash is None else args.cash,
+                default_amount=paper.default_amount if args.amount is None else args.amount,
+                warmup=warmup,
+                max_consecutive_errors=settings.sandbox.max_consecutive_errors,
+            )
+        except ValueError as exc:
+            raise _Usage(str(exc)) from None
+        result = run_backtest(loaded.runtime, table, config)
+    finally:
+        loaded.runtime.close()
+    trips, open_trip = round_trips(result)
+    summary = summarize(result, trips, open_trip)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_fills(args.out / "fills.csv", result.fills)
+        write_trades(args.out / "trades.csv", trips)
+        write_summary(args.out / "summary.json", summary)
+        if not args.no_plot:
+            from tradebotd.backtest.plot import write_equity_png
+
+            title = f"{args.strategy.name} on {table.key} ({len(trips)} trades)"
+            write_equity_png(args.out / "equity.png", result, equity_curve(result), title)
+    return result, summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tradebotd backtest`` with options from a parser set up by :func:`add_arguments`."""
+    try:
+        settings, _ = load_settings(getattr(args, "config", None))
+        _, summary = backtest(args, settings)
+    except (_Usage, ConfigError, CandleDataError) as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+    except (StrategyError, BacktestError) as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+        if args.out is not None:
+            print(f"\noutputs in {args.out}/")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tradebotd.backtest``: the same command without the ``tradebotd`` wrapper."""
+    parser = argparse.ArgumentParser(prog="python -m tradebotd.backtest", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

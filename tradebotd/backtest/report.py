@@ -1,0 +1,130 @@
+"""Backtest outputs: ``fills.csv``, ``trades.csv``, ``summary.json`` (figures defined in
+``tradebotd.backtest.metrics``), the terminal table, and ``equity.png`` via ``plot``.
+
+``fills.csv``: ``side,candle_time,price,amount,fee,reason``, one row per fill, in order;
+``candle_time`` is the open time (ms) of the candle whose close filled the order, or of the candle
+that touched the take-profit / stop-loss.
+
+``trades.csv``: ``entry_time,exit_time,entry_price,exit_price,amount,pnl,return,fees,exit,candles,reason``,
+one row per closed round trip.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tradebotd.backtest.metrics import RoundTrip
+from tradebotd.broker.base import Fill
+from tradebotd.data.times import format_time
+
+__all__ = ["FILLS_HEADER", "TRADES_HEADER", "format_summary", "write_fills", "write_summary", "write_trades"]
+
+FILLS_HEADER = ("side", "candle_time", "price", "amount", "fee", "reason")
+TRADES_HEADER = (
+    "entry_time",
+    "exit_time",
+    "entry_price",
+    "exit_price",
+    "amount",
+    "pnl",
+    "return",
+    "fees",
+    "exit",
+    "candles",
+    "reason",
+)
+_RETURN_DP = Decimal("0.00000001")
+
+
+def write_fills(path: Path, fills: Sequence[Fill]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(FILLS_HEADER)
+        for fill in fills:
+            out.writerow((fill.side, fill.candle_time, fill.price, fill.amount, fill.fee, fill.reason or ""))
+
+
+def write_trades(path: Path, trips: Sequence[RoundTrip]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(TRADES_HEADER)
+        for t in trips:
+            out.writerow(
+                (
+                    t.entry_time,
+                    t.exit_time,
+                    t.entry_price,
+                    t.exit_price,
+                    t.amount,
+                    t.pnl,
+                    t.ret.quantize(_RETURN_DP),
+                    t.fees,
+                    t.exit,
+                    t.candles,
+                    t.reason or "",
+                )
+            )
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f} %"
+
+
+def _num(value: float | str | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{float(value):,.{digits}f}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as an aligned two-column table for the terminal."""
+    rows = [
+        ("market", f"{summary['symbol']} {summary['interval']}"),
+        (
+            "period",
+            f"{format_time(summary['first_candle_time'])} → {format_time(summary['last_candle_time'])} UTC (opens)",
+        ),
+        (
+            "candles",
+            f"{summary['candles']:,} ({summary['candles_evaluated']:,} evaluated, warm-up {summary['warmup']:,}, "
+            f"{summary['missing_candles']:,} missing)",
+        ),
+        ("initial cash", _num(summary["initial_cash"])),
+        ("final equity", _num(summary["final_equity"])),
+        ("total return", _pct(summary["total_return"])),
+        ("trades", f"{summary['trades']} ({summary['wins']} won, win rate {_pct(summary['win_rate'])})"),
+        ("max drawdown", _pct(summary["max_drawdown"])),
+        (
+            "sharpe",
+            f"{_num(summary['sharpe_annualised'])} annualised ({_num(summary['sharpe_per_candle'], 4)} per candle)",
+        ),
+        ("exposure", _pct(summary["exposure"])),
+        ("fees paid", _num(summary["fees_paid"], 4)),
+        (
+            "orders",
+            f"{summary['fills']} fills, {summary['orders_rejected']} rejected, {summary['orders_ignored']} ignored",
+        ),
+        ("strategy errors", str(summary["strategy_errors"])),
+        (
+            "evaluation",
+            f"{summary['evaluation_time_s']:.3f} s ({_num(summary['candles_per_s'], 0)} candles/s)",
+        ),
+    ]
+    position = summary["open_position"]
+    if position is not None:
+        rows.append(
+            (
+                "open position",
+                f"{position['amount']} @ {position['entry_price']} since {format_time(position['entry_time'])}, "
+                f"marked at {position['mark_price']}: unrealised {_num(position['unrealised_pnl'], 4)}",
+            )
+        )
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,31 @@
+"""Dates on the command line: ``2024-01-01``, ``2024-01-01T12:30``, ``2024-01-01 12:30:00+02:00``
+or epoch milliseconds. A date or time without an offset is UTC (candle times are UTC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+__all__ = ["format_time", "parse_time"]
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds for ``text``; ``ValueError`` says what is accepted."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"not a date: {text!r}; use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM] (UTC unless an offset is given) "
+            "or epoch milliseconds"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def format_time(ms: int) -> str:
+    """``2024-01-01 00:00`` (UTC, minutes; seconds only when not zero)."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second or moment.microsecond else "%Y-%m-%d %H:%M")
