@@ -163,3 +163,13 @@ def test_protected_keys_follow_open_positions_with_levels() -> None:
     assert b.protected_keys() == set()
     b.execute(intent("buy", "100", t=120_000, amount="1", sl="50", sid="s2"))
     assert b.protected_keys() == {KEY}
+
+
+@pytest.mark.parametrize("amount", ["1e300", "1e13", "Infinity"])
+def test_absurd_amounts_are_rejected_not_errors(amount: str) -> None:
+    b = broker()
+    for side in ("buy", "sell"):
+        out = b.execute(intent(side, "100", amount=amount))
+        assert isinstance(out, (Rejected, Ignored)), out
+    assert isinstance(b.execute(intent("buy", "100", amount=amount)), Rejected)
+    assert b.cash("p") == D("10000")

@@ -29,8 +29,21 @@ EIGHT_DP = Decimal("0.00000001")
 BPS = Decimal("10000")
 
 
+MAX_AMOUNT = Decimal("1e12")
+"""No real order is this large; above it an amount is a strategy bug, not an order (and quantizing
+it to 8 decimals would overflow the decimal context's 28 digits)."""
+
+
 def q_amount(x: Decimal) -> Decimal:
     return x.quantize(EIGHT_DP, rounding=ROUND_DOWN)
+
+
+def _bad_amount(amount: Decimal) -> str | None:
+    if not amount.is_finite() or amount > MAX_AMOUNT:
+        return f"amount {amount} is not a plausible quantity (limit {MAX_AMOUNT:f})"
+    if q_amount(amount) <= 0:
+        return "amount rounds to zero at 8 decimals"
+    return None
 
 
 def q_money(x: Decimal) -> Decimal:
@@ -92,9 +105,10 @@ class PaperBroker:
         return self._sell(intent)
 
     def _buy(self, intent: OrderIntent) -> OrderOutcome:
-        amount = q_amount(intent.amount if intent.amount is not None else self.default_amount)
-        if amount <= 0:
-            return Rejected(intent.client_order_id, "amount rounds to zero at 8 decimals")
+        requested = intent.amount if intent.amount is not None else self.default_amount
+        if problem := _bad_amount(requested):
+            return Rejected(intent.client_order_id, problem)
+        amount = q_amount(requested)
         price = q_money(intent.reference_price * (1 + self.slippage))
         fee = q_money(price * amount * self.fee_rate)
         cost = price * amount + fee
@@ -153,9 +167,9 @@ class PaperBroker:
         price = q_money(intent.reference_price * (1 - self.slippage))
         amount = held.position.amount
         if intent.amount is not None:
+            if problem := _bad_amount(intent.amount):
+                return Rejected(intent.client_order_id, problem)
             amount = min(amount, q_amount(intent.amount))
-            if amount <= 0:
-                return Rejected(intent.client_order_id, "amount rounds to zero at 8 decimals")
         return self._close(
             held, intent.strategy_id, intent.client_order_id, amount, price, intent.candle_time, intent.reason
         )
