@@ -6,6 +6,7 @@ the store are the real paper broker and SQLite store. The JS sandbox has its own
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal as D
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from tradebotd.broker.base import client_order_id
 from tradebotd.broker.paper import PaperBroker
-from tradebotd.engine import Engine, EngineConfig
+from tradebotd.engine import Engine, EngineConfig, trade_id
 from tradebotd.errors import StrategyError
 from tradebotd.model import Candle, Decision, Position, StreamKey
 from tradebotd.store.base import StrategyRow
@@ -152,7 +154,9 @@ async def test_signals_become_trades_with_deterministic_ids(tmp_path: Path) -> N
         ("buy", D("0.5"), D("100"), 6 * MIN),
         ("sell", D("0.5"), D("110"), 8 * MIN),
     ]
-    assert trades[0].client_order_id.endswith(f"-{6 * MIN}-buy")
+    assert trades[0].client_order_id == client_order_id("s1", 6 * MIN, "buy")
+    assert trades[0].id == trade_id(trades[0].client_order_id, 6 * MIN)
+    assert uuid.UUID(trades[0].id).version == 8 and uuid.UUID(trades[0].id).int >> 80 == 6 * MIN
     levels = [e.level for _, e in h.store.logs_after("s1")]
     assert levels.count("signal") == 2 and levels.count("trade") == 2
 

@@ -525,7 +525,7 @@ class Engine:
             now_iso = utc_now()
             batch.trades.append(
                 TradeRow(
-                    id=_trade_id(fill.client_order_id),
+                    id=trade_id(fill.client_order_id, fill.candle_time),
                     strategy_id=fill.strategy_id,
                     portfolio_id=fill.portfolio_id,
                     symbol=fill.key.symbol,
@@ -629,6 +629,12 @@ def _error_data(exc: BaseException) -> dict[str, Any]:
     return data
 
 
-def _trade_id(coid: str) -> str:
-    """Trades get a uuid derived from their client order id: the same decision, the same row."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tradebotd:trade:{coid}"))
+def trade_id(coid: str, candle_time: int) -> str:
+    """A trade's uuid: the same decision always gets the same id (so any store can upsert it), and
+    ids sort by candle time (so the primary-key index appends). RFC 9562 version 8 layout: 48 bits
+    of candle time in ms, then 74 bits of sha256(client order id)."""
+    digest = int.from_bytes(hashlib.sha256(coid.encode()).digest()[:10], "big")
+    value = (candle_time & ((1 << 48) - 1)) << 80 | digest
+    value = (value & ~(0xF << 76)) | (0x8 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return str(uuid.UUID(int=value))

@@ -36,10 +36,11 @@ OrderAction = Literal["buy", "sell", "tp", "sl"]
 
 
 def client_order_id(strategy_id: str, candle_time: int, action: OrderAction) -> str:
-    """``tb-<12 hex of sha256(strategy id)>-<candle open time ms>-<action>``: at most 34 characters,
-    within Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$``."""
+    """``tb-<candle open time ms>-<12 hex of sha256(strategy id)>-<action>``: at most 34 characters,
+    within Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$``. Time first, so ids sort by candle and the
+    store's unique index on them grows at the end."""
     digest = hashlib.sha256(strategy_id.encode()).hexdigest()[:12]
-    return f"tb-{digest}-{candle_time}-{action}"
+    return f"tb-{candle_time}-{digest}-{action}"
 
 
 @dataclass(frozen=True, slots=True)
