@@ -14,11 +14,12 @@ from pathlib import Path
 
 from tradebotd.replay.series import Series, demo_csv, load_csv
 
-from . import latency
+from . import latency, startup
 from .rows import Row
 
 SECTIONS: dict[str, Callable[[Series], list[Row]]] = {
     "latency": lambda series: latency.run(series),
+    "startup": lambda series: startup.run(series),
 }
 
 
