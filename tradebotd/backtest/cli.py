@@ -34,7 +34,7 @@ from typing import Any
 from tradebotd.backtest.metrics import equity_curve, round_trips, summarize
 from tradebotd.backtest.report import format_summary, write_fills, write_summary, write_trades
 from tradebotd.backtest.runner import BacktestError, BacktestResult, BacktestSettings, run_backtest
-from tradebotd.backtest.strategy import load_strategy
+from tradebotd.backtest.strategy import kind_of, load_strategy
 from tradebotd.config import Settings, load_settings
 from tradebotd.data.candles import CandleTable, read_csv, read_store
 from tradebotd.data.errors import CandleDataError
@@ -151,6 +151,10 @@ def _candles(args: argparse.Namespace, settings: Settings) -> CandleTable:
 
 def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResult, dict[str, Any]]:
     """Load candles and strategy, run, write the outputs; returns the result and the summary."""
+    try:
+        kind_of(args.strategy)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
     table = _candles(args, settings)
     paper = settings.paper
     loaded = load_strategy(args.strategy, key=table.key, parameters=dict(args.param), sandbox=settings.sandbox)

@@ -41,10 +41,11 @@ class LoadedStrategy:
 
 
 def kind_of(path: Path) -> StrategyKind:
+    """The strategy kind a file name says; ``ValueError`` for an unknown suffix."""
     try:
         return _KINDS[path.suffix.lower()]
     except KeyError:
-        raise StrategyError(
+        raise ValueError(
             f"{path}: unknown strategy file type {path.suffix!r} (expected one of {', '.join(sorted(_KINDS))})"
         ) from None
 

@@ -430,7 +430,7 @@ def _stream(args: argparse.Namespace) -> StreamKey:
     return key
 
 
-async def run_async(args: argparse.Namespace, *, progress: bool | None = None) -> int:
+async def run_async(args: argparse.Namespace, *, progress: bool | None = None, retry_delay_s: float = 1.0) -> int:
     """The command; ``progress`` None shows the bar when stderr is a terminal."""
     prog = "tradebotd data download"
     try:
@@ -447,7 +447,13 @@ async def run_async(args: argparse.Namespace, *, progress: bool | None = None) -
         if args.out is None or args.store:
             sinks.append(StoreSink(settings.store.path, key))
         report = await download(
-            source, key, args.since, args.until, sinks, progress=sys.stderr.isatty() if progress is None else progress
+            source,
+            key,
+            args.since,
+            args.until,
+            sinks,
+            progress=sys.stderr.isatty() if progress is None else progress,
+            retry_delay_s=retry_delay_s,
         )
     except (CandleDataError, DownloadRejected) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

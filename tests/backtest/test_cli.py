@@ -1,0 +1,181 @@
+"""``tradebotd backtest`` as a user runs it: files in, outputs and a summary out, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tradebotd.backtest.cli import main
+from tradebotd.data.download import Row, StoreSink
+from tradebotd.replay.series import format_csv
+
+from .conftest import KEY, MIN, SCRIPTED, T0, table
+
+LINES = [
+    "0 100 101 99 100 5",
+    "1 100 101 99 100 1",  # buy (tp +10, sl -5)
+    "2 100 111 99 105 5",  # take-profit
+    "3 105 106 104 105 1",  # buy
+    "4 105 106 104 106 2",  # sell
+    "5 106 107 105 106 1",  # buy, open at the end
+]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    data = tmp_path / "BTCUSDT_1m.csv"
+    candles = table(*LINES)
+    data.write_text(format_csv([candles.candle(i) for i in range(len(candles))]))
+    strategy = tmp_path / "scripted.js"
+    strategy.write_text(SCRIPTED)
+    return data, strategy
+
+
+def test_outputs_and_summary(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, strategy = files
+    out = tmp_path / "out"
+    argv = [
+        "--strategy",
+        str(strategy),
+        "--data",
+        str(data),
+        "--param",
+        "amount=1",
+        "--param",
+        "tp=10",
+        "--param",
+        "sl=5",
+        "--fee",
+        "0.001",
+        "--cash",
+        "1000",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "total return" in printed and "open position" in printed and f"outputs in {out}/" in printed
+    with (out / "fills.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["side", "candle_time", "price", "amount", "fee", "reason"]
+    assert [(r[0], int(r[1]), r[2]) for r in rows[1:]] == [
+        ("buy", T0 + MIN, "100.00000000"),
+        ("sell", T0 + 2 * MIN, "110.0"),
+        ("buy", T0 + 3 * MIN, "105.00000000"),
+        ("sell", T0 + 4 * MIN, "106.00000000"),
+        ("buy", T0 + 5 * MIN, "106.00000000"),
+    ]
+    assert rows[2][5] == "take-profit 110.0 touched"
+    with (out / "trades.csv").open() as f:
+        trades = list(csv.DictReader(f))
+    assert [(t["exit"], t["pnl"], t["candles"]) for t in trades] == [
+        ("take-profit", "9.79000000", "1"),  # 110 - 100 - 0.1 - 0.11
+        ("signal", "0.78900000", "1"),  # 106 - 105 - 0.105 - 0.106
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trades"] == 2 and summary["open_position"]["entry_time"] == T0 + 5 * MIN
+    assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_summary_on_stdout(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    data, strategy = files
+    assert main(["--strategy", str(strategy), "--data", str(data), "--param", "amount=1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["fills"] == 4 and summary["candles_evaluated"] == 6
+
+
+def test_declared_lookback_is_the_default_warmup(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = files
+    strategy = tmp_path / "with_lookback.js"
+    strategy.write_text("const lookback = 4;  // candles needed\n" + SCRIPTED)
+    assert main(["--strategy", str(strategy), "--data", str(data), "--param", "amount=1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["warmup"] == 4 and summary["candles_evaluated"] == 3  # candles 3, 4, 5
+    assert main(["--strategy", str(strategy), "--data", str(data), "--warmup", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candles_evaluated"] == 6
+
+
+def test_candles_from_the_store_between_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "store.db"
+    sink = StoreSink(db, KEY)
+    candles = table(*LINES)
+    sink.write(
+        [
+            Row(c.open_time, str(c.open), str(c.high), str(c.low), str(c.close), str(c.volume))
+            for c in (candles.candle(i) for i in range(len(candles)))
+        ]
+    )
+    sink.close()
+    config = tmp_path / "t.toml"
+    config.write_text(f'[store]\npath = "{db}"\n[paper]\ncash = "1000"\n')
+    strategy = tmp_path / "s.js"
+    strategy.write_text(SCRIPTED)
+    argv = [
+        "--config",
+        str(config),
+        "--strategy",
+        str(strategy),
+        "--symbol",
+        "btcusdt",
+        "--interval",
+        "1m",
+        "--since",
+        str(T0 + MIN),
+        "--until",
+        str(T0 + 5 * MIN),
+        "--param",
+        "amount=1",
+        "--json",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["first_candle_time"], summary["last_candle_time"]) == (T0 + MIN, T0 + 4 * MIN)
+    assert summary["initial_cash"] == "1000" and summary["fills"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--data", "{tmp}/missing.csv", "--symbol", "BTCUSDT", "--interval", "1m"], 2, "cannot read"),
+        (["--data", "{tmp}/prices.csv"], 2, "cannot tell the symbol and interval"),
+        ([], 2, "give --data CSV, or --symbol and --interval"),
+        (["--symbol", "BTCUSDT", "--interval", "1m"], 2, "no store here"),
+        (["--data", "{data}", "--interval", "7m"], 2, "unsupported kline interval"),
+        (["--data", "{data}", "--since", "2030-01-01"], 2, "no candles between --since and --until"),
+        (["--data", "{data}", "--warmup", "99"], 1, "nothing to evaluate"),
+    ],
+)
+def test_usage_and_data_errors(
+    files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default store path is relative
+    data, strategy = files
+    (tmp_path / "prices.csv").write_text(data.read_text())
+    argv = [a.format(tmp=tmp_path, data=data) for a in argv]
+    assert main(["--strategy", str(strategy), *argv]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_a_strategy_that_does_not_load(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = files
+    broken = tmp_path / "broken.js"
+    broken.write_text("function tradingStrategy( {\n")
+    assert main(["--strategy", str(broken), "--data", str(data)]) == 1
+    assert "SyntaxError" in capsys.readouterr().err
+    other = tmp_path / "strategy.py"
+    other.write_text("print('hi')")
+    assert main(["--strategy", str(other), "--data", str(data)]) == 2
+    assert "unknown strategy file type '.py'" in capsys.readouterr().err
