@@ -56,6 +56,8 @@ __all__ = [
 STRATEGY_ID = "backtest"
 PORTFOLIO_ID = "backtest"
 _FIRST_WINDOW = 64  # candles scanned for a protective touch before the window doubles
+_FIRST_BATCH = 64  # candles per run_until_signal call after a signal; doubles up to _MAX_BATCH
+_MAX_BATCH = 16_384
 
 
 class BacktestError(TradebotdError):
@@ -209,9 +211,14 @@ class _Run:
     def _evaluate(self, lo: int, hi: int, position: Position | None) -> tuple[int, Decision] | None:
         """Evaluate candles ``lo..hi-1`` until the first buy or sell: (its index, decision)."""
         i = lo
+        batch = _FIRST_BATCH
         while i < hi:
+            # Batches grow while the strategy holds: runtimes check every row they are given,
+            # so handing over the whole remaining series at each signal would cost O(n) per signal.
+            stop = min(hi, i + batch)
+            batch = min(batch * 2, _MAX_BATCH)
             try:
-                consumed, decision = self.runtime.run_until_signal(self.values[i:hi], position)
+                consumed, decision = self.runtime.run_until_signal(self.values[i:stop], position)
             except StrategyError as exc:
                 # The daemon logs a failed evaluation and goes on with the next candle; so do we.
                 # ``consumed`` counts the candles the failing call took, the failing one included.
@@ -220,9 +227,9 @@ class _Run:
                 i = failed + 1
                 continue
             self._streak = 0
-            if decision is None:
-                return None
-            return i + consumed - 1, decision
+            if decision is not None:
+                return i + consumed - 1, decision
+            i += consumed
         return None
 
     def _failure(self, index: int, message: str) -> None:

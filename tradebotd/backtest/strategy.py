@@ -29,7 +29,15 @@ from tradebotd.store.base import StrategyKind, StrategyRow
 
 __all__ = ["LoadedStrategy", "declared_lookback", "kind_of", "load_strategy"]
 
-_KINDS: dict[str, StrategyKind] = {".js": "js", ".mjs": "js", ".cjs": "js", ".ts": "ts", ".mts": "ts", ".wat": "wasm"}
+_KINDS: dict[str, StrategyKind] = {
+    ".js": "js",
+    ".mjs": "js",
+    ".cjs": "js",
+    ".ts": "ts",
+    ".mts": "ts",
+    ".wat": "wasm",
+    ".wasm": "wasm",
+}
 _LOOKBACK = re.compile(r"^(?:export\s+)?(?:const|let|var)\s+lookback\s*(?::\s*number\s*)?=\s*(\d+)\s*;?", re.MULTILINE)
 
 
@@ -63,10 +71,15 @@ def load_strategy(
 ) -> LoadedStrategy:
     """Load ``path`` as the daemon would load a strategy row with this code and these parameters."""
     kind = kind_of(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StrategyError(f"{path}: cannot read the strategy: {exc}") from None
+    if kind == "wasm":
+        # A native module is referred to by path (a strategy row may hold WAT text, a path or
+        # base64); the sandbox reads and compiles it.
+        source = f"file:{path.resolve()}"
+    else:
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StrategyError(f"{path}: cannot read the strategy: {exc}") from None
     row = StrategyRow(
         id="backtest",
         user_id="backtest",

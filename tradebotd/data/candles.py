@@ -84,10 +84,14 @@ class CandleTable:
         """Candle ``index`` with exact decimal prices (for the broker)."""
         time = int(self.values[index, TIME])
         if self.text is None:
-            o, h, lo, c, v = (Decimal(repr(float(x))) for x in self.values[index, OPEN:])
+            o, h, lo, c, v = map(Decimal, map(repr, self.values[index, OPEN:].tolist()))
         else:
-            o, h, lo, c, v = (Decimal(cell.decode()) for cell in self.text[index])
+            o, h, lo, c, v = map(Decimal, map(bytes.decode, self.text[index].tolist()))
         return Candle(self.key.symbol, self.key.interval, time, o, h, lo, c, v, closed=True)
+
+    def first(self, count: int) -> CandleTable:
+        """The oldest ``count`` candles."""
+        return CandleTable(self.key, self.values[:count], None if self.text is None else self.text[:count])
 
     def between(self, since: int | None = None, until: int | None = None) -> CandleTable:
         """Candles with ``since <= open time < until`` (either bound optional)."""
