@@ -13,17 +13,19 @@ from .store.base import StrategyRow
 __all__ = ["make_runtime_factory", "sandbox_limits"]
 
 
-def sandbox_limits(settings: SandboxSettings) -> SandboxLimits:
+def sandbox_limits(settings: SandboxSettings, *, fuel: int | None = None) -> SandboxLimits:
     return SandboxLimits(
         timeout_ms=settings.timeout_ms,
         memory_bytes=settings.memory_mb << 20,
         max_result_bytes=settings.max_result_kb << 10,
         max_candles=settings.max_candles,
+        fuel=fuel,
     )
 
 
-def make_runtime_factory(settings: SandboxSettings) -> RuntimeFactory:
-    limits = sandbox_limits(settings)
+def make_runtime_factory(settings: SandboxSettings, *, fuel: int | None = None) -> RuntimeFactory:
+    """``fuel``: meter every evaluation with this budget (``tradebotd strategy check --fuel``)."""
+    limits = sandbox_limits(settings, fuel=fuel)
 
     def load(row: StrategyRow, key: StreamKey) -> StrategyRuntime:
         if not row.source.strip():

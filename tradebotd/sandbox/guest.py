@@ -124,6 +124,10 @@ class Guest:
         """Current linear memory size (it never shrinks)."""
         return int(ffi.wasmtime_memory_data_size(self._context, self._memory_ref))
 
+    def fuel_remaining(self) -> int:
+        """Fuel left of what the last call was given (fuel-metered runtimes only)."""
+        return int(self.store.get_fuel())
+
     def _arm(self, epoch_ticks: int, fuel: int | None) -> None:
         ffi.wasmtime_context_set_epoch_deadline(self._context, epoch_ticks)
         if fuel is not None:

@@ -129,6 +129,7 @@ class EvalInfo:
     elapsed_us: float  # wall time of the call, host side included
     console: tuple[ConsoleLine, ...] = ()  # captured console output
     rebuilt: bool = False  # the instance was rebuilt first (after a timeout, OOM or trap)
+    fuel: int | None = None  # fuel the call used, when metered (appending the candle included)
 
 
 Candle = tuple[float, float, float, float, float, float]
@@ -212,9 +213,10 @@ class JsStrategy:
         values = _as_candle(candle)
         pos = _position(position)
         guest, rebuilt = self._acquire()
+        budget = self._fuel(1, 1)
         try:
             try:
-                result = guest.step(values, pos, epoch_ticks=self._eval_ticks, fuel=self._fuel(1, 1))
+                result = guest.step(values, pos, epoch_ticks=self._eval_ticks, fuel=budget)
             except wasmtime.Trap as trap:
                 raise self._discard(guest, trap, values) from None
             if result.consumed:
@@ -222,10 +224,11 @@ class JsStrategy:
             if result.status is not Status.OK:
                 raise self._eval_error(result, result.consumed)
             decision = parse_decision(result.output)
+            fuel = None if budget is None else budget - guest.fuel_remaining()
         finally:
             self._lock.release()
         elapsed = (time.perf_counter_ns() - started) / 1000
-        return decision, EvalInfo(elapsed, parse_console(result.logs), rebuilt)
+        return decision, EvalInfo(elapsed, parse_console(result.logs), rebuilt, fuel)
 
     def run_until_signal(
         self, candles: npt.NDArray[np.float64], position: Position | None
