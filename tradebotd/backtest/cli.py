@@ -43,9 +43,10 @@ from tradebotd.errors import ConfigError, StrategyError
 from tradebotd.model import StreamKey, interval_ms, normalize_symbol
 from tradebotd.replay.series import names_from_path
 
-__all__ = ["add_arguments", "main", "parse_param", "run"]
+__all__ = ["DESCRIPTION", "add_arguments", "backtest", "main", "parse_param", "run"]
 
 _PROG = "tradebotd backtest"
+DESCRIPTION = "Run a strategy over historical candles with the paper broker's rules."
 
 
 class _Usage(Exception):
@@ -92,7 +93,7 @@ def _count(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tradebotd backtest``'s options to ``parser``."""
-    parser.add_argument("--strategy", required=True, type=Path, metavar="FILE", help="strategy source (.js, .ts)")
+    parser.add_argument("--strategy", required=True, type=Path, metavar="FILE", help="strategy (.js, .ts, .wat, .wasm)")
     parser.add_argument("--data", type=Path, metavar="CSV", help="candles as time,open,high,low,close,volume")
     parser.add_argument("--symbol", help="symbol (required without --data: read from the store)")
     parser.add_argument("--interval", help="kline interval, e.g. 1m (required without --data)")
@@ -189,10 +190,12 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
     return result, summary
 
 
-def run(args: argparse.Namespace) -> int:
-    """``tradebotd backtest`` with options from a parser set up by :func:`add_arguments`."""
+def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """``tradebotd backtest`` with options from a parser set up by :func:`add_arguments`; the
+    configuration is loaded from ``args.config`` unless ``settings`` are given."""
     try:
-        settings, _ = load_settings(getattr(args, "config", None))
+        if settings is None:
+            settings, _ = load_settings(getattr(args, "config", None))
         _, summary = backtest(args, settings)
     except (_Usage, ConfigError, CandleDataError) as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tradebotd.backtest``: the same command without the ``tradebotd`` wrapper."""
-    parser = argparse.ArgumentParser(prog="python -m tradebotd.backtest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tradebotd.backtest", description=DESCRIPTION)
     parser.add_argument(
         "--config", metavar="PATH", help="config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
     )

@@ -9,7 +9,10 @@ Per closed candle, in order, exactly as :class:`tradebotd.engine.Engine` does li
    :class:`~tradebotd.broker.paper.PaperBroker` at the candle's close (± slippage, fee on the fill).
 
 So the orders, prices, amounts and fees are those paper trading would produce; the parity test
-replays the same candles through the daemon and compares fills.
+replays the same candles through the daemon and compares fills. One difference is inherent: live,
+protective levels also react to in-progress updates, so when one candle reaches both levels the
+live exit is whichever the market touched first, while a backtest only has the closed candle and
+applies the paper rule (the stop wins).
 
 What makes it fast is doing per candle only what a candle needs. The strategy runs in batches
 (``run_until_signal``: many candles per sandbox call, returning at the first buy or sell), and a
@@ -34,7 +37,7 @@ from typing import Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from tradebotd.broker.base import Fill, Ignored, OrderIntent, Rejected
+from tradebotd.broker.base import Fill, Ignored, OrderIntent
 from tradebotd.broker.paper import PaperBroker
 from tradebotd.data.candles import HIGH, LOW, CandleTable
 from tradebotd.engine import BatchRuntime, StrategyRuntime, order_intent
@@ -249,10 +252,10 @@ class _Run:
         outcome = self.broker.execute(intent)
         if isinstance(outcome, Fill):
             self._record([outcome], index)
+        elif isinstance(outcome, Ignored):
+            self.refusals.append(Refusal(candle.open_time, intent.side, "ignored", outcome.reason))
         else:
-            kind: Literal["rejected", "ignored"] = "ignored" if isinstance(outcome, Ignored) else "rejected"
-            assert isinstance(outcome, Rejected | Ignored)
-            self.refusals.append(Refusal(candle.open_time, intent.side, kind, outcome.reason))
+            self.refusals.append(Refusal(candle.open_time, intent.side, "rejected", outcome.reason))
 
     def _record(self, fills: Sequence[Fill], index: int) -> None:
         self.fills.extend(fills)

@@ -43,7 +43,7 @@ import ccxt.async_support as ccxt
 import orjson
 from tqdm import tqdm
 
-from tradebotd.config import load_settings
+from tradebotd.config import Settings, load_settings
 from tradebotd.data.candles import HEADER, stored_open_times
 from tradebotd.data.errors import CandleDataError, DownloadError, DownloadRejected, DownloadUnavailable
 from tradebotd.data.times import format_time, parse_time
@@ -53,6 +53,7 @@ from tradebotd.store.base import WriteBatch
 from tradebotd.store.sqlite import SqliteStore
 
 __all__ = [
+    "DESCRIPTION",
     "PAGE_LIMIT",
     "CcxtKlines",
     "CsvSink",
@@ -67,6 +68,7 @@ __all__ = [
 ]
 
 PAGE_LIMIT = 1000  # Binance's maximum klines per request
+DESCRIPTION = "Download historical klines into the store's market_data and/or a CSV (resumable)."
 _WEEK_OFFSET_MS = 4 * 86_400_000  # 1970-01-01 was a Thursday; Binance weeks open on Monday
 _T = TypeVar("_T")
 
@@ -430,11 +432,19 @@ def _stream(args: argparse.Namespace) -> StreamKey:
     return key
 
 
-async def run_async(args: argparse.Namespace, *, progress: bool | None = None, retry_delay_s: float = 1.0) -> int:
-    """The command; ``progress`` None shows the bar when stderr is a terminal."""
+async def run_async(
+    args: argparse.Namespace,
+    settings: Settings | None = None,
+    *,
+    progress: bool | None = None,
+    retry_delay_s: float = 1.0,
+) -> int:
+    """The command (configuration from ``args.config`` unless ``settings`` are given); ``progress``
+    None shows the bar when stderr is a terminal."""
     prog = "tradebotd data download"
     try:
-        settings, _ = load_settings(getattr(args, "config", None))
+        if settings is None:
+            settings, _ = load_settings(getattr(args, "config", None))
         key = _stream(args)
     except (ConfigError, _Usage) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -481,14 +491,14 @@ def _print_report(report: DownloadReport, sinks: Sequence[Sink]) -> None:
         print(f"{report.key}: {report.missing:,} candle slots had no data (exchange gaps; left as gaps)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """``tradebotd data download`` with options from a parser set up by :func:`add_arguments`."""
-    return asyncio.run(run_async(args))
+    return asyncio.run(run_async(args, settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tradebotd.data.download``: the same command without the ``tradebotd`` wrapper."""
-    parser = argparse.ArgumentParser(prog="python -m tradebotd.data.download", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tradebotd.data.download", description=DESCRIPTION)
     parser.add_argument(
         "--config", metavar="PATH", help="config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
     )
