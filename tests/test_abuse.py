@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from tradebotd.broker.paper import PaperBroker
-from tradebotd.config import SandboxSettings
+from tradebotd.config import DaemonSettings, SandboxSettings
 from tradebotd.daemon import Daemon
 from tradebotd.engine import Engine, EngineConfig
 from tradebotd.model import StreamKey
@@ -471,10 +471,18 @@ async def test_tampering_with_globals_stays_in_the_tamperers_own_instance(tmp_pa
 # -- failure policy ------------------------------------------------------------------------------------
 
 
-async def test_a_disabled_strategy_releases_its_stream(tmp_path: Path, baseline: Outcome) -> None:
+def prompt_daemon(server: ReplayServer, db: Path) -> Daemon:
+    """A daemon that re-reads the strategies table only when told to: a stream released here was
+    released because the engine said so, not by a periodic poll."""
+    return Daemon(
+        replay_settings(server, db, history=HISTORY, sandbox=SANDBOX, daemon=DaemonSettings(poll_interval_s=3600))
+    )
+
+
+async def test_a_disabled_strategy_releases_its_stream(tmp_path: Path) -> None:
     db = tmp_path / "release.db"
     async with ReplayServer([BTC_SERIES, ETH_SERIES], past=PAST, ping_interval_s=None) as server:
-        daemon = Daemon(replay_settings(server, db, history=HISTORY, sandbox=SANDBOX))
+        daemon = prompt_daemon(server, db)
         healthy = add(daemon, "healthy", HEALTHY)
         offender = add(daemon, "offender", Spec(entry("throw new Error('broken');"), key=ETH))
         await daemon.start()
@@ -503,7 +511,7 @@ async def test_an_open_position_keeps_its_protective_levels_after_the_strategy_i
     )
     db = tmp_path / "protect.db"
     async with ReplayServer([BTC_SERIES, ETH_SERIES], past=PAST, ping_interval_s=None) as server:
-        daemon = Daemon(replay_settings(server, db, history=HISTORY, sandbox=SANDBOX))
+        daemon = prompt_daemon(server, db)
         sid = add(daemon, "protected", Spec(source, key=ETH))
         await daemon.start()
         try:
@@ -531,6 +539,10 @@ async def test_an_open_position_keeps_its_protective_levels_after_the_strategy_i
             action = {position.take_profit: "tp", position.stop_loss: "sl"}[exit_trade.price]
             assert exit_trade.client_order_id.endswith(f"-{action}")
             assert daemon.broker.position(sid) is None
+            # Nothing needs the stream any more: released.
+            async with asyncio.timeout(20):
+                await server.wait_until(lambda: not any(ETH.stream_name in s for s in server.subscriptions()))
+            assert ETH not in daemon.engine.streams()
         finally:
             await daemon.shutdown()
 

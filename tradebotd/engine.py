@@ -542,6 +542,10 @@ class Engine:
                 )
             )
             batch.positions[fill.strategy_id] = (fill.portfolio_id, fill.key, fill.position_after)
+            if fill.position_after is None and fill.key not in self._by_key:
+                # Closed the position of a strategy no longer running on this stream (disabled or
+                # stopped): it may have been the stream's last reason to be watched.
+                self._on_streams_changed()
             if fill.cash_after is not None and fill.portfolio_id is not None:
                 batch.cash[fill.portfolio_id] = fill.cash_after
             verb = "bought" if fill.side == "buy" else "sold"
