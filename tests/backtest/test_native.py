@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tradebotd.backtest.bench import AMOUNT, FAST, PARAMETERS, SLOW, PythonSmaCross, synthetic_candles
 from tradebotd.backtest.runner import BacktestSettings, run_backtest
-from tradebotd.backtest.strategy import declared_lookback
+from tradebotd.backtest.cli import main
+from tradebotd.backtest.strategy import declared_lookback, load_strategy
+from tradebotd.config import SandboxSettings
+from tradebotd.errors import StrategyError
+from tradebotd.replay.series import format_csv
 from tradebotd.sandbox.js import JsStrategy
 
 native = pytest.importorskip("tradebotd.sandbox.native")
@@ -31,3 +36,25 @@ def test_wasm_js_and_python_sma_crossovers_fill_identically() -> None:
     fills = {name: [(f.side, f.candle_time, f.price, f.amount) for f in r.fills] for name, r in runs.items()}
     assert len(fills["js"]) > 100
     assert fills["wasm"] == fills["js"] == fills["python"]
+
+
+@pytest.mark.xfail(
+    raises=StrategyError,
+    reason="runtimes.make_runtime_factory does not load kind 'wasm' yet; remove this marker when it does",
+)
+def test_the_backtest_command_runs_a_wat_file_with_its_declared_lookback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = synthetic_candles(2_000, seed=3)
+    data = tmp_path / "BTCUSDT_1m.csv"
+    data.write_text(format_csv([table.candle(i) for i in range(len(table))]))
+    params = [f"--param={k}={v}" for k, v in PARAMETERS.items()]
+    loaded = load_strategy(WAT, key=table.key, parameters=PARAMETERS, sandbox=SandboxSettings())
+    loaded.runtime.close()
+    assert loaded.lookback == 21
+    assert main(["--strategy", str(WAT), "--data", str(data), *params, "--json"]) == 0
+    wasm = json.loads(capsys.readouterr().out)
+    assert main(["--strategy", str(JS), "--data", str(data), *params, "--warmup", "21", "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert wasm["warmup"] == 21 and wasm["fills"] == js["fills"] > 20
+    assert wasm["final_cash"] == js["final_cash"]
