@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tradebotd.backtest.bench import AMOUNT, FAST, PARAMETERS, SLOW, PythonSmaCross, synthetic_candles
-from tradebotd.backtest.runner import BacktestSettings, run_backtest
 from tradebotd.backtest.cli import main
+from tradebotd.backtest.runner import BacktestSettings, run_backtest
 from tradebotd.backtest.strategy import declared_lookback, load_strategy
 from tradebotd.config import SandboxSettings
 from tradebotd.errors import StrategyError
