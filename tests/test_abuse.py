@@ -372,6 +372,34 @@ async def test_a_strategy_that_cannot_load_is_disabled_at_once(
     assert offender.decisions == []
 
 
+HEAP_FILLER = """
+function strategy() { return {signal: 'hold'}; }
+const hoard = [];
+// The sandbox looks the entry function up after the top-level code: this getter fills the heap
+// (catching the error) right then, so the strategy loads with no room left for its history.
+Object.defineProperty(globalThis, 'tradingStrategy', {get() {
+  try { for (;;) hoard.push({n: hoard.length}); } catch (e) {}
+  return strategy;
+}});
+"""
+
+
+async def test_a_strategy_that_leaves_no_room_for_its_history_is_disabled(tmp_path: Path, baseline: Outcome) -> None:
+    """Giving a strategy its warm-up history can fail too (here: its heap is full): that is the
+    strategy's failure, never the feed's or the control loop's."""
+    sandbox = SandboxSettings(timeout_ms=2000, memory_mb=4)
+    outcomes = await run_daemon(tmp_path, {"healthy": HEALTHY, "filler": Spec(HEAP_FILLER)}, sandbox=sandbox)
+    assert_unaffected(outcomes["healthy"], baseline)
+    offender = outcomes["filler"]
+    assert offender.status == "error"
+    assert (
+        offender.error_message == "cannot give the strategy its history: the strategy exceeded its 4 MiB memory limit"
+    )
+    (error,) = offender.errors
+    assert error.data is not None and error.data["error_type"] == "StrategyMemoryError"
+    assert offender.decisions == []
+
+
 async def test_every_offender_at_once(tmp_path: Path, baseline: Outcome) -> None:
     """All of them in one daemon (evaluated in worker threads, as more than a few strategies on a
     candle are): the healthy strategy still makes exactly its baseline decisions and trades."""

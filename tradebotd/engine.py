@@ -294,17 +294,32 @@ class Engine:
                     strategy_id=slot.row.id,
                     missed_candles=missed,
                 )
-            slot.runtime.push_history(history.rows())
+            if not self._push_history(slot, history.rows(), batch):
+                return
             slot.cursor = last
             batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, last)
             slot.warm = True
             return
-        slot.runtime.push_history(history.rows(up_to_open_time=slot.cursor))
+        if not self._push_history(slot, history.rows(up_to_open_time=slot.cursor), batch):
+            return
         slot.warm = True
         # Candles that closed while this strategy was not running (a restart): evaluate them in
         # order; the staleness guard stops old ones from trading.
         for candle in history.after(slot.cursor):
             await self._evaluate(slot, candle, batch)
+
+    def _push_history(self, slot: _Slot, rows: npt.NDArray[np.float64], batch: WriteBatch) -> bool:
+        """Give a strategy its history. That can fail too (its top-level code left its heap full,
+        a sandbox bug): it costs that strategy, never the feed or control loop calling this."""
+        try:
+            slot.runtime.push_history(rows)
+        except Exception as exc:
+            if not isinstance(exc, StrategyError):
+                log.exception("strategy runtime failed unexpectedly", strategy_id=slot.row.id)
+            self._failed[slot.row.id] = slot.row.updated_at
+            self._fail(slot.row.id, f"cannot give the strategy its history: {exc}", batch, _error_data(exc))
+            return False
+        return True
 
     # -- market data (the feed's sink) -------------------------------------------------------
 
@@ -333,6 +348,8 @@ class Engine:
                     if not slot.warm:
                         await self._warm(slot, history, batch)
             self._submit(batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
 
     async def on_closed(self, candle: Candle, received_ns: int) -> None:
         async with self._lock:
