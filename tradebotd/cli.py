@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import importlib
 import json
 import sys
 import time
@@ -55,7 +57,7 @@ def _interval(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradebotd", description="Real-time trading daemon with sandboxed strategies."
     )
@@ -77,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = strategy.add_parser("add", parents=[common], help="add a strategy from a file; prints its id")
     add.add_argument("name")
-    add.add_argument("--file", required=True, type=Path, help="JavaScript source (.js)")
+    add.add_argument("--file", required=True, type=Path, help="strategy source: .js, .ts, or native .wasm/.wat")
+    add.add_argument(
+        "--by-path", action="store_true", help="native strategies: store the file's path instead of its contents"
+    )
     add.add_argument("--asset", default="btcusdt", type=_asset, help="symbol (default: btcusdt)")
     add.add_argument("--interval", default="1m", type=_interval, help="kline interval (default: 1m)")
     add.add_argument(
@@ -99,14 +104,53 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, help_text in (("start", "set status 'running'"), ("stop", "set status 'paused'")):
         p = strategy.add_parser(verb, parents=[common], help=help_text)
         p.add_argument("id", help="strategy id (or a unique prefix)")
+    check = strategy.add_parser(
+        "check", parents=[common], help="load a strategy as the daemon would and run it over candles"
+    )
+    _lazy(check, "tradebotd.check", ("strategy", "check"), argv)
     logs = strategy.add_parser("logs", parents=[common], help="print a strategy's log")
     logs.add_argument("id", help="strategy id (or a unique prefix)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    backtest = sub.add_parser(
+        "backtest", parents=[common], help="replay candles through a strategy with the paper broker's rules"
+    )
+    _lazy(backtest, "tradebotd.backtest.cli", ("backtest",), argv)
+    data = sub.add_parser("data", help="historical market data").add_subparsers(dest="data_command", required=True)
+    download = data.add_parser("download", parents=[common], help="fetch historical klines (resumable)")
+    _lazy(download, "tradebotd.data.download", ("data", "download"), argv)
+
     replay = sub.add_parser("replay-server", help="serve candle CSVs over Binance's WebSocket and REST protocols")
     replay_cli.add_arguments(replay)
     return parser
+
+
+def _command_words(argv: Sequence[str]) -> list[str]:
+    """The positional words of a command line (``--config PATH`` skipped)."""
+    words, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--config":
+            skip = True
+        elif not token.startswith("-"):
+            words.append(token)
+    return words
+
+
+def _lazy(parser: argparse.ArgumentParser, module: str, words: tuple[str, ...], argv: Sequence[str] | None) -> None:
+    """Give ``parser`` the arguments of ``module`` only when the command line selects it: backtest,
+    download and check pull in ccxt, matplotlib and the replay server (about 0.8 s of imports)
+    that ``strategy list`` should not pay for. Without ``argv`` (documentation) always load."""
+    if argv is None or tuple(_command_words(argv)[: len(words)]) == words:
+        _module(module).add_arguments(parser)
+    else:
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(name)
 
 
 def _open_store(settings: Settings) -> SqliteStore:
@@ -123,7 +167,7 @@ def _kind_for(path: Path) -> StrategyKind:
         return "ts"
     if suffix in (".wasm", ".wat"):
         return "wasm"
-    raise TradebotdError(f"{path}: unknown strategy file type {suffix!r} (expected .js)")
+    raise TradebotdError(f"{path}: unknown strategy file type {suffix!r} (expected .js, .ts, .wasm or .wat)")
 
 
 def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,8 +180,17 @@ def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
                 if existing is not None:
                     print(existing.id)
                     return 0
+            kind = _kind_for(args.file)
             try:
-                code = args.file.read_text(encoding="utf-8")
+                if args.by_path:
+                    if kind != "wasm":
+                        raise TradebotdError("--by-path is for native .wasm/.wat strategies")
+                    code = f"file:{args.file.resolve()}"
+                    args.file.stat()
+                elif args.file.suffix.lower() == ".wasm":
+                    code = base64.b64encode(args.file.read_bytes()).decode()  # the web app's text column
+                else:
+                    code = args.file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise TradebotdError(f"{args.file}: {exc.strerror}") from None
             portfolio = store.ensure_paper_portfolio(
@@ -147,7 +200,7 @@ def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
                 name=args.name,
                 user_id=settings.store.user_id,
                 code=code,
-                kind=_kind_for(args.file),
+                kind=kind,
                 asset=args.asset,
                 interval=args.interval,
                 parameters=dict(args.param),
@@ -252,7 +305,8 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.command == "replay-server":
         configure_logging("info", "auto", stream=sys.stderr, cache=False)
         return cmd_replay_server(args)
@@ -278,8 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log.level, settings.log.format, stream=sys.stderr, cache=False)
         if args.command == "db":
             return cmd_db_init(settings)
+        if args.command == "strategy" and args.strategy_command == "check":
+            return int(_module("tradebotd.check").run(args))
         if args.command == "strategy":
             return cmd_strategy(args, settings)
+        if args.command == "backtest":
+            return int(_module("tradebotd.backtest.cli").run(args, settings))
+        if args.command == "data":
+            return int(_module("tradebotd.data.download").run(args, settings))
     except NotFound as exc:
         print(f"tradebotd: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from .engine import RuntimeFactory, StrategyRuntime
 from .model import StreamKey
 from .sandbox.errors import StrategyLoadError
 from .sandbox.js import JsStrategy, SandboxLimits
+from .sandbox.native import WasmStrategy, load_wasm_source
 from .sandbox.typescript import erase_types
 from .store.base import StrategyRow
 
@@ -30,6 +31,11 @@ def make_runtime_factory(settings: SandboxSettings, *, fuel: int | None = None) 
     def load(row: StrategyRow, key: StreamKey) -> StrategyRuntime:
         if not row.source.strip():
             raise StrategyLoadError("the strategy has no code (typescript_code is empty)")
+        if row.kind == "wasm":
+            # WAT text, base64 of a binary module, or (embedded mode) a path to a .wasm/.wat file.
+            return WasmStrategy(
+                load_wasm_source(row.source), parameters=row.parameters, interval_ms=key.interval_ms, limits=limits
+            )
         if row.kind == "js":
             source, filename = row.source, "strategy.js"
         elif row.kind == "ts":

@@ -38,10 +38,6 @@ def test_wasm_js_and_python_sma_crossovers_fill_identically() -> None:
     assert fills["wasm"] == fills["js"] == fills["python"]
 
 
-@pytest.mark.xfail(
-    raises=StrategyError,
-    reason="runtimes.make_runtime_factory does not load kind 'wasm' yet; remove this marker when it does",
-)
 def test_the_backtest_command_runs_a_wat_file_with_its_declared_lookback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
