@@ -12,7 +12,6 @@ from tradebotd.backtest.cli import main
 from tradebotd.backtest.runner import BacktestSettings, run_backtest
 from tradebotd.backtest.strategy import declared_lookback, load_strategy
 from tradebotd.config import SandboxSettings
-from tradebotd.errors import StrategyError
 from tradebotd.replay.series import format_csv
 from tradebotd.sandbox.js import JsStrategy
 
