@@ -14,12 +14,13 @@ from pathlib import Path
 
 from tradebotd.replay.series import Series, demo_csv, load_csv
 
-from . import latency, startup
+from . import backtest, latency, startup
 from .rows import Row
 
-SECTIONS: dict[str, Callable[[Series], list[Row]]] = {
-    "latency": lambda series: latency.run(series),
-    "startup": lambda series: startup.run(series),
+SECTIONS: dict[str, Callable[[Series, Path | None], list[Row]]] = {
+    "latency": lambda series, data: latency.run(series),
+    "startup": lambda series, data: startup.run(series),
+    "backtest": lambda series, data: backtest.run(data),
 }
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        rows.extend(section(series))
+        rows.extend(section(series, args.data))
     print_table(rows)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
