@@ -81,6 +81,9 @@ MAX_REASONS = 1000
 MAX_NAME_CHARS = 100
 MAX_META_BYTES = 64 << 10
 _PAGE = 65536
+# What a call into wasm raises besides Python errors (a Trap is not a WasmtimeError).
+_WasmError = wasmtime.Trap | wasmtime.WasmtimeError
+_WASM_ERRORS = (wasmtime.Trap, wasmtime.WasmtimeError)
 _FUEL_PER_CANDLE = 10_000  # driver work per appended candle (≈40 fuel) with a wide margin
 _LOAD_FUEL = 1_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
 
@@ -503,7 +506,7 @@ class _Guest:
         assert isinstance(memory, wasmtime.Memory)
         self.memory = memory
         self._raw = RawStore(self.store, memory)
-        self.at_cap = False
+        self.at_cap = self.near_cap = False
         self._size = -1
         self._base = 0
         self._layout: _Layout | None = None
@@ -521,8 +524,12 @@ class _Guest:
         if size == self._size:
             return
         self._size = size
-        # Not one more page fits: memory.grow fails (returns -1) from here on.
+        # Not one more page fits: every memory.grow fails (returns -1) from here on.
         self.at_cap = size + _PAGE > self.memory_cap
+        # Close enough to the cap that a trap is most likely a refused allocation: runtimes trap
+        # when memory.grow fails (AssemblyScript's allocator executes `unreachable`), having
+        # asked for as many pages as the allocation needs, which can be many.
+        self.near_cap = size > self.memory_cap - max(_PAGE, self.memory_cap // 16)
         self._base = self._raw.memory_address()
         if self._layout is not None:
             self._views(self._layout)
@@ -560,7 +567,7 @@ class _Guest:
             return self.read(address, min(length, 2000)).decode("utf-16-le", errors="replace")
 
         where = f" ({text(filename)}:{line}:{column})" if filename else ""
-        return f"abort: {text(message) or '(no message)'}{where}"
+        return f"aborted: {text(message) or '(no message)'}{where}"
 
     # -- calls
 
@@ -624,7 +631,7 @@ class _Guest:
         """Calls a driver entry point; its second result is the memory size in pages."""
         try:
             consumed = entry.call1(n)
-        except wasmtime.WasmtimeError:
+        except _WASM_ERRORS:
             self._refresh()
             raise
         self._resize(entry.result(1) * _PAGE)
@@ -754,7 +761,7 @@ class WasmStrategy:
         try:
             try:
                 outputs = guest.step(_position(position), candle, self._step_ticks, self._step_fuel)
-            except wasmtime.WasmtimeError as exc:  # wasmtime.Trap included
+            except _WASM_ERRORS as exc:
                 raise self._failed(guest, exc, np.array([candle], dtype=np.float64)) from None
             self._history.append(candle)
             if guest.aborts or guest.at_cap:
@@ -784,7 +791,7 @@ class WasmStrategy:
                           self._fuel(len(chunk), len(chunk)))
                 try:
                     done = guest.run(len(chunk))
-                except wasmtime.WasmtimeError as exc:
+                except _WASM_ERRORS as exc:
                     error = self._failed(guest, exc, chunk)
                     error.consumed += consumed
                     raise error from None
@@ -855,7 +862,7 @@ class WasmStrategy:
             guest.arm(self._step_ticks, self._fuel(0, len(chunk)))
             try:
                 guest.push(len(chunk))
-            except wasmtime.WasmtimeError as exc:
+            except _WASM_ERRORS as exc:
                 if not record:
                     raise SandboxTrap(f"the sandbox failed while restoring the history: {exc}") from None
                 raise self._failed(guest, exc, chunk) from None
@@ -874,7 +881,7 @@ class WasmStrategy:
                 fuel=None if limits.fuel is None else _LOAD_FUEL,
             )
             self._configure(guest)
-        except wasmtime.WasmtimeError as exc:
+        except _WASM_ERRORS as exc:
             raise self._load_error(guest, exc) from None
         if guest.aborts:
             raise StrategyLoadError(guest.abort_message(), name="SandboxTrap")
@@ -934,20 +941,19 @@ class WasmStrategy:
         self.parameters = values
         self._reason_texts = {float(i): text for i, text in enumerate((None, *meta.reasons))}
 
-    def _load_error(self, guest: _Guest | None, exc: wasmtime.WasmtimeError) -> StrategyLoadError:
+    def _load_error(self, guest: _Guest | None, exc: _WasmError) -> StrategyLoadError:
         if isinstance(exc, wasmtime.Trap) and exc.trap_code is wasmtime.TrapCode.INTERRUPT:
             return StrategyLoadError(f"loading ran longer than {self._limits.load_timeout_ms} ms", name="Timeout")
         if guest is not None and guest.aborts:
             return StrategyLoadError(guest.abort_message(), name="SandboxTrap")
-        if guest is not None and guest.at_cap:
+        if guest is not None and guest.near_cap:
             return StrategyLoadError("the module ran out of memory while loading", name="OutOfMemory")
-        message = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
-        return StrategyLoadError(f"the module failed while loading: {message}", name="SandboxTrap")
+        return StrategyLoadError(f"the module failed while loading: {_cause(exc)}", name="SandboxTrap")
 
     def _failed(
         self,
         guest: _Guest,
-        exc: wasmtime.WasmtimeError | None,
+        exc: _WasmError | None,
         rows: npt.NDArray[np.float64] | None = None,
         *,
         consumed: int = 0,
@@ -967,16 +973,16 @@ class WasmStrategy:
             )
         if code is wasmtime.TrapCode.OUT_OF_FUEL:
             return StrategyTimeout("the strategy ran out of fuel", trapped=True, consumed=consumed)
-        if guest.at_cap:
+        if guest.at_cap or (exc is not None and guest.near_cap):
             return StrategyMemoryError(
                 f"the strategy reached its {guest.memory_cap >> 20} MiB memory cap", consumed=consumed
             )
         if guest.aborts:
             return SandboxTrap(f"the strategy {guest.abort_message()}", trap_code="UNREACHABLE", consumed=consumed)
         if isinstance(exc, wasmtime.Trap):
-            return SandboxTrap(f"the sandbox trapped: {exc.message}", trap_code=code.name if code else None,
+            return SandboxTrap(f"the strategy trapped: {_cause(exc)}", trap_code=code.name if code else None,
                                consumed=consumed)
-        return SandboxTrap(f"the sandbox failed: {exc}", consumed=consumed)
+        return SandboxTrap(f"the sandbox failed: {_cause(exc)}", consumed=consumed)
 
     def _decision(self, outputs: tuple[float, ...], consumed: int) -> Decision:
         """The decision in the output slots. The driver checked every hold it did not stop at
@@ -1029,6 +1035,13 @@ class WasmStrategy:
 def _whole(value: float, maximum: int) -> bool:
     """``value`` is a whole number in 0..maximum (NaN and infinities are not)."""
     return 0 <= value <= maximum and value == int(value)
+
+
+def _cause(exc: _WasmError | None) -> str:
+    """The last line of a wasmtime error: the cause, without the backtrace before it."""
+    text = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("wasm trap: ") if lines else "unknown error"
 
 
 def _position(position: Position | None) -> tuple[float, float, float, float]:
