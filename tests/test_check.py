@@ -3,47 +3,29 @@ fuel, exit codes."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tradebotd import check
-from tradebotd.cli import build_parser
-from tradebotd.cli import main as cli_main
+from tradebotd.cli import main
 from tradebotd.model import Candle
 from tradebotd.replay.series import format_csv
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "tradebotd" / "examples" / "sma_crossover.js"
+WAT_EXAMPLE = ROOT / "strategies_wasm" / "sma_cross.wat"
 MIN = 60_000
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 
 
-def _wired() -> bool:
-    """Whether ``tradebotd strategy check`` is reachable through the CLI yet."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["strategy", "check", "x.js"])
-    except SystemExit:
-        return False
-    return True
-
-
 def strategy_check(tmp_path: Path, *argv: str | Path) -> int:
-    """Runs the command with an empty config file (no ./tradebotd.toml or environment leaks in)."""
+    """``tradebotd strategy check ...`` with an empty config file (no ./tradebotd.toml or
+    environment leaks in)."""
     config = tmp_path / "empty.toml"
     config.touch()
-    args = [str(a) for a in argv]
-    if _wired():
-        return cli_main(["strategy", "check", "--config", str(config), *args])
-    parser = argparse.ArgumentParser(prog="tradebotd strategy check")
-    parser.add_argument("--config")
-    check.add_arguments(parser)
-    return check.run(parser.parse_args(["--config", str(config), *args]))
+    return main(["strategy", "check", "--config", str(config), *(str(a) for a in argv)])
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -101,6 +83,20 @@ def test_the_example_on_the_built_in_series(tmp_path: Path, capsys: pytest.Captu
     assert out.count("fast SMA crossed above slow SMA  -> filled 0.01 at ") >= signals // 2
     assert "last indicators (2024-01-01 16:39): fastSma=" in out
     assert "evaluations: 1000, errors: 0" in out
+
+
+def test_a_native_strategy_gives_the_same_signals_as_its_js_twin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def signals(path: Path) -> list[str]:
+        assert strategy_check(tmp_path, path, "--param", "fast=5", "--param", "slow=20", "--param", "amount=0.01") == 0
+        out = capsys.readouterr().out.splitlines()
+        count = int(out[2].removeprefix("signals: "))
+        return out[3 : 3 + count]
+
+    native = signals(WAT_EXAMPLE)
+    assert len(native) > 10
+    assert native == signals(EXAMPLE)
 
 
 def test_a_syntax_error_shows_its_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,7 @@
 
 The strategy is loaded by the daemon's own loader (``runtimes.make_runtime_factory`` with the
 configured ``[sandbox]`` limits): ``.js`` as is, ``.ts`` through the type eraser, ``.wat``/``.wasm``
-as native modules once the loader supports them. It then gets one evaluation per candle (after
+as native modules. It then gets one evaluation per candle (after
 ``--warmup`` candles of history), with orders going to a paper broker with the configured
 ``[paper]`` rules, so a ``sell`` sees the position its ``buy`` opened and take-profit/stop-loss
 levels are watched, as in the daemon. Like the daemon, it stops after
@@ -356,9 +356,6 @@ def _read_code(path: Path, kind: StrategyKind) -> str:
     """The code as a strategy row holds it. A native module is referred to by path, as the
     backtest does (``sandbox.native.load_wasm_source`` reads and compiles it).
 
-    TODO(native): ``.wat``/``.wasm`` load through the daemon's loader like everything else; until
-    ``runtimes.make_runtime_factory`` handles kind ``wasm`` (``sandbox.native.WasmStrategy``) they
-    report its "kind 'wasm' is not supported" load error. Nothing here needs to change then.
     """
     try:
         if kind == "wasm":
@@ -455,6 +452,8 @@ def _print_text(report: Report, lines: list[str]) -> None:
         out.append(
             f"fuel per evaluation: median {fuel['median']:,}, max {fuel['max']:,} (budget {report.fuel_budget:,})"
         )
+    elif report.eval_us:
+        out.append(f"fuel per evaluation: not reported by this runtime (budget {report.fuel_budget:,})")
     else:
         out.append(f"fuel per evaluation: no successful evaluation (budget {report.fuel_budget:,})")
     if report.console:
