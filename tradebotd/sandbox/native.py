@@ -19,18 +19,30 @@ writes one pure function per evaluation.
 Limits (:class:`SandboxLimits`): the epoch deadline is the only stop there is for native code, so
 it is ``timeout_ms`` itself (``epoch_backstop_ms`` does not apply); a batch call gets
 ``timeout_ms`` per candle in it, at most :data:`RUN_CHUNK` candles per call. Linear memory is
-capped at ``2 * memory_bytes``, like a JS strategy's. ``fuel`` works as for JS.
+capped at ``2 * memory_bytes``, like a JS strategy's. ``fuel`` works as for JS. The Engine and
+the epoch thread are the JS sandbox's (:class:`WasmRuntime`), so one thread serves all stores.
 
-Failure policy: a trap (deadline, fuel, out-of-bounds, ``env.abort``, ...) or linear memory
-reaching its cap (``memory.grow`` fails silently there, so the module's state is suspect)
-discards the instance; the next call rebuilds it from the compiled module and re-sends the
-history the host keeps. An invalid output (unknown signal code, NaN amount, non-finite
-indicator, ...) raises :class:`InvalidResult` and keeps the instance. Errors come from the
-tree in ``errors.py``: :class:`StrategyLoadError` at load (``name`` says which check failed:
-``CompileError``, ``ForbiddenImport``, ``MissingExport``, ``BadExport``, ``AbiMismatch``,
-``BadMetadata``, ``BadParameters``, ``OutOfMemory``, ``Timeout``, ``SandboxTrap``,
-``SourceNotFound``, ``SourceTooLarge``, ``BadSource``), then :class:`StrategyTimeout`,
-:class:`StrategyMemoryError`, :class:`InvalidResult` and :class:`SandboxTrap` per call.
+Failure policy: a trap (deadline, fuel, out-of-bounds, ``env.abort``, ...) or linear memory at
+its cap discards the instance; the next call rebuilds it from the compiled module and re-sends
+the history the host keeps. An invalid output keeps the instance.
+
+Errors (the tree is in ``errors.py``)::
+
+    StrategyLoadError       the module did not load; ``name`` says which check failed:
+                            CompileError, ForbiddenImport, MissingExport, BadExport,
+                            AbiMismatch, BadMetadata, BadParameters, OutOfMemory, Timeout,
+                            SandboxTrap, SourceTooLarge (and from load_wasm_source:
+                            BadSource, SourceNotFound)
+    StrategyEvalError       one call failed; ``consumed`` counts the candles it appended,
+    │                       the failing one included
+    ├── StrategyTimeout         past the deadline, or out of fuel (always ``trapped``)
+    ├── StrategyMemoryError     linear memory reached its cap (or trapped next to it)
+    ├── InvalidResult           unknown signal code, NaN amount, non-finite indicator, ...
+    └── SandboxTrap             any other trap, or ``env.abort``; ``trap_code``
+    SandboxUnavailable      this process cannot run wasm (see ``wasm.py``)
+
+Bad input from the caller (candles of the wrong shape or not finite) raises ``ValueError``;
+using a closed strategy, or one strategy from two threads at once, ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import struct
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +97,7 @@ _PAGE = 65536
 # What a call into wasm raises besides Python errors (a Trap is not a WasmtimeError).
 _WasmError = wasmtime.Trap | wasmtime.WasmtimeError
 _WASM_ERRORS = (wasmtime.Trap, wasmtime.WasmtimeError)
-_FUEL_PER_CANDLE = 10_000  # driver work per appended candle (≈40 fuel) with a wide margin
+_FUEL_PER_CANDLE = 10_000  # the driver appends a candle for ≈90 fuel; a wide margin
 _LOAD_FUEL = 1_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
 
 Candle = tuple[float, float, float, float, float, float]
@@ -245,11 +258,15 @@ def _parameter_values(given: Mapping[str, object], accepted: tuple[str, ...]) ->
         )
     values: dict[str, float] = {}
     for name, value in given.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        try:
+            number = float(value) if isinstance(value, int | float) else math.nan  # bool is an int
+        except OverflowError:  # an int beyond float range
+            number = math.nan
+        if not math.isfinite(number):
             raise StrategyLoadError(
                 f"parameter {name} must be a finite number (or a boolean), got {value!r}", name="BadParameters"
             )
-        values[name] = float(value)
+        values[name] = number
     return values
 
 
@@ -409,11 +426,10 @@ _DRIVER_WAT = r"""
 )
 """
 
+_COMPILED_KEPT = 32
 _compile_lock = threading.Lock()
 _drivers: weakref.WeakKeyDictionary[wasmtime.Engine, wasmtime.Module] = weakref.WeakKeyDictionary()
-_modules: weakref.WeakKeyDictionary[wasmtime.Engine, weakref.WeakValueDictionary[bytes, wasmtime.Module]] = (
-    weakref.WeakKeyDictionary()
-)
+_compiled: weakref.WeakKeyDictionary[wasmtime.Engine, OrderedDict[bytes, wasmtime.Module]] = weakref.WeakKeyDictionary()
 
 
 def _driver(engine: wasmtime.Engine) -> wasmtime.Module:
@@ -425,18 +441,24 @@ def _driver(engine: wasmtime.Engine) -> wasmtime.Module:
 
 
 def _compile(engine: wasmtime.Engine, wasm: bytes | str) -> wasmtime.Module:
-    """The compiled module, shared by every strategy of this engine loading the same code."""
+    """The compiled module. The last 32 compiled per engine are kept, so strategies sharing code,
+    reloads and backtest sweeps compile it once (2-3 ms for the examples, more for big modules)."""
     key = hashlib.sha256(wasm.encode() if isinstance(wasm, str) else wasm).digest()
     with _compile_lock:
-        cache = _modules.setdefault(engine, weakref.WeakValueDictionary())
+        cache = _compiled.setdefault(engine, OrderedDict())
         module = cache.get(key)
-        if module is None:
-            try:
-                module = wasmtime.Module(engine, wasm)
-            except wasmtime.WasmtimeError as exc:
-                raise StrategyLoadError(str(exc).strip(), name="CompileError") from None
-            cache[key] = module
-        return module
+        if module is not None:
+            cache.move_to_end(key)
+            return module
+    try:  # outside the lock: other strategies load meanwhile
+        module = wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise StrategyLoadError(str(exc).strip(), name="CompileError") from None
+    with _compile_lock:
+        cache[key] = module
+        while len(cache) > _COMPILED_KEPT:
+            cache.popitem(last=False)
+    return module
 
 
 # ----------------------------------------------------------------------------- one live instance
@@ -652,7 +674,7 @@ class _Guest:
 class _HostHistory:
     """The host's copy of the history, what a rebuilt instance is given: a :class:`History`, with
     ``step``'s single candles packed into a small buffer and moved into it in bulk (a numpy row
-    assignment from a tuple costs ≈0.6 µs, a tenth of a whole step; ``pack_into`` ≈0.25 µs)."""
+    assignment from a tuple costs ≈0.6 µs, a tenth of a whole step; ``pack_into`` ≈0.3 µs)."""
 
     __slots__ = ("_history", "_pending", "_pending_buffer", "_pending_count")
 
@@ -694,7 +716,12 @@ _FLAT = (0.0, 0.0, 0.0, 0.0)
 
 class WasmStrategy:
     """One loaded native strategy in its own Store. Not thread-safe: use it from one thread at a
-    time (concurrent use raises ``RuntimeError`` rather than corrupting the Store)."""
+    time (concurrent use raises ``RuntimeError`` rather than corrupting the Store).
+
+    ``wasm`` is a binary module or WAT text (see :func:`load_wasm_source` for a strategy row's
+    code). ``interval_ms`` is checked but otherwise unused: a native strategy has no clock, the
+    candles' open times are in their ``time`` column.
+    """
 
     def __init__(
         self,
