@@ -280,7 +280,7 @@ _DRIVER_WAT = r"""
 (module
   (import "strategy" "memory" (memory 0))
   (import "strategy" "tb_evaluate" (func $evaluate (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (global $position (mut i32) (i32.const 0))  ;; f64[4] written by the host, then f64 appended (progress)
+  (global $position (mut i32) (i32.const 0))  ;; f64[4] written by the host
   (global $stage (mut i32) (i32.const 0))     ;; f64[RUN_CHUNK][6] candles, written by the host
   (global $result (mut i32) (i32.const 0))    ;; f64[2]: signal, stopped; then the strategy's outputs
   (global $out (mut i32) (i32.const 0))       ;; f64[5 + indicators]: the strategy's outputs
@@ -290,6 +290,9 @@ _DRIVER_WAT = r"""
   (global $reasons (mut i32) (i32.const 0))
   (global $indicators (mut i32) (i32.const 0))
   (global $filled (mut i32) (i32.const 0))    ;; rows of the columns in use
+  ;; Candles appended since instantiation, for the host after a trap. A global of ours, so the
+  ;; strategy cannot touch it (it can write anywhere in its memory).
+  (global $appended (export "appended") (mut i64) (i64.const 0))
 
   (func (export "setup") (param $position i32) (param $stage i32) (param $result i32) (param $columns i32)
       (param $rows i32) (param $capacity i32) (param $reasons i32) (param $indicators i32)
@@ -334,8 +337,7 @@ _DRIVER_WAT = r"""
     (local.set $dst (i32.add (local.get $dst) (local.get $column_bytes)))
     (f64.store (local.get $dst) (f64.load offset=40 (local.get $src)))
     (global.set $filled (i32.add (global.get $filled) (i32.const 1)))
-    ;; Progress for the host, readable even if the evaluation that follows traps.
-    (f64.store offset=32 (global.get $position) (f64.convert_i32_u (i32.add (local.get $i) (i32.const 1)))))
+    (global.set $appended (i64.add (global.get $appended) (i64.const 1))))
 
   ;; push and run also return the memory size in pages: the host learns whether memory grew
   ;; (and may have moved) without another call into wasmtime.
@@ -463,8 +465,8 @@ def _compile(engine: wasmtime.Engine, wasm: bytes | str) -> wasmtime.Module:
 
 # ----------------------------------------------------------------------------- one live instance
 
-_HOST_WRITE = struct.Struct("<5d")  # position f64[4] + appended (zeroed before every driver call)
-_STEP_WRITE = struct.Struct("<11d")  # the same + staged candle 0, which follows it
+_HOST_WRITE = struct.Struct("<4d")  # the position
+_STEP_WRITE = struct.Struct("<10d")  # the position and staged candle 0, which follows it
 _CANDLE = struct.Struct("<6d")
 _OUT_FIXED = 5  # amount, take profit, stop loss, reason, indicator count
 
@@ -473,7 +475,7 @@ _OUT_FIXED = 5  # amount, take profit, stop loss, reason, indicator count
 class _Layout:
     """The host's block (from ``tb_alloc``), private to host and driver; addresses in linear memory.
 
-    position f64[4] | appended f64 | stage f64[RUN_CHUNK][6] | signal, stopped f64[2] |
+    position f64[4] | stage f64[RUN_CHUNK][6] | signal, stopped f64[2] |
     outputs f64[5 + indicators] | columns f64[6][rows]
     """
 
@@ -487,7 +489,7 @@ class _Layout:
     @classmethod
     def plan(cls, capacity: int, indicators: int) -> _Layout:
         """Offsets from the block's start. ``rows`` >= 2 * capacity keeps shifting amortised O(1)."""
-        stage = 40
+        stage = 32
         result = stage + RUN_CHUNK * 48
         columns = result + 8 * (2 + _OUT_FIXED + indicators)
         rows = max(2 * capacity, capacity + RUN_CHUNK)
@@ -534,6 +536,8 @@ class _Guest:
         self._layout: _Layout | None = None
         self._run: RawI32Call | None = None
         self._push: RawI32Call | None = None
+        self._appended: wasmtime.Global | None = None  # the driver's count
+        self._appended_before = 0  # its value before the current call
         self._refresh()
 
     # -- memory
@@ -616,8 +620,10 @@ class _Guest:
         """Instantiates the driver over the strategy's memory and ``tb_evaluate``."""
         instance = wasmtime.Instance(self.store, driver, [self.memory, self.exports["tb_evaluate"]])
         exports = instance.exports(self.store)
-        setup, run, push = exports["setup"], exports["run"], exports["push"]
+        setup, run, push, appended = exports["setup"], exports["run"], exports["push"], exports["appended"]
         assert isinstance(setup, wasmtime.Func) and isinstance(run, wasmtime.Func) and isinstance(push, wasmtime.Func)
+        assert isinstance(appended, wasmtime.Global)
+        self._appended = appended
         setup(self.store, layout.position, layout.stage, layout.result, layout.columns, layout.rows, capacity,
               reasons, indicators)
         self._run = RawI32Call(self.store, run)
@@ -630,7 +636,7 @@ class _Guest:
         """Stages one candle, runs the driver over it and returns the output slots (see
         :meth:`outputs`). One method for the hot path: every Python call costs ≈0.1 µs here."""
         assert self._run is not None
-        _STEP_WRITE.pack_into(self._host_write, 0, *position, 0.0, *candle)
+        _STEP_WRITE.pack_into(self._host_write, 0, *position, *candle)
         self._raw.set_epoch_deadline(epoch_ticks)
         if fuel is not None:
             self.store.set_fuel(fuel)
@@ -638,7 +644,7 @@ class _Guest:
         return self._outputs.unpack_from(self._result)
 
     def write_position(self, position: tuple[float, float, float, float]) -> None:
-        _HOST_WRITE.pack_into(self._host_write, 0, *position, 0.0)
+        _HOST_WRITE.pack_into(self._host_write, 0, *position)
 
     def run(self, n: int) -> int:
         """The driver's ``run`` over the first ``n`` staged candles. Raises on a trap."""
@@ -656,6 +662,7 @@ class _Guest:
         except _WASM_ERRORS:
             self._refresh()
             raise
+        self._appended_before += consumed
         self._resize(entry.result(1) * _PAGE)
         return consumed
 
@@ -664,8 +671,9 @@ class _Guest:
         return self._outputs.unpack_from(self._result)
 
     def appended(self) -> int:
-        """Candles the last driver call appended; readable after a trap."""
-        return int(struct.unpack_from("<d", self._host_write, 32)[0])
+        """Candles the last driver call appended before it trapped."""
+        assert self._appended is not None
+        return int(self._appended.value(self.store)) - self._appended_before
 
 
 # ----------------------------------------------------------------------------- the strategy
