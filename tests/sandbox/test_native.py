@@ -106,16 +106,20 @@ def test_sma_crossover_decides_like_the_js_example_step_by_step(
 
 
 @pytest.mark.parametrize("module", sma_modules())
-def test_run_until_signal_gives_the_step_decisions(module: bytes | str, native: MakeNative) -> None:
+def test_run_until_signal_finds_the_js_example_signals(
+    module: bytes | str, native: MakeNative, runtime: WasmRuntime
+) -> None:
     series = synthetic_candles(2_000, seed=5)
-    batch, stepwise = native(module, parameters=PARAMETERS), native(module, parameters=PARAMETERS)
+    batch = native(module, parameters=PARAMETERS)
+    js = JsStrategy(JS.read_text(), parameters=PARAMETERS, interval_ms=MIN, runtime=runtime)
     expected: list[tuple[int, Decision]] = []
     position: Position | None = None
     for i, row in enumerate(series):
-        decision, _ = stepwise.step(tuple(float(x) for x in row), position)  # type: ignore[arg-type]
+        decision, _ = js.step(tuple(float(x) for x in row), position)  # type: ignore[arg-type]
         if decision.signal != "hold":
             expected.append((i, decision))
             position = long_at(row, 0.25) if decision.signal == "buy" else None
+    js.close()
     got: list[tuple[int, Decision]] = []
     done, position = 0, None
     while done < len(series):
@@ -126,7 +130,7 @@ def test_run_until_signal_gives_the_step_decisions(module: bytes | str, native: 
             position = long_at(series[done - 1], 0.25) if decision.signal == "buy" else None
     assert got == expected
     assert len(expected) >= 4
-    assert batch.history_length == stepwise.history_length == 1000  # max_candles
+    assert batch.history_length == 1000  # max_candles
 
 
 def test_the_committed_assemblyscript_build_matches_its_source(tmp_path: Path) -> None:
@@ -199,7 +203,6 @@ PROBE = r"""
     " \"reasons\": [\"probe\"]}\00")
   ;; "boom" as AssemblyScript passes strings: UTF-16LE, byte length in the 4 bytes before it.
   (data (i32.const 508) "\08\00\00\00b\00o\00o\00m\00")
-  (global (export "bias") (mut f64) (f64.const 0))
   (func (export "tb_abi_version") (result i32) (i32.const 1))
   (func (export "tb_meta") (result i32) (i32.const 16))
   (func (export "tb_alloc") (param $bytes i32) (result i32)
@@ -228,7 +231,7 @@ PROBE = r"""
       (br $next)))
     (f64.store offset=32 (local.get $out) (f64.const 6))
     (f64.store offset=40 (local.get $out) (f64.convert_i32_s (local.get $n)))
-    (f64.store offset=48 (local.get $out) (f64.add (local.get $sum) (global.get 0)))
+    (f64.store offset=48 (local.get $out) (local.get $sum))
     (f64.store offset=56 (local.get $out) (f64.load (local.get $position)))
     (f64.store offset=64 (local.get $out) (f64.load offset=8 (local.get $position)))
     (f64.store offset=72 (local.get $out) (f64.load offset=16 (local.get $position)))
@@ -268,6 +271,17 @@ def test_push_history_feeds_the_columns_and_keeps_max_candles(native: MakeNative
     window = [*series[-299:, 4], 0.0]
     assert seen(decision) == (300, sum(window))
     assert probe.history_length == 300
+
+
+def test_the_window_slides_over_max_candles_across_buffer_shifts(native: MakeNative) -> None:
+    # max_candles 50: the driver's columns hold 178 rows and move the newest 49 to the front
+    # every 129 candles; each evaluation must still see exactly the newest 50, in order.
+    probe = native(PROBE, limits=SandboxLimits(max_candles=50))
+    closes = [0.5 + i for i in range(400)]  # never one of the probe's special values
+    for i, close in enumerate(closes):
+        decision, _ = probe.step(candle(i, close), None)
+        window = closes[max(0, i - 49):i + 1]
+        assert seen(decision) == (len(window), sum(window)), i
 
 
 # ---------------------------------------------------------------------------- loading

@@ -521,7 +521,8 @@ class _Guest:
                 # Never raise here: wasmtime-py parks the exception in a process-wide slot that a
                 # later, unrelated call would re-raise. AssemblyScript follows every abort call
                 # with `unreachable`; for a module that carries on, the host reports it after the call.
-                aborts.append((message, filename, line, column))
+                if not aborts:  # the first says why; a module looping over abort must not fill memory
+                    aborts.append((message, filename, line, column))
 
             imports.append(wasmtime.Func(self.store, wasmtime.FuncType([wasmtime.ValType.i32()] * 4, []), abort))
         self.instance = wasmtime.Instance(self.store, module, imports)
