@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 TRADEBOTD := $(PY) -m tradebotd
 EXAMPLE := tradebotd/examples/sma_crossover.js
 
-.PHONY: install run demo test lint bench wasm clean
+.PHONY: install run demo test lint bench wasm wasm-examples clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: install
 # Rebuild the QuickJS-NG sandbox (tradebotd/sandbox/qjs/tb_qjs.wasm); `make install` also builds it.
 wasm: install
 	$(PY) -m tradebotd.sandbox.qjs.build
+
+# Rebuild the AssemblyScript example strategy (needs Node.js and npm; the built .wasm is committed).
+wasm-examples:
+	$(MAKE) -C strategies_wasm assemblyscript
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .example-strategy-id
