@@ -44,12 +44,16 @@ class LatencyRecorder:
 
     def __init__(self, keep: int = 100_000) -> None:
         self.samples_ns: deque[int] = deque(maxlen=keep)
-        self.committed = asyncio.Event()
+        self.trades: deque[int] = deque(maxlen=keep)  # trades recorded with each sample's candle
 
     def __call__(self, batch: WriteBatch, committed_ns: int) -> None:
         if batch.enqueued_ns:
             self.samples_ns.append(committed_ns - batch.enqueued_ns)
-            self.committed.set()
+            self.trades.append(len(batch.trades))
+
+    def clear(self) -> None:
+        self.samples_ns.clear()
+        self.trades.clear()
 
 
 class Daemon:

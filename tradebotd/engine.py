@@ -184,7 +184,7 @@ class Engine:
         # (the store may still say 'running' until the writer has committed the error).
         self._failed: dict[str, str] = {}
         self._last_inputs: tuple[Candle, Floats6, str] | None = None
-        self._pool = sandbox_pool(config.eval_threads) if config.eval_threads > 1 else None
+        self._pool = sandbox_pool(config.eval_threads - 1) if config.eval_threads > 1 else None
         # Log lines about decisions and fills, written after the batch is handed over (see _submit).
         self._narration: list[tuple[str, dict[str, Any]]] = []
         # Control-plane changes and candle processing never interleave mid-candle.
@@ -407,12 +407,15 @@ class Engine:
         if self._pool is None or len(work) < PARALLEL_MIN_STRATEGIES:
             outcomes = [_step(runtime, floats, position) for runtime, position in work]
         else:
+            # The event loop's thread takes the first share itself: one thread fewer to wake, and
+            # its core would otherwise idle while it waits.
             loop = asyncio.get_running_loop()
-            parts = self.config.eval_threads
-            size = -(-len(work) // parts)
+            size = -(-len(work) // self.config.eval_threads)
             chunks = [work[i : i + size] for i in range(0, len(work), size)]
-            results = await asyncio.gather(*(loop.run_in_executor(self._pool, _step_all, c, floats) for c in chunks))
-            outcomes = [outcome for chunk in results for outcome in chunk]
+            others = [loop.run_in_executor(self._pool, _step_all, chunk, floats) for chunk in chunks[1:]]
+            outcomes = _step_all(chunks[0], floats)
+            for share in await asyncio.gather(*others):
+                outcomes.extend(share)
         for slot, outcome in zip(claimed, outcomes, strict=True):
             await self._settle(slot, candle, outcome, batch)
 
