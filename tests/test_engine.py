@@ -286,3 +286,22 @@ async def test_history_sent_again_after_a_feed_restart_evaluates_only_new_candle
     # the feed restarted and warms the stream up again: 5 and 6 closed while it was down
     await h.engine.on_history(KEY, [candle(i) for i in range(2, 7)])
     assert h.runtimes["s1"].evaluated == [4 * MIN, 5 * MIN, 6 * MIN]
+
+
+async def test_parallel_evaluation_settles_in_slot_order(tmp_path: Path) -> None:
+    """With worker threads the outcome is the sequential one: cash for five buys goes to the first
+    five strategies in slot order, every time."""
+    h = Harness(tmp_path, config=EngineConfig(max_candle_lag_ms=0, eval_threads=2))
+    h.broker = PaperBroker(fee_rate=D(0), slippage_bps=D(0), default_amount=D(1), cash={"p": D(500)})
+    h.engine.broker = h.broker
+    ids = [f"s{i}" for i in range(8)]
+    for sid in ids:
+        h.scripts[sid] = lambda t, p: Decision("buy") if t == 2 * MIN else Decision("hold")
+    await h.engine.sync([row(sid) for sid in ids])
+    await h.engine.on_history(KEY, [candle(1)])
+    await h.engine.on_closed(candle(2, "100"), 0)
+    assert [t.strategy_id for t in h.store.trades()] == ids[:5]
+    rejected = [sid for sid in ids if any("insufficient cash" in e.message for _, e in h.store.logs_after(sid))]
+    assert rejected == ids[5:]
+    assert all(h.runtimes[sid].evaluated == [2 * MIN] for sid in ids)
+    h.engine.close()

@@ -405,18 +405,21 @@ class Engine:
         floats, _ = self._inputs(candle)
         work = [(slot.runtime, self.broker.position(slot.row.id)) for slot in claimed]
         if self._pool is None or len(work) < PARALLEL_MIN_STRATEGIES:
-            outcomes = [_step(runtime, floats, position) for runtime, position in work]
-        else:
-            # The event loop's thread takes the first share itself: one thread fewer to wake, and
-            # its core would otherwise idle while it waits.
-            loop = asyncio.get_running_loop()
-            size = -(-len(work) // self.config.eval_threads)
-            chunks = [work[i : i + size] for i in range(0, len(work), size)]
-            others = [loop.run_in_executor(self._pool, _step_all, chunk, floats) for chunk in chunks[1:]]
-            outcomes = _step_all(chunks[0], floats)
-            for share in await asyncio.gather(*others):
-                outcomes.extend(share)
-        for slot, outcome in zip(claimed, outcomes, strict=True):
+            for slot, outcome in zip(claimed, _step_all(work, floats), strict=True):
+                await self._settle(slot, candle, outcome, batch)
+            return
+        # The event loop's thread evaluates the first share itself and settles it while the
+        # workers are still evaluating theirs: a strategy's position only changes in its own
+        # settle and cash is only spent in settle, in slot order, so this overlap changes nothing.
+        loop = asyncio.get_running_loop()
+        size = -(-len(work) // self.config.eval_threads)
+        shares = [work[i : i + size] for i in range(0, len(work), size)]
+        others = [loop.run_in_executor(self._pool, _step_all, share, floats) for share in shares[1:]]
+        first = _step_all(shares[0], floats)
+        for slot, outcome in zip(claimed, first, strict=False):
+            await self._settle(slot, candle, outcome, batch)
+        rest = [outcome for share in await asyncio.gather(*others) for outcome in share]
+        for slot, outcome in zip(claimed[len(first) :], rest, strict=True):
             await self._settle(slot, candle, outcome, batch)
 
     def _claim(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> bool:
