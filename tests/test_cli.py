@@ -110,3 +110,16 @@ def test_logs_prints_entries_in_order(capsys: pytest.CaptureFixture[str], tmp_pa
     assert code == 0 and len(lines) == 2 and "buy signal" in lines[0] and "bought" in lines[1]
     code, out, _ = run(capsys, "strategy", "logs", sid, "--json")
     assert [json.loads(line)["level"] for line in out.splitlines()] == ["signal", "trade"]
+
+
+def test_strategy_list_does_not_import_the_heavy_dependencies() -> None:
+    """``cli._lazy``: the shared helpers (``cliargs``, ``strategy_files``) must stay light too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tradebotd.cli; tradebotd.cli.build_parser(['strategy', 'list']); "
+        "print(sorted(m for m in ('numpy', 'wasmtime', 'ccxt', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -47,17 +47,20 @@ from typing import Any
 
 import numpy as np
 
+from . import cliargs
 from .broker.base import Fill, Ignored, OrderOutcome
 from .broker.paper import PaperBroker
+from .cliargs import UsageError
 from .config import Settings, load_settings
 from .engine import StrategyRuntime, order_intent
 from .errors import ConfigError, StrategyError
-from .model import Candle, Decision, IndicatorValue, StreamKey, interval_ms
+from .model import Candle, Decision, IndicatorValue, StreamKey
 from .replay.demo import generate
 from .replay.series import ReplayDataError, load_csv, names_from_path
-from .runtimes import make_runtime_factory
+from .runtimes import load_code
 from .sandbox.errors import StrategyLoadError
-from .store.base import StrategyKind, StrategyRow
+from .store.base import StrategyKind
+from .strategy_files import StrategyFileError, strategy_code, strategy_kind
 
 __all__ = ["add_arguments", "run"]
 
@@ -68,21 +71,8 @@ STRATEGY_ID = "check"
 PORTFOLIO_ID = "check"
 MAX_CONSOLE_LINES = 20  # shown in text output; --json has them all
 
-_KINDS: dict[str, StrategyKind] = {
-    ".js": "js",
-    ".mjs": "js",
-    ".cjs": "js",
-    ".ts": "ts",
-    ".mts": "ts",
-    ".wat": "wasm",
-    ".wasm": "wasm",
-}
 # The file names the daemon's loader gives sources, as they appear in JS stacks and messages.
 _LOADER_FILENAME = re.compile(r"(?<![\w.-])strategy\.(?:js|ts|wasm|wat):")
-
-
-class UsageError(Exception):
-    """Bad input from the user: exit code 2."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,16 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CSV",
         help="candles: a CSV with header time,open,high,low,close,volume (default: a built-in synthetic series)",
     )
+    cliargs.add_parameter_option(parser)
     parser.add_argument(
-        "--param",
-        action="append",
-        type=_parameter,
-        default=[],
-        metavar="KEY=VALUE",
-        help="strategy parameter (repeatable; JSON values allowed)",
-    )
-    parser.add_argument(
-        "--interval", type=_interval, help="kline interval (default: from the CSV's file name, else 1m)"
+        "--interval", type=cliargs.interval, help="kline interval (default: from the CSV's file name, else 1m)"
     )
     parser.add_argument(
         "--warmup",
@@ -123,15 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         path: Path = args.file
-        kind = _kind(path)
-        code = _read_code(path, kind)
+        # A native module is referred to by path, as the backtest does: the loader reads it.
+        kind = strategy_kind(path)
+        code = strategy_code(path, kind, wasm_by_path=True)
         settings, _ = load_settings(getattr(args, "config", None))
         if args.warmup < 0:
             raise UsageError("--warmup must be >= 0")
         if args.fuel is not None and args.fuel <= 0:
             raise UsageError("--fuel must be > 0")
         candles, source = _candles(args.data, args.interval)
-    except (UsageError, ConfigError, ReplayDataError) as exc:
+    except (UsageError, StrategyFileError, ConfigError, ReplayDataError) as exc:
         print(f"tradebotd strategy check: {exc}", file=sys.stderr)
         return 2
     parameters = dict(args.param)
@@ -215,27 +199,12 @@ def _check(
     report: Report, code: str, candles: Sequence[Candle], settings: Settings, *, warmup: int, fuel: int | None
 ) -> None:
     key = candles[0].key
-    row = StrategyRow(
-        id=STRATEGY_ID,
-        user_id=STRATEGY_ID,
-        name=report.file,
-        python_code=None,
-        typescript_code=code,
-        asset=key.symbol,
-        interval=key.interval,
-        status="running",
-        portfolio_id=PORTFOLIO_ID,
-        parameters=dict(report.parameters),
-        last_run_at=None,
-        last_signal_at=None,
-        error_message=None,
-        created_at="",
-        updated_at="",
-        kind=report.kind,
-    )
     started = time.perf_counter()
     try:
-        runtime = make_runtime_factory(settings.sandbox, fuel=fuel)(row, key)
+        runtime = load_code(
+            code, report.kind, key=key, parameters=report.parameters, settings=settings.sandbox, name=STRATEGY_ID,
+            fuel=fuel,
+        )
     except StrategyError as exc:
         report.load_error = _load_error(exc, report.file)
         return
@@ -343,30 +312,6 @@ def _rename(text: str, file: str) -> str:
 # -- input ----------------------------------------------------------------------------------------
 
 
-def _kind(path: Path) -> StrategyKind:
-    try:
-        return _KINDS[path.suffix.lower()]
-    except KeyError:
-        raise UsageError(
-            f"{path}: unknown strategy file type {path.suffix!r} (expected .js, .ts, .wat or .wasm)"
-        ) from None
-
-
-def _read_code(path: Path, kind: StrategyKind) -> str:
-    """The code as a strategy row holds it. A native module is referred to by path, as the
-    backtest does (``sandbox.native.load_wasm_source`` reads and compiles it).
-
-    """
-    try:
-        if kind == "wasm":
-            if not path.is_file():
-                raise UsageError(f"{path}: cannot read the strategy: no such file")
-            return f"file:{path.resolve()}"
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the strategy: {exc}") from None
-
-
 def _candles(data: Path | None, interval: str | None) -> tuple[list[Candle], str]:
     if data is None:
         candles = generate(SYNTHETIC_CANDLES, interval=interval or "1m", symbol=SYNTHETIC_SYMBOL)
@@ -376,27 +321,6 @@ def _candles(data: Path | None, interval: str | None) -> tuple[list[Candle], str
     if not series.candles:
         raise UsageError(f"{data}: no candles")
     return list(series.candles), str(data)
-
-
-def _parameter(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``; the value is JSON when it parses (numbers, booleans, lists), else a string
-    (as ``tradebotd strategy add --param``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
-
-
-def _interval(text: str) -> str:
-    try:
-        interval_ms(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _source_lines(code: str, kind: StrategyKind) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import importlib
 import json
 import sys
@@ -16,45 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cliargs
 from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
-from .model import interval_ms, normalize_symbol
 from .replay import cli as replay_cli
 from .replay.series import ReplayDataError
-from .store.base import NotFound, StrategyKind
+from .store.base import NotFound
 from .store.sqlite import SqliteStore
+from .strategy_files import strategy_code, strategy_kind
 
 __all__ = ["main"]
-
-
-def _param(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``; the value is JSON when it parses (numbers, booleans, lists), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
-
-
-def _asset(text: str) -> str:
-    try:
-        normalize_symbol(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _interval(text: str) -> str:
-    try:
-        interval_ms(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -62,10 +33,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="tradebotd", description="Real-time trading daemon with sandboxed strategies."
     )
     parser.add_argument("--version", action="version", version=f"tradebotd {__version__}")
-    config_help = "config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
-    parser.add_argument("--config", metavar="PATH", help=config_help)
+    cliargs.add_config_option(parser)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
+    cliargs.add_config_option(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", parents=[common], help="run the daemon until SIGTERM/SIGINT")
@@ -83,16 +53,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add.add_argument(
         "--by-path", action="store_true", help="native strategies: store the file's path instead of its contents"
     )
-    add.add_argument("--asset", default="btcusdt", type=_asset, help="symbol (default: btcusdt)")
-    add.add_argument("--interval", default="1m", type=_interval, help="kline interval (default: 1m)")
-    add.add_argument(
-        "--param",
-        action="append",
-        type=_param,
-        default=[],
-        metavar="KEY=VALUE",
-        help="strategy parameter (repeatable; JSON values allowed)",
-    )
+    add.add_argument("--asset", default="btcusdt", type=cliargs.symbol, help="symbol (default: btcusdt)")
+    add.add_argument("--interval", default="1m", type=cliargs.interval, help="kline interval (default: 1m)")
+    cliargs.add_parameter_option(add)
     add.add_argument("--start", action="store_true", help="set status 'running' right away")
     add.add_argument(
         "--if-missing",
@@ -159,17 +122,6 @@ def _open_store(settings: Settings) -> SqliteStore:
     return store
 
 
-def _kind_for(path: Path) -> StrategyKind:
-    suffix = path.suffix.lower()
-    if suffix in (".js", ".mjs", ".cjs", ""):
-        return "js"
-    if suffix in (".ts", ".mts"):
-        return "ts"
-    if suffix in (".wasm", ".wat"):
-        return "wasm"
-    raise TradebotdError(f"{path}: unknown strategy file type {suffix!r} (expected .js, .ts, .wasm or .wat)")
-
-
 def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     try:
@@ -180,19 +132,10 @@ def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
                 if existing is not None:
                     print(existing.id)
                     return 0
-            kind = _kind_for(args.file)
-            try:
-                if args.by_path:
-                    if kind != "wasm":
-                        raise TradebotdError("--by-path is for native .wasm/.wat strategies")
-                    code = f"file:{args.file.resolve()}"
-                    args.file.stat()
-                elif args.file.suffix.lower() == ".wasm":
-                    code = base64.b64encode(args.file.read_bytes()).decode()  # the web app's text column
-                else:
-                    code = args.file.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise TradebotdError(f"{args.file}: {exc.strerror}") from None
+            kind = strategy_kind(args.file, suffixless="js")
+            if args.by_path and kind != "wasm":
+                raise TradebotdError("--by-path is for native .wasm/.wat strategies")
+            code = strategy_code(args.file, kind, wasm_by_path=args.by_path)
             portfolio = store.ensure_paper_portfolio(
                 user_id=settings.store.user_id, cash=settings.paper.cash, currency=settings.paper.currency
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .config import SandboxSettings
 from .engine import RuntimeFactory, StrategyRuntime
 from .model import StreamKey
@@ -9,9 +12,9 @@ from .sandbox.errors import StrategyLoadError
 from .sandbox.js import JsStrategy, SandboxLimits
 from .sandbox.native import WasmStrategy, load_wasm_source
 from .sandbox.typescript import erase_types
-from .store.base import StrategyRow
+from .store.base import StrategyKind, StrategyRow
 
-__all__ = ["make_runtime_factory", "sandbox_limits"]
+__all__ = ["load_code", "make_runtime_factory", "sandbox_limits"]
 
 
 def sandbox_limits(settings: SandboxSettings, *, fuel: int | None = None) -> SandboxLimits:
@@ -48,3 +51,36 @@ def make_runtime_factory(settings: SandboxSettings, *, fuel: int | None = None) 
         )
 
     return load
+
+
+def load_code(
+    code: str,
+    kind: StrategyKind,
+    *,
+    key: StreamKey,
+    parameters: Mapping[str, Any],
+    settings: SandboxSettings,
+    name: str,
+    fuel: int | None = None,
+) -> StrategyRuntime:
+    """Code that is not in the store (``strategy check``, ``backtest``), loaded as the daemon
+    loads a strategy row holding it: same loader, same limits. ``name`` fills the row's names."""
+    row = StrategyRow(
+        id=name,
+        user_id=name,
+        name=name,
+        python_code=None,
+        typescript_code=code,
+        asset=key.symbol,
+        interval=key.interval,
+        status="running",
+        portfolio_id=name,
+        parameters=dict(parameters),
+        last_run_at=None,
+        last_signal_at=None,
+        error_message=None,
+        created_at="",
+        updated_at="",
+        kind=kind,
+    )
+    return make_runtime_factory(settings, fuel=fuel)(row, key)

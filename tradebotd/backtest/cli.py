@@ -31,37 +31,25 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from tradebotd import cliargs
 from tradebotd.backtest.metrics import equity_curve, round_trips, summarize
 from tradebotd.backtest.report import format_summary, write_fills, write_summary, write_trades
 from tradebotd.backtest.runner import BacktestError, BacktestResult, BacktestSettings, run_backtest
-from tradebotd.backtest.strategy import kind_of, load_strategy
+from tradebotd.backtest.strategy import load_strategy
+from tradebotd.cliargs import UsageError
 from tradebotd.config import Settings, load_settings
 from tradebotd.data.candles import CandleTable, read_csv, read_store
 from tradebotd.data.errors import CandleDataError
-from tradebotd.data.times import parse_time
+from tradebotd.data.times import time_argument
 from tradebotd.errors import ConfigError, StrategyError
-from tradebotd.model import StreamKey, interval_ms, normalize_symbol
+from tradebotd.model import StreamKey
 from tradebotd.replay.series import names_from_path
+from tradebotd.strategy_files import StrategyFileError, strategy_kind
 
-__all__ = ["DESCRIPTION", "add_arguments", "backtest", "main", "parse_param", "run"]
+__all__ = ["DESCRIPTION", "add_arguments", "backtest", "main", "run"]
 
 _PROG = "tradebotd backtest"
 DESCRIPTION = "Run a strategy over historical candles with the paper broker's rules."
-
-
-class _Usage(Exception):
-    """Bad command-line usage (exit code 2)."""
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``; the value is JSON when it parses (numbers, booleans, lists), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
 
 
 def _decimal(text: str) -> Decimal:
@@ -72,13 +60,6 @@ def _decimal(text: str) -> Decimal:
     if not value.is_finite():
         raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     return value
-
-
-def _time(text: str) -> int:
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:
@@ -97,16 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, metavar="CSV", help="candles as time,open,high,low,close,volume")
     parser.add_argument("--symbol", help="symbol (required without --data: read from the store)")
     parser.add_argument("--interval", help="kline interval, e.g. 1m (required without --data)")
-    parser.add_argument("--since", type=_time, metavar="DATE", help="first candle open time (UTC date or epoch ms)")
-    parser.add_argument("--until", type=_time, metavar="DATE", help="stop before this open time")
     parser.add_argument(
-        "--param",
-        action="append",
-        type=parse_param,
-        default=[],
-        metavar="KEY=VALUE",
-        help="strategy parameter (repeatable; JSON values allowed)",
+        "--since", type=time_argument, metavar="DATE", help="first candle open time (UTC date or epoch ms)"
     )
+    parser.add_argument("--until", type=time_argument, metavar="DATE", help="stop before this open time")
+    cliargs.add_parameter_option(parser)
     parser.add_argument("--fee", type=_decimal, metavar="RATE", help="fee rate per fill (default: [paper] fee_rate)")
     parser.add_argument("--slippage-bps", type=_decimal, metavar="BPS", help="default: [paper] slippage_bps")
     parser.add_argument("--cash", type=_decimal, help="starting cash (default: [paper] cash)")
@@ -127,20 +103,18 @@ def _key(args: argparse.Namespace) -> StreamKey:
     symbol = args.symbol or named_symbol
     interval = args.interval or named_interval
     if args.data is None and (symbol is None or interval is None):
-        raise _Usage("give --data CSV, or --symbol and --interval to read candles from the store")
+        raise UsageError("give --data CSV, or --symbol and --interval to read candles from the store")
     if symbol is None or interval is None:
-        raise _Usage(f"{args.data}: cannot tell the symbol and interval from the file name; pass --symbol/--interval")
-    try:
-        interval_ms(interval)
-        return StreamKey(normalize_symbol(symbol), interval)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageError(
+            f"{args.data}: cannot tell the symbol and interval from the file name; pass --symbol/--interval"
+        )
+    return cliargs.stream_key(symbol, interval)
 
 
 def _candles(args: argparse.Namespace, settings: Settings) -> CandleTable:
     key = _key(args)
     if args.since is not None and args.until is not None and args.until <= args.since:
-        raise _Usage("--until must be after --since")
+        raise UsageError("--until must be after --since")
     if args.data is not None:
         table = read_csv(args.data, key).between(args.since, args.until)
     else:
@@ -153,9 +127,9 @@ def _candles(args: argparse.Namespace, settings: Settings) -> CandleTable:
 def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResult, dict[str, Any]]:
     """Load candles and strategy, run, write the outputs; returns the result and the summary."""
     try:
-        kind_of(args.strategy)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        strategy_kind(args.strategy)  # before the candles: a wrong file is the quicker fix
+    except StrategyFileError as exc:
+        raise UsageError(str(exc)) from None
     table = _candles(args, settings)
     paper = settings.paper
     loaded = load_strategy(args.strategy, key=table.key, parameters=dict(args.param), sandbox=settings.sandbox)
@@ -171,7 +145,7 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
                 max_consecutive_errors=settings.sandbox.max_consecutive_errors,
             )
         except ValueError as exc:
-            raise _Usage(str(exc)) from None
+            raise UsageError(str(exc)) from None
         result = run_backtest(loaded.runtime, table, config)
     finally:
         loaded.runtime.close()
@@ -197,7 +171,7 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
         if settings is None:
             settings, _ = load_settings(getattr(args, "config", None))
         _, summary = backtest(args, settings)
-    except (_Usage, ConfigError, CandleDataError) as exc:
+    except (UsageError, ConfigError, CandleDataError) as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return 2
     except (StrategyError, BacktestError) as exc:
@@ -214,9 +188,6 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tradebotd.backtest``: the same command without the ``tradebotd`` wrapper."""
-    parser = argparse.ArgumentParser(prog="python -m tradebotd.backtest", description=DESCRIPTION)
-    parser.add_argument(
-        "--config", metavar="PATH", help="config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
-    )
+    parser = cliargs.standalone_parser("python -m tradebotd.backtest", DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))

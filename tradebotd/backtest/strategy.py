@@ -24,20 +24,12 @@ from tradebotd.config import SandboxSettings
 from tradebotd.engine import StrategyRuntime
 from tradebotd.errors import StrategyError
 from tradebotd.model import StreamKey
-from tradebotd.runtimes import make_runtime_factory
-from tradebotd.store.base import StrategyKind, StrategyRow
+from tradebotd.runtimes import load_code
+from tradebotd.store.base import StrategyKind
+from tradebotd.strategy_files import StrategyFileError, strategy_code, strategy_kind
 
-__all__ = ["LoadedStrategy", "declared_lookback", "kind_of", "load_strategy"]
+__all__ = ["LoadedStrategy", "declared_lookback", "load_strategy"]
 
-_KINDS: dict[str, StrategyKind] = {
-    ".js": "js",
-    ".mjs": "js",
-    ".cjs": "js",
-    ".ts": "ts",
-    ".mts": "ts",
-    ".wat": "wasm",
-    ".wasm": "wasm",
-}
 _LOOKBACK = re.compile(r"^(?:export\s+)?(?:const|let|var)\s+lookback\s*(?::\s*number\s*)?=\s*(\d+)\s*;?", re.MULTILINE)
 
 
@@ -46,16 +38,6 @@ class LoadedStrategy:
     runtime: StrategyRuntime
     kind: StrategyKind
     lookback: int | None  # declared lookback, if any
-
-
-def kind_of(path: Path) -> StrategyKind:
-    """The strategy kind a file name says; ``ValueError`` for an unknown suffix."""
-    try:
-        return _KINDS[path.suffix.lower()]
-    except KeyError:
-        raise ValueError(
-            f"{path}: unknown strategy file type {path.suffix!r} (expected one of {', '.join(sorted(_KINDS))})"
-        ) from None
 
 
 def declared_lookback(source: str, runtime: object) -> int | None:
@@ -69,34 +51,14 @@ def declared_lookback(source: str, runtime: object) -> int | None:
 def load_strategy(
     path: Path, *, key: StreamKey, parameters: Mapping[str, Any], sandbox: SandboxSettings
 ) -> LoadedStrategy:
-    """Load ``path`` as the daemon would load a strategy row with this code and these parameters."""
-    kind = kind_of(path)
-    if kind == "wasm":
+    """Load ``path`` as the daemon would load a strategy row with this code and these parameters.
+    ``StrategyFileError`` for an unknown suffix; ``StrategyError`` if it cannot be read or loaded."""
+    kind = strategy_kind(path)
+    try:
         # A native module is referred to by path (a strategy row may hold WAT text, a path or
         # base64); the sandbox reads and compiles it.
-        source = f"file:{path.resolve()}"
-    else:
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StrategyError(f"{path}: cannot read the strategy: {exc}") from None
-    row = StrategyRow(
-        id="backtest",
-        user_id="backtest",
-        name=path.stem,
-        python_code=None,
-        typescript_code=source,
-        asset=key.symbol,
-        interval=key.interval,
-        status="running",
-        portfolio_id="backtest",
-        parameters=dict(parameters),
-        last_run_at=None,
-        last_signal_at=None,
-        error_message=None,
-        created_at="",
-        updated_at="",
-        kind=kind,
-    )
-    runtime = make_runtime_factory(sandbox)(row, key)
+        source = strategy_code(path, kind, wasm_by_path=True)
+    except StrategyFileError as exc:
+        raise StrategyError(str(exc)) from None
+    runtime = load_code(source, kind, key=key, parameters=parameters, settings=sandbox, name="backtest")
     return LoadedStrategy(runtime, kind, declared_lookback(source, runtime))

@@ -43,12 +43,13 @@ import ccxt.async_support as ccxt
 import orjson
 from tqdm import tqdm
 
+from tradebotd.cliargs import UsageError, standalone_parser, stream_key
 from tradebotd.config import Settings, load_settings
 from tradebotd.data.candles import HEADER, stored_open_times
 from tradebotd.data.errors import CandleDataError, DownloadError, DownloadRejected, DownloadUnavailable
-from tradebotd.data.times import format_time, parse_time
+from tradebotd.data.times import format_time, time_argument
 from tradebotd.errors import ConfigError
-from tradebotd.model import INTERVAL_MS, Candle, StreamKey, interval_ms, normalize_symbol
+from tradebotd.model import INTERVAL_MS, Candle, StreamKey
 from tradebotd.store.base import WriteBatch
 from tradebotd.store.sqlite import SqliteStore
 
@@ -398,37 +399,27 @@ async def download(
 # -- command line --------------------------------------------------------------------------------
 
 
-def _time(text: str) -> int:
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``tradebotd data download``'s arguments to ``parser``."""
     parser.add_argument("symbol", metavar="SYMBOL", help="e.g. BTCUSDT (BTC/USDT and btc-usdt work too)")
     parser.add_argument("interval", metavar="INTERVAL", help=f"one of {', '.join(INTERVAL_MS)}")
-    parser.add_argument("--since", type=_time, required=True, metavar="DATE", help="first open time (UTC) or epoch ms")
     parser.add_argument(
-        "--until", type=_time, metavar="DATE", help="stop before this open time (default: the last closed candle)"
+        "--since", type=time_argument, required=True, metavar="DATE", help="first open time (UTC) or epoch ms"
+    )
+    parser.add_argument(
+        "--until",
+        type=time_argument,
+        metavar="DATE",
+        help="stop before this open time (default: the last closed candle)",
     )
     parser.add_argument("--out", type=Path, metavar="CSV", help="write a CSV (time,open,high,low,close,volume)")
     parser.add_argument("--store", action="store_true", help="with --out: also write the store's market_data")
 
 
-class _Usage(Exception):
-    """Bad command-line usage (exit code 2)."""
-
-
 def _stream(args: argparse.Namespace) -> StreamKey:
-    try:
-        interval_ms(args.interval)
-        key = StreamKey(normalize_symbol(args.symbol), args.interval)
-    except ValueError as exc:
-        raise _Usage(str(exc)) from None
+    key = stream_key(args.symbol, args.interval)
     if args.until is not None and args.until <= args.since:
-        raise _Usage("--until must be after --since")
+        raise UsageError("--until must be after --since")
     return key
 
 
@@ -446,7 +437,7 @@ async def run_async(
         if settings is None:
             settings, _ = load_settings(getattr(args, "config", None))
         key = _stream(args)
-    except (ConfigError, _Usage) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     sinks: list[Sink] = []
@@ -498,10 +489,7 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tradebotd.data.download``: the same command without the ``tradebotd`` wrapper."""
-    parser = argparse.ArgumentParser(prog="python -m tradebotd.data.download", description=DESCRIPTION)
-    parser.add_argument(
-        "--config", metavar="PATH", help="config file (default: $TRADEBOTD_CONFIG, else ./tradebotd.toml)"
-    )
+    parser = standalone_parser("python -m tradebotd.data.download", DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

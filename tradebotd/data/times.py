@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["format_time", "parse_time"]
+from tradebotd.cliargs import argument
+
+__all__ = ["format_time", "parse_time", "time_argument"]
 
 
 def parse_time(text: str) -> int:
@@ -23,6 +25,11 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def time_argument(text: str) -> int:
+    """:func:`parse_time` as an argparse type (``--since``, ``--until``)."""
+    return argument(parse_time, text)
 
 
 def format_time(ms: int) -> str:
