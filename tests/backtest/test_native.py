@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tradebotd.backtest.bench import AMOUNT, FAST, PARAMETERS, SLOW, PythonSmaCross, synthetic_candles
+from tradebotd.backtest.bench import AMOUNT, FAST, PARAMETERS, SLOW, synthetic_table
 from tradebotd.backtest.cli import main
 from tradebotd.backtest.runner import BacktestSettings, run_backtest
 from tradebotd.backtest.strategy import declared_lookback, load_strategy
 from tradebotd.config import SandboxSettings
+from tradebotd.examples.reference import SmaCrossover
 from tradebotd.replay.series import format_csv
 from tradebotd.sandbox.js import JsStrategy
 
@@ -23,14 +24,14 @@ JS = ROOT / "tradebotd" / "examples" / "sma_crossover.js"
 
 
 def test_wasm_js_and_python_sma_crossovers_fill_identically() -> None:
-    table = synthetic_candles(5_000, seed=7)
+    table = synthetic_table(5_000, seed=7)
     settings = BacktestSettings(warmup=21)
     wasm = native.WasmStrategy(WAT.read_text(), parameters=PARAMETERS, interval_ms=60_000)
     assert declared_lookback("", wasm) == 21  # tb_lookback: slow + 1
     runs = {
         "wasm": run_backtest(wasm, table, settings),
         "js": run_backtest(JsStrategy(JS.read_text(), parameters=PARAMETERS, interval_ms=60_000), table, settings),
-        "python": run_backtest(PythonSmaCross(fast=FAST, slow=SLOW, amount=AMOUNT), table, settings),
+        "python": run_backtest(SmaCrossover(fast=FAST, slow=SLOW, amount=AMOUNT), table, settings),
     }
     fills = {name: [(f.side, f.candle_time, f.price, f.amount) for f in r.fills] for name, r in runs.items()}
     assert len(fills["js"]) > 100
@@ -40,7 +41,7 @@ def test_wasm_js_and_python_sma_crossovers_fill_identically() -> None:
 def test_the_backtest_command_runs_a_wat_file_with_its_declared_lookback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    table = synthetic_candles(2_000, seed=3)
+    table = synthetic_table(2_000, seed=3)
     data = tmp_path / "BTCUSDT_1m.csv"
     data.write_text(format_csv([table.candle(i) for i in range(len(table))]))
     params = [f"--param={k}={v}" for k, v in PARAMETERS.items()]

@@ -16,6 +16,8 @@ import numpy.typing as npt
 import pytest
 from sandbox_helpers import MIN, candle, candles
 
+from tradebotd.examples.reference import SmaCrossover
+from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Decision, Position
 from tradebotd.sandbox import (
     InvalidResult,
@@ -28,7 +30,6 @@ from tradebotd.sandbox import (
     WasmRuntime,
 )
 from tradebotd.sandbox.native import WasmStrategy, load_wasm_source
-from tradebotd.sandbox.native_bench import PythonSmaCross, synthetic_candles
 
 ROOT = Path(__file__).resolve().parents[2]
 WAT = ROOT / "strategies_wasm" / "sma_cross.wat"
@@ -495,13 +496,13 @@ def test_large_arrays_go_through_without_a_python_object_per_candle(native: Make
     take (a 6-tuple of floats is ≈240 bytes: 14 MB here)."""
     series = synthetic_candles(61_000, seed=11)
     warm, rest = series[:1_000], series[1_000:]
-    reference = PythonSmaCross(fast=5, slow=20, amount=0.25, capacity=1_000)
+    reference = SmaCrossover(fast=5, slow=20, amount=0.25, max_candles=1_000)
     for row in warm:
         reference.step(tuple(float(x) for x in row), None)  # type: ignore[arg-type]
     expected: list[tuple[int, str]] = []
     position: Position | None = None
     for i, row in enumerate(rest):
-        decision = reference.step(tuple(float(x) for x in row), position)  # type: ignore[arg-type]
+        decision, _ = reference.step(tuple(float(x) for x in row), position)  # type: ignore[arg-type]
         if decision.signal != "hold":
             expected.append((i, decision.signal))
             position = long_at(row, 0.25) if decision.signal == "buy" else None

@@ -5,15 +5,15 @@ cross below; 5/20 by default) runs three ways through the same backtest loop
 (:func:`~tradebotd.backtest.runner.run_backtest`: batch evaluation, paper broker, orders through
 ``order_intent``), on the same candles, in one run:
 
-* ``python``: a plain-Python runtime (a loop over the candles), the reference point;
+* ``python``: the plain-Python edition (:mod:`tradebotd.examples.reference`), the reference point;
 * ``js``: ``tradebotd/examples/sma_crossover.js`` in the QuickJS sandbox;
 * ``wasm``: ``strategies_wasm/sma_cross.wat`` as a native wasm strategy (when the native sandbox
   is available).
 
 All three sum oldest to newest and divide once, so they produce the same floats and must produce
 the same fills; ``fills_identical`` checks it. Candles are synthetic (a seeded geometric random
-walk with cent prices, generated here, so the bench needs no data files) unless ``--csv`` names a
-``time,open,high,low,close,volume`` file. Throughput is candles evaluated per second of the
+walk with cent prices, :mod:`tradebotd.examples.synthetic`, so the bench needs no data files)
+unless ``--csv`` names a ``time,open,high,low,close,volume`` file. Throughput is candles evaluated per second of the
 evaluation loop (loading and outputs excluded). Targets: JS > 20,000 candles/s, native wasm
 > 500,000 candles/s on 100,000 candles.
 
@@ -24,8 +24,6 @@ the paper broker), reported as ``per_signal_us`` from a run with an instant scri
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Callable
 from decimal import Decimal
@@ -36,13 +34,16 @@ import numpy as np
 import numpy.typing as npt
 
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
+from tradebotd.benchmarking import Target, bench_main
 from tradebotd.data.candles import CandleTable, read_csv
 from tradebotd.engine import StrategyRuntime
-from tradebotd.model import HOLD, Decision, Position, StreamKey
+from tradebotd.examples.reference import SmaCrossover
+from tradebotd.examples.synthetic import synthetic_candles
+from tradebotd.model import Decision, Position, StreamKey
 from tradebotd.replay.series import names_from_path
 from tradebotd.sandbox.js import JsStrategy
 
-__all__ = ["AMOUNT", "FAST", "PARAMETERS", "SLOW", "TARGETS", "PythonSmaCross", "main", "run", "synthetic_candles"]
+__all__ = ["AMOUNT", "FAST", "PARAMETERS", "SLOW", "TARGETS", "main", "run", "synthetic_table"]
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "sma_crossover.js"
@@ -50,70 +51,12 @@ WAT_SOURCE = ROOT / "strategies_wasm" / "sma_cross.wat"
 FAST, SLOW, AMOUNT = 5, 20, 0.01
 PARAMETERS = {"fast": FAST, "slow": SLOW, "amount": AMOUNT}
 KEY = StreamKey("BTCUSDT", "1m")
-TARGETS = {"js_candles_per_s": 20_000.0, "wasm_candles_per_s": 500_000.0}
+TARGETS = {"js_candles_per_s": Target(20_000, below=False), "wasm_candles_per_s": Target(500_000, below=False)}
 
 
-def synthetic_candles(n: int, seed: int = 1, key: StreamKey = KEY) -> CandleTable:
-    """A geometric random walk from 30,000 with 0.1 % moves and wicks; prices in whole cents (so
-    each float's ``repr`` is its exact decimal), volumes in thousandths."""
-    rng = np.random.default_rng(seed)
-    close = np.round(30_000 * np.exp(np.cumsum(rng.normal(0, 0.001, n))), 2)
-    open_ = np.concatenate(([30_000.0], close[:-1]))
-    high = np.round(np.maximum(open_, close) + np.abs(rng.normal(0, 10, n)), 2)
-    low = np.round(np.minimum(open_, close) - np.abs(rng.normal(0, 10, n)), 2)
-    volume = np.round(rng.uniform(1, 10, n), 3)
-    times = 1_700_000_040_000 + np.arange(n, dtype=np.float64) * key.interval_ms
-    return CandleTable.from_floats(key, np.column_stack([times, open_, high, low, close, volume]))
-
-
-def _sma(values: list[float], end: int, n: int) -> float:
-    total = 0.0  # summed oldest to newest, like the JS and the WAT: the same floats
-    for i in range(end - n, end):
-        total += values[i]
-    return total / n
-
-
-class PythonSmaCross:
-    """The example SMA crossover as a plain-Python runtime (same decisions, no sandbox)."""
-
-    def __init__(self, *, fast: int, slow: int, amount: float) -> None:
-        self.fast, self.slow, self.amount = fast, slow, amount
-        self.closes: list[float] = []
-
-    def push_history(self, candles: npt.NDArray[np.float64]) -> None:
-        self.closes.extend(candles[:, 4].tolist())
-
-    def step(
-        self, candle: tuple[float, float, float, float, float, float], position: Position | None
-    ) -> tuple[Decision, None]:
-        self.closes.append(candle[4])
-        return self._decide(position), None
-
-    def run_until_signal(
-        self, candles: npt.NDArray[np.float64], position: Position | None
-    ) -> tuple[int, Decision | None]:
-        for done, close in enumerate(candles[:, 4].tolist(), start=1):
-            self.closes.append(close)
-            decision = self._decide(position)
-            if decision.signal != "hold":
-                return done, decision
-        return len(candles), None
-
-    def _decide(self, position: Position | None) -> Decision:
-        closes, fast, slow = self.closes, self.fast, self.slow
-        n = len(closes)
-        if n < slow + 1:
-            return HOLD
-        fast_now, slow_now = _sma(closes, n, fast), _sma(closes, n, slow)
-        fast_prev, slow_prev = _sma(closes, n - 1, fast), _sma(closes, n - 1, slow)
-        if position is None and fast_prev <= slow_prev and fast_now > slow_now:
-            return Decision("buy", amount=self.amount, reason="fast SMA crossed above slow SMA")
-        if position is not None and fast_prev >= slow_prev and fast_now < slow_now:
-            return Decision("sell", reason="fast SMA crossed below slow SMA")
-        return HOLD
-
-    def close(self) -> None:
-        self.closes.clear()
+def synthetic_table(n: int, seed: int = 1, key: StreamKey = KEY) -> CandleTable:
+    """:func:`~tradebotd.examples.synthetic.synthetic_candles` as a table of ``key``."""
+    return CandleTable.from_floats(key, synthetic_candles(n, seed, interval_ms=key.interval_ms))
 
 
 class _Scripted:
@@ -172,11 +115,11 @@ def run(candles: int = 100_000, csv: Path | None = None) -> dict[str, Any]:
         symbol, named_interval = names_from_path(csv)
         table = read_csv(csv, StreamKey(symbol or "BTCUSDT", named_interval or "1m")).first(candles)
     else:
-        table = synthetic_candles(candles)
+        table = synthetic_table(candles)
     interval = table.key.interval_ms
     js_source = JS_SOURCE.read_text()
     makers: dict[str, Callable[[], StrategyRuntime] | None] = {
-        "python": lambda: PythonSmaCross(fast=FAST, slow=SLOW, amount=AMOUNT),
+        "python": lambda: SmaCrossover(fast=FAST, slow=SLOW, amount=AMOUNT),
         "js": lambda: JsStrategy(js_source, parameters=PARAMETERS, interval_ms=interval),
         "wasm": _wasm_factory(interval),
     }
@@ -200,29 +143,17 @@ def run(candles: int = 100_000, csv: Path | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tradebotd.backtest.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--candles", type=int, default=100_000, help="candles to evaluate (default 100,000)")
-    parser.add_argument("--csv", type=Path, help="candles from this CSV instead of synthetic ones")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
-    args = parser.parse_args(argv)
-    results = run(args.candles, args.csv)
-    for name, value in results.items():
-        target = TARGETS.get(name)
-        if isinstance(value, float):
-            shown = f"{value:14,.1f}" if value >= 100 else f"{value:14.4f}"
-        else:
-            shown = f"{value!s:>14}"
-        verdict = ""
-        if target is not None:
-            verdict = (
-                "  (not available)"
-                if value is None
-                else (f"  ok (target > {target:,.0f})" if value > target else f"  MISSED (target > {target:,.0f})")
-            )
-        print(f"{name:24} {shown}{verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return bench_main(
+        argv,
+        prog="python -m tradebotd.backtest.bench",
+        description=__doc__.split("\n")[0],
+        options={
+            "--candles": {"type": int, "default": 100_000, "help": "candles to evaluate (default 100,000)"},
+            "--csv": {"type": Path, "help": "candles from this CSV instead of synthetic ones"},
+        },
+        run=lambda args: run(args.candles, args.csv),
+        targets=TARGETS,
+    )
 
 
 if __name__ == "__main__":

@@ -14,22 +14,18 @@ Targets: step median < 60 µs and p99 < 200 µs at 200 candles; < 0.5 MiB per in
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
+from tradebotd.benchmarking import Target, bench_main, median_p99, timed_us
+from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Position
-from tradebotd.sandbox.js import JsStrategy, SandboxLimits
+from tradebotd.sandbox.js import Candle, JsStrategy, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime, default_cache_dir
 
 __all__ = ["SMA_CROSS", "main", "run"]
@@ -58,37 +54,9 @@ PARAMETERS = {"period": 20}
 INTERVAL_MS = 60_000
 
 
-def synthetic_candles(n: int, seed: int = 1) -> npt.NDArray[np.float64]:
-    """A random walk around 100: (time, open, high, low, close, volume) rows, 1m apart."""
-    rng = np.random.default_rng(seed)
-    close = 100 + np.cumsum(rng.normal(0, 0.5, n))
-    open_ = np.concatenate(([100.0], close[:-1]))
-    spread = np.abs(rng.normal(0, 0.3, n))
-    return np.column_stack([
-        np.arange(n, dtype=np.float64) * INTERVAL_MS, open_,
-        np.maximum(open_, close) + spread, np.minimum(open_, close) - spread, close,
-        rng.uniform(1, 10, n),
-    ])
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
-
-
-def _timed(fn: Callable[[], object], repeat: int) -> list[float]:
-    """Wall times in µs, GC disabled while timing."""
-    times = []
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(repeat):
-            started = time.perf_counter_ns()
-            fn()
-            times.append((time.perf_counter_ns() - started) / 1000)
-    finally:
-        gc.enable()
-    return times
 
 
 def _step_latency(runtime: WasmRuntime, history: int, steps: int) -> tuple[float, float]:
@@ -96,13 +64,12 @@ def _step_latency(runtime: WasmRuntime, history: int, steps: int) -> tuple[float
     strategy = JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS,
                           limits=SandboxLimits(max_candles=history), runtime=runtime)
     strategy.push_history(series[:history])
-    rows = [tuple(float(x) for x in row) for row in series[history:]]
+    rows: list[Candle] = [tuple(row) for row in series[history:].tolist()]
     for row in rows[:100]:  # warm-up
-        strategy.step(row, None)  # type: ignore[arg-type]
-    it = iter(rows[100:])
-    times = _timed(lambda: strategy.step(next(it), None), steps)  # type: ignore[arg-type]
+        strategy.step(row, None)
+    times = timed_us(lambda row: strategy.step(row, None), rows[100:])
     strategy.close()
-    return statistics.median(times), float(np.percentile(times, 99))
+    return median_p99(times)
 
 
 def run(steps: int = 5000) -> dict[str, float]:
@@ -116,7 +83,7 @@ def run(steps: int = 5000) -> dict[str, float]:
         started = time.perf_counter()
         WasmRuntime(cache_dir=Path(cold)).stop_ticker()
         results["module_compile_cold_ms"] = (time.perf_counter() - started) * 1000
-    loads = _timed(lambda: WasmRuntime(cache_dir=cache_dir).stop_ticker(), 20)
+    loads = timed_us(lambda _: WasmRuntime(cache_dir=cache_dir).stop_ticker(), range(20))
     results["module_load_from_cache_ms"] = statistics.median(loads) / 1000
 
     runtime = WasmRuntime(cache_dir=cache_dir)
@@ -126,7 +93,7 @@ def run(steps: int = 5000) -> dict[str, float]:
         return JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS, runtime=runtime)
 
     new_strategy().close()  # first instance: ticker thread, lazy imports
-    results["instantiate_load_ms"] = statistics.median(_timed(lambda: new_strategy().close(), 50)) / 1000
+    results["instantiate_load_ms"] = statistics.median(timed_us(lambda _: new_strategy().close(), range(50))) / 1000
 
     gc.collect()
     before = _rss_bytes()
@@ -135,8 +102,8 @@ def run(steps: int = 5000) -> dict[str, float]:
     results["load_100_strategies_s"] = time.perf_counter() - started
     for i, strategy in enumerate(fleet):
         strategy.push_history(history)
-        for row in synthetic_candles(5, seed=i):
-            strategy.step(tuple(float(x) for x in row), None)  # type: ignore[arg-type]
+        for row in synthetic_candles(5, seed=i).tolist():
+            strategy.step(tuple(row), None)
     gc.collect()
     results["rss_per_instance_mib"] = (_rss_bytes() - before) / 100 / (1 << 20)
     results["linear_memory_per_instance_mib"] = fleet[0].memory_bytes / (1 << 20)
@@ -169,26 +136,19 @@ def run(steps: int = 5000) -> dict[str, float]:
 
 
 TARGETS = {
-    "step_200_median_us": 60.0,
-    "step_200_p99_us": 200.0,
-    "rss_per_instance_mib": 0.5,
-    "load_100_strategies_s": 1.0,
+    "step_200_median_us": Target(60),
+    "step_200_p99_us": Target(200),
+    "rss_per_instance_mib": Target(0.5),
+    "load_100_strategies_s": Target(1),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="JS sandbox benchmark")
-    parser.add_argument("--steps", type=int, default=5000, help="timed steps per history size")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    results = run(args.steps)
-    for name, value in results.items():
-        target = TARGETS.get(name)
-        verdict = "" if target is None else ("  ok" if value < target else f"  MISSED (target < {target})")
-        print(f"{name:34} {value:10.3f}{verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    steps = {"type": int, "default": 5000, "help": "timed steps per history size"}
+    return bench_main(
+        argv, description="JS sandbox benchmark", options={"--steps": steps}, run=lambda args: run(args.steps),
+        targets=TARGETS,
+    )
 
 
 if __name__ == "__main__":

@@ -36,19 +36,18 @@ engine, which then disables it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from tradebotd.benchmarking import Target, bench_main, median_p99
 from tradebotd.errors import StrategyError
-from tradebotd.sandbox.bench import INTERVAL_MS, PARAMETERS, SMA_CROSS, synthetic_candles
+from tradebotd.examples.synthetic import synthetic_candles
+from tradebotd.sandbox.bench import INTERVAL_MS, PARAMETERS, SMA_CROSS
 from tradebotd.sandbox.js import Candle, JsStrategy, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
 
@@ -85,7 +84,7 @@ class Timing:
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Timing:
-        return cls(statistics.median(samples), float(np.percentile(samples, 99)), len(samples))
+        return cls(*median_p99(samples), len(samples))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +158,8 @@ def measure(
 
 
 def _candles(n: int) -> Iterator[Candle]:
-    for row in synthetic_candles(n):
-        yield (float(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]))
+    for row in synthetic_candles(n).tolist():
+        yield tuple(row)
 
 
 def _call_us(neighbour: JsStrategy, candle: Candle) -> float:
@@ -187,19 +186,17 @@ def run(rounds: int = 10, per_round: int = 40) -> dict[str, float]:
     return results
 
 
+TARGETS = {f"{kind}_ratio": Target(2) for kind in NEIGHBOURS}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--per-round", type=int, default=40)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    results = run(args.rounds, args.per_round)
-    for name, value in results.items():
-        verdict = ("  ok" if value < 2 else "  MISSED (target < 2)") if name.endswith("_ratio") else ""
-        print(f"{name:32} {value:10.3f}{verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return bench_main(
+        argv,
+        description=__doc__.splitlines()[0],
+        options={"--rounds": {"type": int, "default": 10}, "--per-round": {"type": int, "default": 40}},
+        run=lambda args: run(args.rounds, args.per_round),
+        targets=TARGETS,
+    )
 
 
 if __name__ == "__main__":
