@@ -9,8 +9,9 @@ from .config import SandboxSettings
 from .engine import RuntimeFactory, StrategyRuntime
 from .model import StreamKey
 from .sandbox.errors import StrategyLoadError
-from .sandbox.js import JsStrategy, SandboxLimits
+from .sandbox.js import JsStrategy
 from .sandbox.native import WasmStrategy, load_wasm_source
+from .sandbox.sandboxed import SandboxLimits
 from .sandbox.typescript import erase_types
 from .store.base import StrategyKind, StrategyRow
 

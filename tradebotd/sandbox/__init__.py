@@ -1,7 +1,9 @@
 """Sandboxed strategy execution: JavaScript strategies in QuickJS-NG compiled to wasm, run by Wasmtime.
 
-Entry point: :class:`JsStrategy` (``js.py``). Errors: ``errors.py``. The wasm module is built
-from ``qjs/`` by ``qjs/build.py``.
+Entry points: :class:`JsStrategy` (``js.py``) and ``native.WasmStrategy`` (native wasm
+strategies), both :class:`~tradebotd.sandbox.sandboxed.SandboxedStrategy` with
+:class:`SandboxLimits`. Errors: ``errors.py``. The JS sandbox's wasm module is built from ``qjs/``
+by ``qjs/build.py``.
 """
 
 from tradebotd.sandbox.errors import (
@@ -14,7 +16,8 @@ from tradebotd.sandbox.errors import (
     StrategyRuntimeError,
     StrategyTimeout,
 )
-from tradebotd.sandbox.js import RANDOM_SEED, EvalInfo, JsStrategy, SandboxLimits
+from tradebotd.sandbox.js import RANDOM_SEED, JsStrategy
+from tradebotd.sandbox.sandboxed import EvalInfo, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
 
 __all__ = [

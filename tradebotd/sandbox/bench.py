@@ -25,7 +25,8 @@ from pathlib import Path
 from tradebotd.benchmarking import Target, bench_main, median_p99, timed_us
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Position
-from tradebotd.sandbox.js import Candle, JsStrategy, SandboxLimits
+from tradebotd.sandbox.js import JsStrategy
+from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime, default_cache_dir
 
 __all__ = ["SMA_CROSS", "main", "run"]

@@ -48,7 +48,8 @@ from tradebotd.benchmarking import Target, bench_main, median_p99
 from tradebotd.errors import StrategyError
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.sandbox.bench import INTERVAL_MS, PARAMETERS, SMA_CROSS
-from tradebotd.sandbox.js import Candle, JsStrategy, SandboxLimits
+from tradebotd.sandbox.js import JsStrategy
+from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
 
 __all__ = ["NEIGHBOURS", "IsolationResult", "Timing", "main", "measure", "run"]

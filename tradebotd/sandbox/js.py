@@ -43,11 +43,8 @@ timeout, an out-of-memory or a trap.
 
 from __future__ import annotations
 
-import math
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -66,78 +63,32 @@ from tradebotd.sandbox.errors import (
 )
 from tradebotd.sandbox.guest import INPUT_CAPACITY, CallResult, Guest, GuestConfig, Status
 from tradebotd.sandbox.guest import Position as GuestPosition
-from tradebotd.sandbox.history import History
 from tradebotd.sandbox.result import MAX_REASON_CHARS, ConsoleLine, parse_console, parse_decision, parse_error
-from tradebotd.sandbox.wasm import JS_STACK_BUDGET, WasmRuntime, check_thread_stack
+from tradebotd.sandbox.sandboxed import (
+    DEFAULT_LIMITS,
+    Candle,
+    EvalInfo,
+    SandboxedStrategy,
+    SandboxLimits,
+    as_candles,
+    check_candle,
+)
+from tradebotd.sandbox.wasm import JS_STACK_BUDGET, WasmRuntime
 
-__all__ = ["RANDOM_SEED", "EvalInfo", "JsStrategy", "SandboxLimits"]
+# EvalInfo, SandboxLimits and Candle are the sandboxes' shared interface (sandboxed.py); they are
+# importable from here too, where they were defined before the native sandbox existed.
+__all__ = ["RANDOM_SEED", "Candle", "EvalInfo", "JsStrategy", "SandboxLimits"]
 
 RANDOM_SEED = 0x7472_6164_6562_6F74  # b"tradebot": Math.random's seed after every load
 RUN_CHUNK = 64  # candles per wasm call in run_until_signal; bounds the epoch backstop per call
-_FUEL_PER_CANDLE = 100_000  # fuel allowance for appending one candle (it uses ≈7 k)
 _LOAD_FUEL = 2_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
 
 
-@dataclass(frozen=True, slots=True)
-class SandboxLimits:
-    """Per-strategy limits.
+class JsStrategy(SandboxedStrategy[Guest]):
+    """One loaded JS strategy in its own wasm instance (the life cycle, limits and thread rules of
+    :class:`~tradebotd.sandbox.sandboxed.SandboxedStrategy`)."""
 
-    ``fuel`` is an optional deterministic budget in wasm fuel units per evaluation (an SMA step
-    over 200 candles uses ≈0.16 M). It needs a separately compiled module (≈20% slower code),
-    and running out of fuel traps, so the instance is rebuilt. In ``run_until_signal`` the
-    budget applies per wasm call, i.e. ``fuel`` times the candles in that call.
-    """
-
-    timeout_ms: int = 50  # wall-clock deadline per evaluation (QuickJS interrupt handler)
-    memory_bytes: int = 32 << 20  # JS heap limit; the linear-memory cap is 2x this
-    max_result_bytes: int = 64 << 10
-    max_candles: int = 1000  # history kept inside the instance
-    fuel: int | None = None
-    load_timeout_ms: int = 1000  # top-level code of the strategy
-    epoch_backstop_ms: int | None = None  # trap deadline; default 3x timeout_ms (min 30 ms)
-    max_log_lines: int = 20  # console lines kept per call
-    max_log_chars: int = 500  # characters kept per console line
-    max_source_bytes: int = 1 << 20
-
-    def __post_init__(self) -> None:
-        checks = {
-            "timeout_ms": 1 <= self.timeout_ms <= 600_000,
-            "memory_bytes": 1 << 20 <= self.memory_bytes <= 1 << 30,
-            "max_result_bytes": 256 <= self.max_result_bytes <= 16 << 20,
-            "max_candles": 1 <= self.max_candles <= 100_000,
-            "fuel": self.fuel is None or self.fuel > 0,
-            "load_timeout_ms": 1 <= self.load_timeout_ms <= 600_000,
-            "epoch_backstop_ms": self.epoch_backstop_ms is None or self.epoch_backstop_ms >= 1,
-            "max_log_lines": 0 <= self.max_log_lines <= 10_000,
-            "max_log_chars": 1 <= self.max_log_chars <= 100_000,
-            "max_source_bytes": 1 <= self.max_source_bytes <= 64 << 20,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"SandboxLimits out of range: {', '.join(bad)}")
-
-    @property
-    def backstop_seconds(self) -> float:
-        ms = self.epoch_backstop_ms if self.epoch_backstop_ms is not None else max(30, 3 * self.timeout_ms)
-        return ms / 1000
-
-
-@dataclass(frozen=True, slots=True)
-class EvalInfo:
-    """What happened around one evaluation."""
-
-    elapsed_us: float  # wall time of the call, host side included
-    console: tuple[ConsoleLine, ...] = ()  # captured console output
-    rebuilt: bool = False  # the instance was rebuilt first (after a timeout, OOM or trap)
-    fuel: int | None = None  # fuel the call used, when metered (appending the candle included)
-
-
-Candle = tuple[float, float, float, float, float, float]
-
-
-class JsStrategy:
-    """One loaded JS strategy in its own wasm instance. Not thread-safe: use it from one thread
-    at a time (concurrent use raises ``RuntimeError`` rather than corrupting the Store)."""
+    FUEL_PER_CANDLE = 100_000  # appending one candle uses ≈7 k
 
     def __init__(
         self,
@@ -145,16 +96,11 @@ class JsStrategy:
         *,
         parameters: Mapping[str, object],
         interval_ms: int,
-        limits: SandboxLimits = SandboxLimits(),
+        limits: SandboxLimits = DEFAULT_LIMITS,
         filename: str = "strategy.js",
         runtime: WasmRuntime | None = None,
     ) -> None:
-        if interval_ms <= 0:
-            raise ValueError(f"interval_ms must be positive, got {interval_ms}")
-        self._limits = limits
-        self._runtime = runtime or WasmRuntime.shared(fuel=limits.fuel is not None)
-        if self._runtime.fuel != (limits.fuel is not None):
-            raise ValueError("limits.fuel requires a WasmRuntime created with fuel=True (and only then)")
+        super().__init__(interval_ms=interval_ms, limits=limits, runtime=runtime)
         self._filename = filename
         self._source = source.encode("utf-8", errors="surrogatepass")
         if len(self._source) > limits.max_source_bytes:
@@ -180,19 +126,15 @@ class JsStrategy:
             max_log_chars=limits.max_log_chars,
         )
         self._eval_ticks = WasmRuntime.epoch_ticks(limits.backstop_seconds)
-        self._history = History(limits.max_candles)
-        self._lock = threading.Lock()
-        self._closed = False
         self.load_console: tuple[ConsoleLine, ...] = ()
         """Console output of the strategy's top-level code at the last (re)load."""
-        check_thread_stack()
-        self._guest: Guest | None = self._build()
+        self._start()
 
     # ------------------------------------------------------------------ public API
 
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
         """Appends candles (shape (n, 6), oldest first) to the history without evaluating."""
-        rows = _as_candles(candles)[-self._limits.max_candles:]
+        rows = as_candles(candles)[-self._limits.max_candles:]
         guest, _ = self._acquire()
         try:
             for start in range(0, len(rows), INPUT_CAPACITY):
@@ -200,7 +142,7 @@ class JsStrategy:
                 try:
                     result = guest.push(chunk, epoch_ticks=self._eval_ticks, fuel=self._fuel(0, len(chunk)))
                 except wasmtime.Trap as trap:
-                    raise self._discard(guest, trap, chunk) from None
+                    raise self._trapped(guest, trap, chunk) from None
                 self._history.extend(chunk[:result.consumed])
                 if result.status is not Status.OK:
                     raise self._eval_error(result, result.consumed)
@@ -210,17 +152,17 @@ class JsStrategy:
     def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
         """Appends one closed candle and evaluates the strategy (currentPrice = its close)."""
         started = time.perf_counter_ns()
-        values = _as_candle(candle)
+        check_candle(candle)
         pos = _position(position)
         guest, rebuilt = self._acquire()
         budget = self._fuel(1, 1)
         try:
             try:
-                result = guest.step(values, pos, epoch_ticks=self._eval_ticks, fuel=budget)
+                result = guest.step(candle, pos, epoch_ticks=self._eval_ticks, fuel=budget)
             except wasmtime.Trap as trap:
-                raise self._discard(guest, trap, values) from None
+                raise self._trapped(guest, trap, np.array([candle], dtype=np.float64)) from None
             if result.consumed:
-                self._history.append(values)
+                self._history.append(candle)
             if result.status is not Status.OK:
                 raise self._eval_error(result, result.consumed)
             decision = parse_decision(result.output)
@@ -237,7 +179,7 @@ class JsStrategy:
         result that is not a hold. Returns (candles consumed, that decision), or
         (len(candles), None) if all were holds. Errors carry ``consumed`` (failing candle
         included); the caller resumes after it."""
-        rows = _as_candles(candles)
+        rows = as_candles(candles)
         pos = _position(position)
         consumed = 0
         guest, _ = self._acquire()
@@ -248,7 +190,7 @@ class JsStrategy:
                 try:
                     result = guest.run(chunk, pos, epoch_ticks=ticks, fuel=self._fuel(len(chunk), len(chunk)))
                 except wasmtime.Trap as trap:
-                    error = self._discard(guest, trap, chunk)
+                    error = self._trapped(guest, trap, chunk)
                     error.consumed += consumed
                     raise error from None
                 self._history.extend(chunk[:result.consumed])
@@ -261,50 +203,7 @@ class JsStrategy:
             self._lock.release()
         return consumed, None
 
-    @property
-    def memory_bytes(self) -> int:
-        """Linear memory of the instance (it never shrinks; 0 while no instance exists)."""
-        return self._guest.memory_bytes if self._guest is not None else 0
-
-    @property
-    def history_length(self) -> int:
-        """Candles the host holds for this strategy (what a rebuilt instance is given)."""
-        return len(self._history)
-
-    def close(self) -> None:
-        """Drops the instance. Idempotent; later calls raise RuntimeError."""
-        self._closed = True
-        self._guest = None
-
-    def __enter__(self) -> JsStrategy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ instance management
-
-    def _acquire(self) -> tuple[Guest, bool]:
-        """Takes the strategy's lock and returns a live instance (rebuilt if needed) and whether
-        it was rebuilt. The caller releases ``self._lock``."""
-        if self._closed:
-            raise RuntimeError("JsStrategy is closed")
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("JsStrategy used from two threads at once")
-        try:
-            check_thread_stack()
-            if self._guest is not None:
-                return self._guest, False
-            self._guest = self._build()
-            return self._guest, True
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _fuel(self, evaluations: int, candles: int) -> int | None:
-        """Fuel for a call that appends ``candles`` and runs ``evaluations`` evaluations."""
-        fuel = self._limits.fuel
-        return None if fuel is None else fuel * evaluations + _FUEL_PER_CANDLE * candles
 
     def _build(self) -> Guest:
         """New instance with the strategy loaded and the host's history re-sent."""
@@ -331,19 +230,11 @@ class JsStrategy:
                 raise self._eval_error(pushed, 0)
         return guest
 
-    def _discard(
-        self, guest: Guest, trap: wasmtime.Trap, candles: Candle | npt.NDArray[np.float64] | None = None
-    ) -> StrategyEvalError:
-        """Drops a trapped instance (never reuse one) and returns the error to raise. The candles
-        the guest had appended before trapping are recorded, so the rebuilt instance gets them."""
+    def _trapped(self, guest: Guest, trap: wasmtime.Trap, rows: npt.NDArray[np.float64]) -> StrategyEvalError:
+        """Discards a trapped instance (keeping the candles of ``rows`` it had appended) and
+        returns the error to raise."""
         consumed = guest.last_consumed()
-        if self._guest is guest:
-            self._guest = None
-        if isinstance(candles, tuple):
-            if consumed:
-                self._history.append(candles)
-        elif candles is not None:
-            self._history.extend(candles[:consumed])
+        self._discard(guest, rows, consumed)
         return _trap_error(trap, consumed)
 
     def _load_error(self, result: CallResult) -> StrategyLoadError:
@@ -394,27 +285,6 @@ def _trap_error(trap: wasmtime.Trap, consumed: int) -> StrategyEvalError:
         return StrategyTimeout("the strategy ran out of fuel", trapped=True, consumed=consumed)
     name = code.name if code is not None else None
     return SandboxTrap(f"the sandbox trapped: {trap.message}", trap_code=name, consumed=consumed)
-
-
-def _as_candle(candle: Candle) -> Candle:
-    if len(candle) != 6:
-        raise ValueError(f"a candle is (time, open, high, low, close, volume), got {len(candle)} values")
-    values = (float(candle[0]), float(candle[1]), float(candle[2]), float(candle[3]), float(candle[4]),
-              float(candle[5]))
-    if not all(map(math.isfinite, values)):
-        raise ValueError(f"candle values must be finite: {values}")
-    return values
-
-
-def _as_candles(candles: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    rows = np.ascontiguousarray(candles, dtype=np.float64)
-    if rows.size == 0:
-        return rows.reshape(0, 6)
-    if rows.ndim != 2 or rows.shape[1] != 6:
-        raise ValueError(f"candles must have shape (n, 6), got {rows.shape}")
-    if not np.isfinite(rows).all():
-        raise ValueError("candle values must be finite")
-    return rows
 
 
 def _position(position: Position | None) -> GuestPosition:

@@ -31,8 +31,8 @@ from tradebotd.benchmarking import Target, bench_main, median_p99, timed_us
 from tradebotd.examples.reference import SmaCrossover
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Position
-from tradebotd.sandbox.js import Candle, SandboxLimits
 from tradebotd.sandbox.native import WasmStrategy
+from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
 
 __all__ = ["TARGETS", "main", "run"]

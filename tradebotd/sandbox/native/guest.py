@@ -17,9 +17,10 @@ import numpy.typing as npt
 import wasmtime
 
 from tradebotd.sandbox.native.abi import PAGE, Interface
+from tradebotd.sandbox.sandboxed import Candle
 from tradebotd.sandbox.wasm import RawI32Call, RawStore
 
-__all__ = ["RUN_CHUNK", "WASM_ERRORS", "Candle", "Guest", "Layout", "WasmError"]
+__all__ = ["RUN_CHUNK", "WASM_ERRORS", "Guest", "Layout", "WasmError"]
 
 RUN_CHUNK = 128
 """Candles per wasm call in ``push_history``/``run_until_signal`` (the host's staging rows).
@@ -30,8 +31,6 @@ strategy runs in a backtest (6.4 s at the default 50 ms) while keeping the per-c
 # What a call into wasm raises besides Python errors (a Trap is not a WasmtimeError).
 WasmError = wasmtime.Trap | wasmtime.WasmtimeError
 WASM_ERRORS = (wasmtime.Trap, wasmtime.WasmtimeError)
-
-Candle = tuple[float, float, float, float, float, float]
 
 _HOST_WRITE = struct.Struct("<4d")  # the position
 _STEP_WRITE = struct.Struct("<10d")  # the position and staged candle 0, which follows it

@@ -4,10 +4,7 @@ the package docstring (``tradebotd.sandbox.native``) describes them and the erro
 
 from __future__ import annotations
 
-import ctypes
 import math
-import struct
-import threading
 import time
 from collections.abc import Mapping
 
@@ -24,71 +21,40 @@ from tradebotd.sandbox.errors import (
     StrategyMemoryError,
     StrategyTimeout,
 )
-from tradebotd.sandbox.history import History
-from tradebotd.sandbox.js import EvalInfo, SandboxLimits
 from tradebotd.sandbox.native.abi import ABI_VERSION, MAX_META_BYTES, Meta, inspect_module, parameter_values, parse_meta
-from tradebotd.sandbox.native.guest import RUN_CHUNK, WASM_ERRORS, Candle, Guest, Layout, WasmError
+from tradebotd.sandbox.native.guest import RUN_CHUNK, WASM_ERRORS, Guest, Layout, WasmError
 from tradebotd.sandbox.native.modules import compile_strategy, driver
-from tradebotd.sandbox.wasm import WasmRuntime, check_thread_stack
+from tradebotd.sandbox.sandboxed import (
+    DEFAULT_LIMITS,
+    Candle,
+    EvalInfo,
+    SandboxedStrategy,
+    SandboxLimits,
+    as_candles,
+    check_candle,
+)
+from tradebotd.sandbox.wasm import WasmRuntime
 
 __all__ = ["WasmStrategy"]
 
-_FUEL_PER_CANDLE = 10_000  # the driver appends a candle for ≈90 fuel; a wide margin
 _LOAD_FUEL = 1_000_000_000  # loading is bounded by load_timeout_ms; fuel must merely not run out
-_CANDLE = struct.Struct("<6d")
-
-
-class _HostHistory:
-    """The host's copy of the history, what a rebuilt instance is given: a :class:`History`, with
-    ``step``'s single candles packed into a small buffer and moved into it in bulk (a numpy row
-    assignment from a tuple costs ≈0.6 µs, a tenth of a whole step; ``pack_into`` ≈0.3 µs)."""
-
-    __slots__ = ("_history", "_pending", "_pending_buffer", "_pending_count")
-
-    def __init__(self, capacity: int) -> None:
-        self._history = History(capacity)
-        self._pending_buffer = (ctypes.c_double * (RUN_CHUNK * 6))()
-        self._pending: npt.NDArray[np.float64] = np.ctypeslib.as_array(self._pending_buffer).reshape(RUN_CHUNK, 6)
-        self._pending_count = 0
-
-    def append(self, candle: Candle) -> None:
-        _CANDLE.pack_into(self._pending_buffer, 48 * self._pending_count, *candle)
-        self._pending_count += 1
-        if self._pending_count == RUN_CHUNK:
-            self._flush()
-
-    def extend(self, rows: npt.NDArray[np.float64]) -> None:
-        self._flush()
-        self._history.extend(rows)
-
-    def ordered(self) -> npt.NDArray[np.float64]:
-        self._flush()
-        return self._history.ordered()
-
-    def __len__(self) -> int:
-        self._flush()
-        return len(self._history)
-
-    def _flush(self) -> None:
-        if self._pending_count:
-            self._history.extend(self._pending[:self._pending_count])
-            self._pending_count = 0
 
 
 _SIGNALS: dict[float, Signal] = {0.0: "hold", 1.0: "buy", 2.0: "sell"}
-_DEFAULT_LIMITS = SandboxLimits()
 _HOLD = Decision(signal="hold")
 _FLAT = (0.0, 0.0, 0.0, 0.0)
 
 
-class WasmStrategy:
-    """One loaded native strategy in its own Store. Not thread-safe: use it from one thread at a
-    time (concurrent use raises ``RuntimeError`` rather than corrupting the Store).
+class WasmStrategy(SandboxedStrategy[Guest]):
+    """One loaded native strategy in its own Store (the life cycle, limits and thread rules of
+    :class:`~tradebotd.sandbox.sandboxed.SandboxedStrategy`).
 
     ``wasm`` is a binary module or WAT text (see :func:`load_wasm_source` for a strategy row's
     code). ``interval_ms`` is checked but otherwise unused: a native strategy has no clock, the
     candles' open times are in their ``time`` column.
     """
+
+    FUEL_PER_CANDLE = 10_000  # the driver appends a candle for ≈90 fuel; a wide margin
 
     def __init__(
         self,
@@ -96,18 +62,14 @@ class WasmStrategy:
         *,
         parameters: Mapping[str, object],
         interval_ms: int,
-        limits: SandboxLimits = _DEFAULT_LIMITS,
+        limits: SandboxLimits = DEFAULT_LIMITS,
         filename: str = "strategy.wasm",
         runtime: WasmRuntime | None = None,
     ) -> None:
-        if interval_ms <= 0:
-            raise ValueError(f"interval_ms must be positive, got {interval_ms}")
-        self._limits = limits
-        # The JS sandbox's engine has the flags native code needs too (epoch interruption, fuel
-        # when asked, 2 MiB wasm stack), and its epoch thread then serves these stores as well.
-        self._runtime = runtime or WasmRuntime.shared(fuel=limits.fuel is not None)
-        if self._runtime.fuel != (limits.fuel is not None):
-            raise ValueError("limits.fuel requires a WasmRuntime created with fuel=True (and only then)")
+        # The JS sandbox's engine (WasmRuntime.shared) has the flags native code needs too (epoch
+        # interruption, fuel when asked, 2 MiB wasm stack), and its epoch thread then serves these
+        # stores as well.
+        super().__init__(interval_ms=interval_ms, limits=limits, runtime=runtime)
         self.filename = filename
         size = len(wasm.encode() if isinstance(wasm, str) else wasm)
         if size > limits.max_source_bytes:
@@ -121,9 +83,6 @@ class WasmStrategy:
         self._given = parameter_values(parameters, self._interface.parameters)
         self._step_ticks = WasmRuntime.epoch_ticks(limits.timeout_ms / 1000)
         self._step_fuel = self._fuel(1, 1)
-        self._history = _HostHistory(limits.max_candles)
-        self._lock = threading.Lock()
-        self._closed = False
         self.indicator_names: tuple[str, ...] = ()
         self.reasons: tuple[str, ...] = ()
         self.parameters: Mapping[str, float] = {}
@@ -131,15 +90,14 @@ class WasmStrategy:
         self.lookback: int | None = None
         """Candles the strategy needs before it can signal (``tb_lookback``), if it declares it."""
         self._reason_texts: dict[float, str | None] = {}  # reason slot value -> text
-        check_thread_stack()
         self._runtime.start_ticker()
-        self._guest: Guest | None = self._build()
+        self._start()
 
     # ------------------------------------------------------------------ public API
 
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
         """Appends candles (shape (n, 6), oldest first) to the history without evaluating."""
-        rows = _as_candles(candles)[-self._limits.max_candles:]
+        rows = as_candles(candles)[-self._limits.max_candles:]
         guest, _ = self._acquire()
         try:
             self._push(guest, rows, record=True)
@@ -149,8 +107,7 @@ class WasmStrategy:
     def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
         """Appends one closed candle and evaluates the strategy on it."""
         started = time.perf_counter_ns()
-        if len(candle) != 6 or not all(map(math.isfinite, candle)):
-            raise ValueError(f"a candle is 6 finite numbers (time, open, high, low, close, volume), got {candle}")
+        check_candle(candle)
         guest, rebuilt = self._acquire()
         try:
             try:
@@ -172,7 +129,7 @@ class WasmStrategy:
         result that is not a hold. Returns (candles consumed, that decision), or
         (len(candles), None) if all were holds. Errors carry ``consumed`` (failing candle
         included); the caller resumes after it."""
-        rows = _as_candles(candles)
+        rows = as_candles(candles)
         held = _position(position)
         consumed = 0
         guest, _ = self._acquire()
@@ -202,49 +159,7 @@ class WasmStrategy:
             self._lock.release()
         return consumed, None
 
-    @property
-    def memory_bytes(self) -> int:
-        """Linear memory of the instance (it never shrinks; 0 while no instance exists)."""
-        return self._guest.memory_bytes if self._guest is not None else 0
-
-    @property
-    def history_length(self) -> int:
-        """Candles the host holds for this strategy (what a rebuilt instance is given)."""
-        return len(self._history)
-
-    def close(self) -> None:
-        """Drops the instance. Idempotent; later calls raise RuntimeError."""
-        self._closed = True
-        self._guest = None
-
-    def __enter__(self) -> WasmStrategy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ instance management
-
-    def _acquire(self) -> tuple[Guest, bool]:
-        """Takes the strategy's lock and returns a live instance (rebuilt if needed) and whether
-        it was rebuilt. The caller releases ``self._lock``."""
-        if self._closed:
-            raise RuntimeError("WasmStrategy is closed")
-        if not self._lock.acquire(False):  # the keyword form costs 0.1 µs more
-            raise RuntimeError("WasmStrategy used from two threads at once")
-        try:
-            check_thread_stack()
-            if self._guest is not None:
-                return self._guest, False
-            self._guest = self._build()
-            return self._guest, True
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def _fuel(self, evaluations: int, candles: int) -> int | None:
-        fuel = self._limits.fuel
-        return None if fuel is None else fuel * evaluations + _FUEL_PER_CANDLE * candles
 
     def _push(self, guest: Guest, rows: npt.NDArray[np.float64], *, record: bool) -> None:
         """Appends ``rows`` without evaluating; ``record``: also to the host's history (not when
@@ -357,9 +272,7 @@ class WasmStrategy:
         driver appended before it stopped are recorded, so the rebuilt instance gets them."""
         if rows is not None:
             consumed = min(guest.appended(), len(rows))
-            self._history.extend(rows[:consumed])
-        if self._guest is guest:
-            self._guest = None
+        self._discard(guest, rows, consumed)
         code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
         if code is wasmtime.TrapCode.INTERRUPT:
             return StrategyTimeout(
@@ -442,14 +355,3 @@ def _position(position: Position | None) -> tuple[float, float, float, float]:
     if position is None:
         return _FLAT
     return 1.0, float(position.amount), float(position.entry_price), float(position.entry_time)
-
-
-def _as_candles(candles: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    rows = np.asarray(candles, dtype=np.float64)
-    if rows.size == 0:
-        return rows.reshape(0, 6)
-    if rows.ndim != 2 or rows.shape[1] != 6:
-        raise ValueError(f"candles must have shape (n, 6), got {rows.shape}")
-    if not np.isfinite(rows).all():
-        raise ValueError("candle values must be finite")
-    return rows
