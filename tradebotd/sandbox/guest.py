@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
 import wasmtime
-from wasmtime import _ffi as ffi
 
 from tradebotd.sandbox.errors import SandboxUnavailable
-from tradebotd.sandbox.wasm import I32Export, WasmRuntime, export
+from tradebotd.sandbox.wasm import RawI32Call, RawStore, WasmRuntime, export, i32_export
 
 __all__ = ["ABI_VERSION", "INPUT_CAPACITY", "CallResult", "Guest", "GuestConfig", "Status"]
 
@@ -71,8 +70,7 @@ _RESULT = struct.Struct("<i5I")  # tb_result_t
 _IO = struct.Struct("<8I")  # tb_io_t
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
+class CallResult(NamedTuple):
     status: Status
     output: bytes  # result JSON, error JSON, or b"" (all-hold run, push)
     logs: bytes  # console JSON array, or b""
@@ -80,10 +78,18 @@ class CallResult:
 
 
 Position = tuple[float, float, float] | None  # (amount, entry_price, entry_time)
+_FLAT = (0.0, 0.0, 0.0)
+_STATUSES = {int(status): status for status in Status}
 
 
 class Guest:
-    """A Store + Instance of tb_qjs.wasm. Not thread-safe; discard it after a ``wasmtime.Trap``."""
+    """A Store + Instance of tb_qjs.wasm. Not thread-safe; discard it after a ``wasmtime.Trap``.
+
+    The hot path (``step``) costs a few µs on the host: raw calls (:class:`RawI32Call`,
+    :class:`RawStore`), and ctypes views of the input and result structs and of linear memory
+    that are made again only when linear memory has moved. It can move only while wasm runs
+    (``memory.grow``), so its address is read again after every call, trapped or not.
+    """
 
     def __init__(self, runtime: WasmRuntime, memory_cap: int) -> None:
         self._runtime = runtime
@@ -91,19 +97,20 @@ class Guest:
         memory = export(self.store, instance, "memory")
         if not isinstance(memory, wasmtime.Memory):
             raise SandboxUnavailable("tb_qjs.wasm does not export its memory")
-        self._memory = memory
-        self._context = self.store._context()
-        self._memory_ref = ctypes.byref(memory._memory)
-        I32Export(self.store, instance, "_initialize")()
-        io_addr = I32Export(self.store, instance, "tb_io")()
-        self._alloc = I32Export(self.store, instance, "tb_alloc")
-        self._free = I32Export(self.store, instance, "tb_free")
-        self._load = I32Export(self.store, instance, "tb_load")
-        self._push = I32Export(self.store, instance, "tb_push")
-        self._step = I32Export(self.store, instance, "tb_step")
-        self._run = I32Export(self.store, instance, "tb_run")
+        self._raw = RawStore(self.store, memory)
+        self._base = -1  # linear memory's address when the views below were made
+        self._config = self._input = self._result = 0  # the structs' addresses, from tb_io
+        i32_export(self.store, instance, "_initialize")()
+        io = i32_export(self.store, instance, "tb_io")
+        self._alloc = i32_export(self.store, instance, "tb_alloc")
+        self._free = i32_export(self.store, instance, "tb_free")
+        self._load = i32_export(self.store, instance, "tb_load")
+        self._push = i32_export(self.store, instance, "tb_push")
+        self._step = i32_export(self.store, instance, "tb_step")
+        self._run = i32_export(self.store, instance, "tb_run")
+        io_addr = self._call(io)
         abi, self._config, self._input, capacity, self._result, config_size, input_size, result_size = (
-            _IO.unpack(ctypes.string_at(self._base() + io_addr, _IO.size))
+            _IO.unpack(self._read(io_addr, _IO.size))
         )
         expected = (ABI_VERSION, INPUT_CAPACITY, ctypes.sizeof(GuestConfig), _INPUT_SIZE, _RESULT.size)
         if (abi, capacity, config_size, input_size, result_size) != expected:
@@ -111,39 +118,61 @@ class Guest:
                 "tb_qjs.wasm does not match this tradebotd version (ABI "
                 f"{abi}, expected {ABI_VERSION}): rebuild it with `make wasm`"
             )
+        self._refresh(force=True)
 
     # ------------------------------------------------------------------ memory
 
-    def _base(self) -> int:
-        # Re-read on every call: memory.grow may move linear memory.
-        address = ctypes.cast(ffi.wasmtime_memory_data(self._context, self._memory_ref), ctypes.c_void_p)
-        return address.value or 0
+    def _refresh(self, *, force: bool = False) -> None:
+        """Makes the views again if linear memory moved (or ``force``)."""
+        base = self._raw.memory_address()
+        if base == self._base and not force:
+            return
+        self._base = base
+        self._memory = (ctypes.c_char * self._raw.memory_size()).from_address(base)
+        self._step_input = (ctypes.c_char * _STEP_ONE.size).from_address(base + self._input)
+        self._result_view = (ctypes.c_char * _RESULT.size).from_address(base + self._result)
+
+    def _read(self, address: int, size: int) -> bytes:
+        """Bytes of linear memory (clamped to it)."""
+        end = address + size
+        if end > len(self._memory):  # it grew since the view was made (in place: same address)
+            self._memory = (ctypes.c_char * self._raw.memory_size()).from_address(self._base)
+        return cast(bytes, self._memory[address:end])  # a c_char array's slice is bytes
+
+    def _call(self, entry: RawI32Call, *args: int) -> int:
+        try:
+            return entry(*args)
+        finally:
+            self._refresh()
 
     @property
     def memory_bytes(self) -> int:
         """Current linear memory size (it never shrinks)."""
-        return int(ffi.wasmtime_memory_data_size(self._context, self._memory_ref))
+        return self._raw.memory_size()
 
     def fuel_remaining(self) -> int:
         """Fuel left of what the last call was given (fuel-metered runtimes only)."""
         return int(self.store.get_fuel())
 
     def _arm(self, epoch_ticks: int, fuel: int | None) -> None:
-        ffi.wasmtime_context_set_epoch_deadline(self._context, epoch_ticks)
+        self._raw.set_epoch_deadline(epoch_ticks)
         if fuel is not None:
             self.store.set_fuel(fuel)
 
-    def _finish(self, base: int) -> CallResult:
-        status, out_ptr, out_len, log_ptr, log_len, consumed = _RESULT.unpack(
-            ctypes.string_at(base + self._result, _RESULT.size)
+    def _finish(self) -> CallResult:
+        status, out_ptr, out_len, log_ptr, log_len, consumed = _RESULT.unpack_from(self._result_view)
+        known = _STATUSES.get(status)  # not `or`: Status.OK is 0, falsy
+        return CallResult(
+            known if known is not None else Status(status),  # an unknown code raises ValueError
+            self._read(out_ptr, out_len) if out_len else b"",
+            self._read(log_ptr, log_len) if log_len else b"",
+            consumed,
         )
-        output = ctypes.string_at(base + out_ptr, out_len) if out_len else b""
-        logs = ctypes.string_at(base + log_ptr, log_len) if log_len else b""
-        return CallResult(Status(status), output, logs, consumed)
 
     def last_consumed(self) -> int:
         """Candles the last call appended before it stopped; readable even after a trap."""
-        return int(_RESULT.unpack(ctypes.string_at(self._base() + self._result, _RESULT.size))[5])
+        self._refresh()
+        return int(_RESULT.unpack_from(self._result_view)[5])
 
     # ------------------------------------------------------------------ entry points
 
@@ -151,61 +180,63 @@ class Guest:
         self, config: GuestConfig, source: bytes, parameters_json: bytes, filename: bytes,
         *, epoch_ticks: int, fuel: int | None,
     ) -> CallResult:
-        ctypes.memmove(self._base() + self._config, ctypes.addressof(config), ctypes.sizeof(config))
+        ctypes.memmove(self._base + self._config, ctypes.addressof(config), ctypes.sizeof(config))
         pointers = []
         try:
             for data in (source, parameters_json, filename):
-                pointer = self._alloc(len(data))
+                pointer = self._call(self._alloc, len(data))
                 if pointer == 0:
                     raise MemoryError("the sandbox could not allocate memory for the strategy source")
                 pointers.append(pointer)
-                ctypes.memmove(self._base() + pointer, data, len(data))
+                ctypes.memmove(self._base + pointer, data, len(data))
             self._arm(epoch_ticks, fuel)
-            self._load(pointers[0], len(source), pointers[1], len(parameters_json), pointers[2], len(filename))
-            return self._finish(self._base())
+            self._call(self._load, pointers[0], len(source), pointers[1], len(parameters_json), pointers[2],
+                       len(filename))
+            return self._finish()
         finally:
             for pointer in pointers:
-                self._free(pointer)
+                self._call(self._free, pointer)
 
-    def _write_candles(self, base: int, candles: npt.NDArray[np.float64]) -> None:
+    def _write_candles(self, candles: npt.NDArray[np.float64]) -> None:
         data = np.ascontiguousarray(candles, dtype=np.float64)
-        ctypes.memmove(base + self._input + _CANDLES_OFFSET, data.ctypes.data, data.nbytes)
+        ctypes.memmove(self._base + self._input + _CANDLES_OFFSET, data.ctypes.data, data.nbytes)
 
-    def _write_position(self, base: int, position: Position, current_price: float) -> None:
-        amount, entry_price, entry_time = position or (0.0, 0.0, 0.0)
-        header = _HEADER.pack(1.0 if position else 0.0, amount, entry_price, entry_time, current_price)
-        ctypes.memmove(base + self._input, header, len(header))
+    def _write_position(self, position: Position, current_price: float) -> None:
+        amount, entry_price, entry_time = position or _FLAT
+        _HEADER.pack_into(self._step_input, 0, 1.0 if position else 0.0, amount, entry_price, entry_time,
+                          current_price)
 
     def push(self, candles: npt.NDArray[np.float64], *, epoch_ticks: int, fuel: int | None) -> CallResult:
         """Appends up to INPUT_CAPACITY candles without evaluating."""
-        base = self._base()
-        self._write_candles(base, candles)
+        self._write_candles(candles)
         self._arm(epoch_ticks, fuel)
-        self._push(len(candles))
-        return self._finish(self._base())
+        self._call(self._push, len(candles))
+        return self._finish()
 
     def step(
         self, candle: tuple[float, float, float, float, float, float], position: Position,
         *, epoch_ticks: int, fuel: int | None,
     ) -> CallResult:
         """Appends one candle and evaluates with currentPrice = its close. The hot path."""
-        base = self._base()
-        amount, entry_price, entry_time = position or (0.0, 0.0, 0.0)
-        packed = _STEP_ONE.pack(
-            1.0 if position else 0.0, amount, entry_price, entry_time, candle[4], *candle
+        amount, entry_price, entry_time = position or _FLAT
+        _STEP_ONE.pack_into(
+            self._step_input, 0, 1.0 if position else 0.0, amount, entry_price, entry_time, candle[4], *candle
         )
-        ctypes.memmove(base + self._input, packed, len(packed))
-        self._arm(epoch_ticks, fuel)
-        self._step(1)
-        return self._finish(self._base())
+        self._raw.set_epoch_deadline(epoch_ticks)
+        if fuel is not None:
+            self.store.set_fuel(fuel)
+        try:
+            self._step.call1(1)
+        finally:
+            self._refresh()
+        return self._finish()
 
     def run(
         self, candles: npt.NDArray[np.float64], position: Position, *, epoch_ticks: int, fuel: int | None,
     ) -> CallResult:
         """Appends and evaluates candles one by one until a non-hold result or the end."""
-        base = self._base()
-        self._write_position(base, position, 0.0)
-        self._write_candles(base, candles)
+        self._write_position(position, 0.0)
+        self._write_candles(candles)
         self._arm(epoch_ticks, fuel)
-        self._run(len(candles))
-        return self._finish(self._base())
+        self._call(self._run, len(candles))
+        return self._finish()

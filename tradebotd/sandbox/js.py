@@ -126,6 +126,7 @@ class JsStrategy(SandboxedStrategy[Guest]):
             max_log_chars=limits.max_log_chars,
         )
         self._eval_ticks = WasmRuntime.epoch_ticks(limits.backstop_seconds)
+        self._step_fuel = self._fuel(1, 1)
         self.load_console: tuple[ConsoleLine, ...] = ()
         """Console output of the strategy's top-level code at the last (re)load."""
         self._start()
@@ -155,7 +156,7 @@ class JsStrategy(SandboxedStrategy[Guest]):
         check_candle(candle)
         pos = _position(position)
         guest, rebuilt = self._acquire()
-        budget = self._fuel(1, 1)
+        budget = self._step_fuel
         try:
             try:
                 result = guest.step(candle, pos, epoch_ticks=self._eval_ticks, fuel=budget)

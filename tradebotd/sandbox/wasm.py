@@ -17,9 +17,9 @@ Hazards this module guards against (measured; each one kills the whole daemon):
 * ``Module.deserialize_file`` maps the ``.cwasm``: rewriting that file in place under a running
   process raises SIGBUS. The cache is only ever replaced atomically (new inode).
 
-The direct call path (:class:`I32Export`) uses wasmtime-py's private ``_ffi`` module: its
-public ``Func.__call__`` costs 20-40 µs per call, this ≈3-5 µs. wasmtime is pinned exactly in
-pyproject.toml; re-run tests/sandbox on every upgrade.
+The direct call path (:class:`RawI32Call`, :class:`RawStore`) uses wasmtime-py's private
+``_ffi`` module: its public ``Func.__call__`` costs 20-40 µs per call, this ≈1.1 µs. wasmtime is
+pinned exactly in pyproject.toml; re-run tests/sandbox on every upgrade.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from tradebotd.sandbox.qjs import WASM_PATH
 __all__ = [
     "JS_STACK_BUDGET",
     "MAX_WASM_STACK",
-    "I32Export",
     "RawI32Call",
     "RawStore",
     "WasmRuntime",
     "check_thread_stack",
     "default_cache_dir",
+    "i32_export",
 ]
 
 log = structlog.get_logger(__name__)
@@ -214,49 +214,6 @@ def export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> obj
     return wrap_extern(item)
 
 
-class I32Export:
-    """An exported function whose parameters and results are all i32, called directly through
-    ``wasmtime_func_call`` with preallocated argument arrays.
-
-    Raises ``wasmtime.Trap`` when the wasm traps (the instance must then be discarded).
-    """
-
-    __slots__ = ("_context", "_func", "_n_params", "_n_results", "_params", "_ref", "_results")
-
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> None:
-        func = export(store, instance, name)
-        if not isinstance(func, wasmtime.Func):
-            raise SandboxUnavailable(f"tb_qjs.wasm export {name!r} is not a function")
-        ty = func.type(store)
-        kinds = [*ty.params, *ty.results]
-        if any(str(kind) != "i32" for kind in kinds) or len(ty.results) > 1:
-            raise SandboxUnavailable(f"tb_qjs.wasm export {name!r} has an unexpected signature")
-        self._func = func  # keeps the wrapped handle alive for _ref
-        self._ref = ctypes.byref(func._func)
-        self._context = store._context()
-        self._n_params = len(ty.params)
-        self._n_results = len(ty.results)
-        self._params = (ffi.wasmtime_val_t * max(1, self._n_params))()
-        self._results = (ffi.wasmtime_val_t * max(1, self._n_results))()
-        for i in range(self._n_params):
-            self._params[i].kind = ffi.WASMTIME_I32
-
-    def __call__(self, *args: int) -> int:
-        params = self._params
-        for i, value in enumerate(args):
-            params[i].of.i32 = value
-        trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        error = ffi.wasmtime_func_call(
-            self._context, self._ref, params, self._n_params, self._results, self._n_results,
-            ctypes.byref(trap),
-        )
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
-        if trap:
-            raise wasmtime.Trap._from_ptr(trap)
-        return int(self._results[0].of.i32) if self._n_results else 0
-
-
 def _prototype(name: str, restype: type | None, *argtypes: type) -> Callable[..., Any]:
     """Our own prototype of a C function (``dll[name]`` returns a fresh function object, so
     wasmtime-py's binding keeps its argtypes): addresses go in as plain ints, the cheapest
@@ -301,8 +258,9 @@ class RawStore:
 class RawI32Call:
     """An exported function of i32 parameters and results, called through
     ``wasmtime_func_call_unchecked`` with preallocated raw values: ≈1.1 µs per call against
-    ≈2.7 µs for :class:`I32Export` (no ``wasmtime_val_t`` conversion, no ctypes object created
-    per call). Native strategies use it: their whole evaluation costs about one call.
+    ≈2.7 µs through ``wasmtime_func_call`` with ``wasmtime_val_t`` arrays (no value conversion, no
+    ctypes object created per call). Every hot path uses it: a native strategy's whole evaluation
+    costs about one call, and a JS step's host side is a few µs.
 
     A call returns the first result (0 if there is none); :meth:`result` reads the others.
     Wasmtime does not check the signature on this path, so the constructor does. Raises
@@ -365,6 +323,18 @@ class RawI32Call:
         trap = ctypes.cast(ctypes.c_void_p(self._trap.value), ctypes.POINTER(ffi.wasm_trap_t))
         self._trap.value = None  # the Trap object owns it now
         raise wasmtime.Trap._from_ptr(trap)
+
+
+def i32_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> RawI32Call:
+    """The JS sandbox's export ``name`` (all-i32 function) as a :class:`RawI32Call`;
+    :class:`SandboxUnavailable` if tb_qjs.wasm has no such function (a stale build)."""
+    func = export(store, instance, name)
+    if not isinstance(func, wasmtime.Func):
+        raise SandboxUnavailable(f"tb_qjs.wasm export {name!r} is not a function")
+    try:
+        return RawI32Call(store, func)
+    except TypeError:
+        raise SandboxUnavailable(f"tb_qjs.wasm export {name!r} has an unexpected signature") from None
 
 
 # ---------------------------------------------------------------- thread stack check
