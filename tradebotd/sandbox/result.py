@@ -1,7 +1,9 @@
 """Host-side validation of what the sandbox returns: result JSON, error JSON, console JSON.
 
 The guest (``qjs/tb_prelude.js``) already rejects bad results with precise messages, but it runs
-inside the strategy's own JS realm, so the host validates the JSON again and is the authority.
+inside the strategy's own JS realm, so the host validates the JSON again and is the authority:
+the pydantic model ``_Result`` defines a valid result (a quicker check answers first for the
+results it is certain about, see :func:`parse_decision`).
 JSON has no NaN or Infinity (``JSON.stringify`` writes them as ``null``), so ``null`` inside
 ``indicators`` is invalid, and numbers must be finite and, for amounts and prices, positive.
 Unknown keys are ignored.
@@ -47,12 +49,106 @@ class _Result(BaseModel):
 
 _HOLD_JSON = b'{"signal":"hold"}'
 _HOLD = Decision(signal="hold")
+_FIELDS = frozenset(_Result.model_fields)
+_SIGNALS = frozenset(("buy", "sell", "hold"))
+_EXACT_INT = 2**53  # integers below it become the same float whoever converts them
+_SCALARS = frozenset((bool, int, float, str))  # indicator values kept as they are
 
 
 def parse_decision(output: bytes, *, consumed: int = 1) -> Decision:
-    """The validated :class:`Decision` for a result JSON, or :class:`InvalidResult`."""
-    if output == _HOLD_JSON:  # the common case, skip the validator
+    """The validated :class:`Decision` for a result JSON, or :class:`InvalidResult`.
+
+    The model (``_Result``) is the definition of a valid result. A hand-written check answers
+    first (≈1 µs against ≈3.5 µs): it accepts only what the model certainly accepts, with the
+    same values and types, and hands everything else to the model, which then accepts or
+    rejects with its messages. So the two never disagree; tests/sandbox/test_result_parity.py
+    compares them on edge cases and random results.
+    """
+    if output == _HOLD_JSON:  # the common case, skip the validators
         return _HOLD
+    decision = _certainly_valid(output)
+    return decision if decision is not None else _validated_by_model(output, consumed)
+
+
+class _Unsure(Exception):
+    """Raised by the quick check: the model must decide."""
+
+
+def _certainly_valid(output: bytes) -> Decision | None:
+    """The decision if the model certainly accepts ``output``, else None.
+
+    Only for JSON in orjson's own form (``orjson.dumps`` of what was read gives the same bytes):
+    then nothing was lost in reading it (no duplicate keys, which the model validates one by one;
+    no integer beyond 64 bits, which orjson reads as a float and the model as an int), and the
+    values checked are all the model sees. The guest's ``JSON.stringify`` writes that form for
+    the six known keys (it drops others), except for numbers below 1e-5 or integers of 2^64 and
+    more, which the model then checks.
+    """
+    try:
+        data = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or not _FIELDS.issuperset(data):
+        return None
+    signal, reason = data.get("signal"), data.get("reason")
+    if type(signal) is not str or signal not in _SIGNALS:
+        return None
+    if reason is not None and (type(reason) is not str or len(reason) > MAX_REASON_CHARS):
+        return None
+    amount, take_profit, stop_loss = data.get("amount"), data.get("takeProfit"), data.get("stopLoss")
+    indicators = data.get("indicators")
+    try:
+        if amount is not None:
+            amount = _positive(amount)
+        if take_profit is not None:
+            take_profit = _positive(take_profit)
+        if stop_loss is not None:
+            stop_loss = _positive(stop_loss)
+        if indicators is not None:
+            indicators = _indicators(indicators)
+    except _Unsure:
+        return None
+    # Positional: keyword arguments cost a frozen dataclass's __init__ 1 µs more.
+    decision = Decision(signal, amount, reason, indicators, take_profit, stop_loss)  # type: ignore[arg-type]
+    return decision if orjson.dumps(data) == output else None
+
+
+def _number(value: object) -> float:
+    """A JSON number as the model's float (orjson reads no NaN or infinity), else :class:`_Unsure`."""
+    if type(value) is float:
+        return value
+    if type(value) is int and -_EXACT_INT < value < _EXACT_INT:
+        return float(value)
+    raise _Unsure
+
+
+def _positive(value: object) -> float:
+    number = _number(value)
+    if number > 0:
+        return number
+    raise _Unsure
+
+
+def _indicators(value: object) -> dict[str, IndicatorValue]:
+    """The model's indicators: bools, ints (kept ints), floats, strings, lists of floats."""
+    if type(value) is not dict:
+        raise _Unsure
+    for item in value.values():
+        if type(item) not in _SCALARS:  # a list (its ints become floats), or not an indicator
+            return {key: _indicator(item) for key, item in value.items()}
+    return value  # orjson's fresh dict, already what the model gives
+
+
+def _indicator(value: object) -> IndicatorValue:
+    kind = type(value)
+    if kind is list:
+        return [_number(x) for x in value]  # type: ignore[attr-defined]  # a list
+    if kind in _SCALARS:
+        return value  # type: ignore[return-value]  # one of _SCALARS
+    raise _Unsure
+
+
+def _validated_by_model(output: bytes, consumed: int) -> Decision:
     try:
         result = _Result.model_validate_json(output)
     except ValidationError as exc:
@@ -66,14 +162,7 @@ def parse_decision(output: bytes, *, consumed: int = 1) -> Decision:
             key: [float(x) for x in value] if isinstance(value, list) else value
             for key, value in result.indicators.items()
         }
-    return Decision(
-        signal=result.signal,
-        amount=result.amount,
-        reason=result.reason,
-        indicators=indicators,
-        take_profit=result.takeProfit,
-        stop_loss=result.stopLoss,
-    )
+    return Decision(result.signal, result.amount, result.reason, indicators, result.takeProfit, result.stopLoss)
 
 
 class JsError:
