@@ -22,6 +22,7 @@ from typing import ClassVar, Generic, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from tradebotd.model import Decision, Position
 from tradebotd.sandbox.history import History
 from tradebotd.sandbox.result import ConsoleLine
 from tradebotd.sandbox.wasm import WasmRuntime, check_thread_stack
@@ -140,6 +141,27 @@ class SandboxedStrategy(Generic[GuestT]):
         self._lock = threading.Lock()
         self._closed = False
         self._guest: GuestT | None = None
+
+    # -- the runtime interface (tradebotd.engine.BatchRuntime), each sandbox's own
+
+    def push_history(self, candles: npt.NDArray[np.float64]) -> None:
+        """Appends candles (shape (n, 6), oldest first) to the history without evaluating."""
+        raise NotImplementedError
+
+    def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
+        """Appends one closed candle and evaluates the strategy on it."""
+        raise NotImplementedError
+
+    def run_until_signal(
+        self, candles: npt.NDArray[np.float64], position: Position | None
+    ) -> tuple[int, Decision | None]:
+        """Backtest helper: appends and evaluates ``candles`` one by one, stopping at the first
+        result that is not a hold. Returns (candles consumed, that decision), or
+        (len(candles), None) if all were holds. Errors carry ``consumed`` (failing candle
+        included); the caller resumes after it."""
+        raise NotImplementedError
+
+    # -- the life cycle
 
     def _start(self) -> None:
         """Builds the first instance (load errors surface from the constructor)."""

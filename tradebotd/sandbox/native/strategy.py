@@ -96,7 +96,6 @@ class WasmStrategy(SandboxedStrategy[Guest]):
     # ------------------------------------------------------------------ public API
 
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
-        """Appends candles (shape (n, 6), oldest first) to the history without evaluating."""
         rows = as_candles(candles)[-self._limits.max_candles:]
         guest, _ = self._acquire()
         try:
@@ -105,7 +104,6 @@ class WasmStrategy(SandboxedStrategy[Guest]):
             self._lock.release()
 
     def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
-        """Appends one closed candle and evaluates the strategy on it."""
         started = time.perf_counter_ns()
         check_candle(candle)
         guest, rebuilt = self._acquire()
@@ -125,10 +123,6 @@ class WasmStrategy(SandboxedStrategy[Guest]):
     def run_until_signal(
         self, candles: npt.NDArray[np.float64], position: Position | None
     ) -> tuple[int, Decision | None]:
-        """Backtest helper: appends and evaluates ``candles`` one by one, stopping at the first
-        result that is not a hold. Returns (candles consumed, that decision), or
-        (len(candles), None) if all were holds. Errors carry ``consumed`` (failing candle
-        included); the caller resumes after it."""
         rows = as_candles(candles)
         held = _position(position)
         consumed = 0
