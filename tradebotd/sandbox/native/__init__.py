@@ -30,7 +30,8 @@ The package: ``source.py`` (a strategy row's code -> the module), ``abi.py`` (th
 compiled module against the ABI: exports, imports, metadata, parameters), ``modules.py`` (the
 compiled modules per engine, the driver's ``driver.wat`` among them), ``guest.py`` (one live
 Store: the strategy's instance, the driver, the host's views into linear memory) and
-``strategy.py`` (:class:`WasmStrategy`: limits, failure policy, decisions).
+``strategy.py`` (:class:`WasmStrategy`: limits, failure policy, decisions; the instance's life
+cycle is the one it shares with the JS sandbox, ``sandbox/sandboxed.py``).
 
 Errors (the tree is in ``sandbox/errors.py``)::
 
@@ -50,7 +51,6 @@ Errors (the tree is in ``sandbox/errors.py``)::
 Bad input from the caller (candles of the wrong shape or not finite) raises ``ValueError``;
 using a closed strategy, or one strategy from two threads at once, ``RuntimeError``.
 """
-
 
 from tradebotd.sandbox.native.abi import ABI_VERSION
 from tradebotd.sandbox.native.guest import RUN_CHUNK
