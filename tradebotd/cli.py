@@ -19,8 +19,6 @@ from . import __version__, cliargs
 from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
-from .replay import cli as replay_cli
-from .replay.series import ReplayDataError
 from .store.base import NotFound
 from .store.sqlite import SqliteStore
 from .strategy_files import strategy_code, strategy_kind
@@ -85,7 +83,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _lazy(download, "tradebotd.data.download", ("data", "download"), argv)
 
     replay = sub.add_parser("replay-server", help="serve candle CSVs over Binance's WebSocket and REST protocols")
-    replay_cli.add_arguments(replay)
+    _lazy(replay, "tradebotd.replay.cli", ("replay-server",), argv)
     return parser
 
 
@@ -237,8 +235,11 @@ def cmd_db_init(settings: Settings) -> int:
 
 
 def cmd_replay_server(args: argparse.Namespace) -> int:
+    from .replay.cli import run_from_args
+    from .replay.series import ReplayDataError
+
     try:
-        asyncio.run(replay_cli.run_from_args(args))
+        asyncio.run(run_from_args(args))
     except KeyboardInterrupt:
         pass
     except (ReplayDataError, OSError) as exc:
