@@ -17,8 +17,9 @@ import numpy as np
 
 from tradebotd.broker.base import client_order_id
 from tradebotd.broker.paper import PaperBroker
-from tradebotd.engine import Engine, EngineConfig, trade_id
+from tradebotd.engine import Engine, EngineConfig
 from tradebotd.errors import StrategyError
+from tradebotd.ids import trade_uuid
 from tradebotd.model import Candle, Decision, Position, StreamKey
 from tradebotd.store.base import StrategyRow
 from tradebotd.store.sqlite import SqliteStore
@@ -155,7 +156,7 @@ async def test_signals_become_trades_with_deterministic_ids(tmp_path: Path) -> N
         ("sell", D("0.5"), D("110"), 8 * MIN),
     ]
     assert trades[0].client_order_id == client_order_id("s1", 6 * MIN, "buy")
-    assert trades[0].id == trade_id(trades[0].client_order_id, 6 * MIN)
+    assert trades[0].id == trade_uuid(trades[0].client_order_id, 6 * MIN)
     assert uuid.UUID(trades[0].id).version == 8 and uuid.UUID(trades[0].id).int >> 80 == 6 * MIN
     levels = [e.level for _, e in h.store.logs_after("s1")]
     assert levels.count("signal") == 2 and levels.count("trade") == 2

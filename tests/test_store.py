@@ -175,18 +175,3 @@ def test_logs_follow_in_insertion_order(store: SqliteStore) -> None:
     rows = store.logs_after("s")
     assert [e.message for _, e in rows] == ["m0", "m1", "m2"]
     assert store.logs_after("s", rows[1][0])[0][1].data == {"i": 2}
-
-
-def test_log_ids_are_time_ordered_uuids() -> None:
-    import time
-    import uuid
-
-    from tradebotd.store.sqlite import uuid7
-
-    before = time.time_ns() // 1_000_000
-    ids = [uuid.UUID(uuid7()) for _ in range(100)]
-    after = time.time_ns() // 1_000_000
-    assert {u.version for u in ids} == {7} and {u.variant for u in ids} == {uuid.RFC_4122}
-    stamps = [u.int >> 80 for u in ids]  # the leading 48 bits are the creation time in ms
-    assert before <= min(stamps) and max(stamps) <= after
-    assert stamps == sorted(stamps)

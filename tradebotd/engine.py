@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import structlog
 from .broker.base import Broker, Fill, Ignored, OrderIntent, OrderOutcome, client_order_id
 from .errors import StrategyError
 from .history import CandleHistory
+from .ids import trade_uuid
 from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize_symbol
 from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
 from .store.sqlite import utc_now
@@ -548,7 +548,7 @@ class Engine:
             now_iso = utc_now()
             batch.trades.append(
                 TradeRow(
-                    id=trade_id(fill.client_order_id, fill.candle_time),
+                    id=trade_uuid(fill.client_order_id, fill.candle_time),
                     strategy_id=fill.strategy_id,
                     portfolio_id=fill.portfolio_id,
                     symbol=fill.key.symbol,
@@ -654,14 +654,3 @@ def _error_data(exc: BaseException) -> dict[str, Any]:
         if value:
             data[attr] = value
     return data
-
-
-def trade_id(coid: str, candle_time: int) -> str:
-    """A trade's uuid: the same decision always gets the same id (so any store can upsert it), and
-    ids sort by candle time (so the primary-key index appends). RFC 9562 version 8 layout: 48 bits
-    of candle time in ms, then 74 bits of sha256(client order id)."""
-    digest = int.from_bytes(hashlib.sha256(coid.encode()).digest()[:10], "big")
-    value = (candle_time & ((1 << 48) - 1)) << 80 | digest
-    value = (value & ~(0xF << 76)) | (0x8 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))

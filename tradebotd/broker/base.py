@@ -12,12 +12,12 @@ Money path rules every broker keeps:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Protocol
 
+from ..ids import strategy_digest
 from ..model import Candle, Position, StreamKey
 
 __all__ = [
@@ -39,8 +39,7 @@ def client_order_id(strategy_id: str, candle_time: int, action: OrderAction) -> 
     """``tb-<candle open time ms>-<12 hex of sha256(strategy id)>-<action>``: at most 34 characters,
     within Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$``. Time first, so ids sort by candle and the
     store's unique index on them grows at the end."""
-    digest = hashlib.sha256(strategy_id.encode()).hexdigest()[:12]
-    return f"tb-{candle_time}-{digest}-{action}"
+    return f"tb-{candle_time}-{strategy_digest(strategy_id)}-{action}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ only briefly for a lock (``StoreUnavailable`` otherwise) so the event loop is ne
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any, cast
 
 import orjson
 
+from ..ids import uuid7
 from ..model import Position, StreamKey
 from .base import (
     LogEntry,
@@ -143,16 +143,6 @@ def utc_now() -> str:
         text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         _last_stamp = (ms, text)
     return _last_stamp[1]
-
-
-def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7: 48-bit ms timestamp, then random bits). Log rows
-    get these ids so their primary-key index grows at the end instead of splitting random pages:
-    a candle that logs 200 rows writes a few pages, not hundreds."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
 
 
 def _json(data: Mapping[str, Any]) -> str:
