@@ -9,7 +9,7 @@ import pytest
 
 from tradebotd.cli import main
 from tradebotd.store.base import LogEntry, WriteBatch
-from tradebotd.store.sqlite import SqliteStore
+from tradebotd.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
 
@@ -35,7 +35,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_db_init_is_idempotent(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(capsys, "db", "init")[0] == 0
     code, out, _ = run(capsys, "db", "init")
-    assert code == 0 and "schema version 1" in out
+    assert code == 0 and f"schema version {SCHEMA_VERSION}" in out
     store = SqliteStore(tmp_path / "cli.db")
     assert len(store.portfolios()) == 1 and store.portfolios()[0].cash == 10_000
 

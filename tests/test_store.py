@@ -175,3 +175,23 @@ def test_logs_follow_in_insertion_order(store: SqliteStore) -> None:
     rows = store.logs_after("s")
     assert [e.message for _, e in rows] == ["m0", "m1", "m2"]
     assert store.logs_after("s", rows[1][0])[0][1].data == {"i": 2}
+
+
+def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path) -> None:
+    from tradebotd.store.sqlite import MIGRATIONS
+
+    old = SqliteStore(tmp_path / "v1.db")
+    old.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            old.execute(statement)
+    old.execute("INSERT INTO schema_migrations VALUES (1, 'then')")
+    old.apply([WriteBatch(logs=[LogEntry("s", "info", "kept", None, "t")])])
+    old.close()
+
+    store = SqliteStore(tmp_path / "v1.db")
+    assert store.schema_version() == 1
+    assert store.migrate() == SCHEMA_VERSION >= 2
+    assert [e.message for _, e in store.logs_after("s")] == ["kept"]
+    indexes = {r["name"] for r in store.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "strategy_logs_strategy" not in indexes

@@ -199,15 +199,17 @@ class Engine:
     def strategy_ids(self) -> set[str]:
         return set(self._slots)
 
-    async def sync(self, rows: Sequence[StrategyRow]) -> None:
+    async def sync(self, rows: Sequence[StrategyRow]) -> bool:
         """Make the running set equal ``rows``: start new strategies, reload changed ones, stop
-        the rest. Load failures put the strategy in status ``error``."""
+        the rest. Load failures put the strategy in status ``error``. True if anything changed."""
+        changed = False
         async with self._lock:
             batch = WriteBatch()
             wanted = {row.id: row for row in rows}
             for sid in list(self._slots):
                 if sid not in wanted:
                     self._remove(sid)
+                    changed = True
                     log.info("strategy stopped", strategy_id=sid)
             for row in rows:
                 if self._failed.get(row.id) == row.updated_at:
@@ -216,8 +218,10 @@ class Engine:
                 if slot is not None and slot.fingerprint == fingerprint(row):
                     continue
                 await self._start(row, batch, reload=slot is not None)
+                changed = True
             self._submit(batch)
         self._on_streams_changed()
+        return changed
 
     async def _start(self, row: StrategyRow, batch: WriteBatch, *, reload: bool) -> None:
         try:
