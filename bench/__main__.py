@@ -8,20 +8,29 @@ import json
 import platform
 import sys
 import time
+import timeit
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tradebotd.replay.series import Series, demo_csv, load_csv
 
-from . import backtest, latency, startup
+from . import backtest, latency, sandbox, startup
 from .rows import Row
 
 SECTIONS: dict[str, Callable[[Series, Path | None], list[Row]]] = {
     "latency": lambda series, data: latency.run(series),
     "startup": lambda series, data: startup.run(series),
+    "sandbox": lambda series, data: sandbox.run(),
     "backtest": lambda series, data: backtest.run(data),
 }
+
+
+def _calibration() -> Row:
+    """How fast this machine is right now (shared VMs vary by 2x over an hour): compare runs
+    relative to this, not only in absolute terms."""
+    best = min(timeit.repeat("sum(range(1_000_000))", number=10, repeat=5)) / 10
+    return Row("machine", "reference: sum(range(10**6)) in CPython", best * 1000, "ms")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     args = parser.parse_args(argv)
     series = load_csv(args.data) if args.data else load_csv(demo_csv())
-    rows: list[Row] = []
+    rows: list[Row] = [_calibration()]
     started = time.monotonic()
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:
