@@ -577,38 +577,18 @@ class Engine:
                 batch.cash[fill.portfolio_id] = fill.cash_after
             verb = "bought" if fill.side == "buy" else "sold"
             message = f"{verb} {fill.amount} {fill.key.symbol} at {fill.price} (fee {fill.fee})"
-            batch.logs.append(
-                _entry(
-                    fill.strategy_id,
-                    "trade",
-                    message,
-                    {
-                        "client_order_id": fill.client_order_id,
-                        "side": fill.side,
-                        "amount": str(fill.amount),
-                        "price": str(fill.price),
-                        "fee": str(fill.fee),
-                        "candle_time": fill.candle_time,
-                        "reason": fill.reason,
-                    },
-                )
-            )
+            fields = {
+                "client_order_id": fill.client_order_id,
+                "side": fill.side,
+                "amount": str(fill.amount),
+                "price": str(fill.price),
+                "fee": str(fill.fee),
+                "candle_time": fill.candle_time,
+            }
+            batch.logs.append(_entry(fill.strategy_id, "trade", message, {**fields, "reason": fill.reason}))
             for note in fill.notes:
                 batch.logs.append(_entry(fill.strategy_id, "info", note, {"client_order_id": fill.client_order_id}))
-            self._narration.append(
-                (
-                    "fill",
-                    {
-                        "strategy_id": fill.strategy_id,
-                        "client_order_id": fill.client_order_id,
-                        "side": fill.side,
-                        "amount": str(fill.amount),
-                        "price": str(fill.price),
-                        "fee": str(fill.fee),
-                        "candle_time": fill.candle_time,
-                    },
-                )
-            )
+            self._narration.append(("fill", {"strategy_id": fill.strategy_id, **fields}))
 
     # -- shutdown ----------------------------------------------------------------------------
 
