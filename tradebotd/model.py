@@ -6,6 +6,7 @@ Everything here is an immutable value without I/O. Prices and quantities that re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +23,7 @@ __all__ = [
     "StreamKey",
     "interval_ms",
     "normalize_symbol",
+    "stream_key",
 ]
 
 StrategyId = NewType("StrategyId", str)
@@ -90,6 +92,12 @@ class StreamKey:
         return f"{self.symbol}/{self.interval}"
 
 
+@functools.lru_cache(maxsize=1024)
+def stream_key(symbol: str, interval: str) -> StreamKey:
+    """The (validated, immutable) key, made once per stream: ``Candle.key`` is on hot paths."""
+    return StreamKey(symbol, interval)
+
+
 @dataclass(frozen=True, slots=True)
 class Candle:
     """One kline. ``open_time`` is the open time in ms (UTC), as Binance and the web app use it.
@@ -110,7 +118,7 @@ class Candle:
 
     @property
     def key(self) -> StreamKey:
-        return StreamKey(self.symbol, self.interval)
+        return stream_key(self.symbol, self.interval)
 
     @property
     def close_time(self) -> int:
