@@ -91,11 +91,3 @@ async def server() -> AsyncIterator[ReplayServer]:
     series = [make_series("BTCUSDT", seed=1), make_series("ETHUSDT", seed=2)]
     async with ReplayServer(series, past=PAST, ping_interval_s=None) as replay:
         yield replay
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait for a condition nothing notifies about (the feed's connection attempts): check it as
-    the loop turns. Only the outcome is asserted, never how long it took."""
-    async with asyncio.timeout(WAIT_S):
-        while not predicate():  # noqa: ASYNC110 - there is no event to wait on
-            await asyncio.sleep(0.005)

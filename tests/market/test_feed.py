@@ -15,7 +15,7 @@ from tradebotd.model import Candle, StreamKey
 from tradebotd.replay.series import Series
 from tradebotd.replay.server import ReplayServer
 
-from .conftest import PAST, RecordingSink, fixture_text, make_series, until
+from .conftest import PAST, WAIT_S, RecordingSink, fixture_text, make_series
 
 BTC = StreamKey("BTCUSDT", "1m")
 ETH = StreamKey("ETHUSDT", "1m")
@@ -337,7 +337,8 @@ async def test_unreachable_endpoint_retries_with_one_line_per_retry(sink: Record
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(feed.run())
         await feed.set_streams({BTC})
-        await until(lambda: feed.stats.connect_failures >= 4)
+        async with asyncio.timeout(WAIT_S):
+            await feed.wait_until(lambda: feed.stats.connect_failures >= 4)
         await feed.stop()
         await task
 

@@ -23,7 +23,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
@@ -256,6 +256,7 @@ class MarketFeed:
         self._rest_timeout_s = rest_timeout_s
         self._rng = rng or random.Random()
         self.stats = FeedStats()
+        self._attempt = asyncio.Event()  # replaced after every connection attempt (wait_until)
 
         self._history = history
         self._max_gap_retries = max_gap_retries
@@ -355,6 +356,16 @@ class MarketFeed:
         self._stopping.set()
         if self._running and asyncio.current_task() is not self._processor:
             await self._finished.wait()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checked after every connection attempt (for tests
+        and tools; bound it with ``asyncio.timeout``)."""
+        while not predicate():
+            await self._attempt.wait()
+
+    def _attempted(self) -> None:
+        self._attempt.set()
+        self._attempt = asyncio.Event()
 
     def server_now_ms(self) -> int:
         """The server's clock: local monotonic time plus the offset measured at the last REST
@@ -546,6 +557,7 @@ class MarketFeed:
             except (OSError, TimeoutError, WebSocketException) as exc:
                 failures += 1
                 self.stats.connect_failures += 1
+                self._attempted()
                 delay = self._backoff.delay(failures, self._rng)
                 log.warning(
                     "market feed unreachable; retrying",
@@ -558,6 +570,7 @@ class MarketFeed:
                 continue
 
             self.stats.connects += 1
+            self._attempted()
             if self.stats.connects > 1:
                 self.stats.reconnects += 1
             log.info("market feed connected", streams=len(self._desired), url=self._ws_url)
