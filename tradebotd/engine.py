@@ -39,7 +39,7 @@ from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize
 from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
 from .store.sqlite import utc_now
 
-__all__ = ["BatchRuntime", "Engine", "EngineConfig", "EvalInfo", "RuntimeFactory", "StrategyRuntime", "order_intent"]
+__all__ = ["BatchRuntime", "Engine", "EngineConfig", "RuntimeFactory", "StrategyRuntime", "order_intent"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,11 +61,6 @@ def sandbox_pool(threads: int) -> ThreadPoolExecutor:
     finally:
         threading.stack_size(previous)
     return pool
-
-
-class EvalInfo(Protocol):
-    @property
-    def elapsed_us(self) -> float: ...
 
 
 class StrategyRuntime(Protocol):

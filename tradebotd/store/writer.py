@@ -69,10 +69,6 @@ class StoreWriter:
         """Wait until every batch submitted so far is committed (wrap in ``asyncio.timeout``)."""
         await self._idle.wait()
 
-    async def wait_committed(self) -> None:
-        """Wait for the next commit (tests and tools await conditions on the store this way)."""
-        await self._committed.wait()
-
     def next_commit(self) -> asyncio.Event:
         """The event the next commit sets. Take it *before* checking a condition on the store, then
         wait on it: a commit in between cannot be missed."""
