@@ -39,7 +39,15 @@ from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize
 from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
 from .store.sqlite import utc_now
 
-__all__ = ["BatchRuntime", "Engine", "EngineConfig", "RuntimeFactory", "StrategyRuntime", "order_intent"]
+__all__ = [
+    "BatchRuntime",
+    "Engine",
+    "EngineConfig",
+    "RuntimeFactory",
+    "StrategyRuntime",
+    "order_intent",
+    "order_intent_at",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -135,17 +143,33 @@ def _decimal(x: float | None) -> Decimal | None:
 def order_intent(decision: Decision, *, strategy_id: str, portfolio_id: str | None, candle: Candle) -> OrderIntent:
     """The order a buy/sell decision on ``candle`` asks for; floats become exact decimals here.
     Shared by the daemon and the backtest so both send the broker identical intents."""
-    if decision.signal == "hold":
-        raise ValueError("a hold decision places no order")
-    return OrderIntent(
-        client_order_id=client_order_id(strategy_id, candle.open_time, decision.signal),
+    return order_intent_at(
+        decision,
         strategy_id=strategy_id,
         portfolio_id=portfolio_id,
         key=candle.key,
+        candle_time=candle.open_time,
+        close=candle.close,
+    )
+
+
+def order_intent_at(
+    decision: Decision, *, strategy_id: str, portfolio_id: str | None, key: StreamKey, candle_time: int, close: Decimal
+) -> OrderIntent:
+    """:func:`order_intent` from the only parts of the candle an order uses: its stream, open
+    time and close. The backtest calls this directly, so a signal costs one decimal, not a
+    :class:`~tradebotd.model.Candle` of five."""
+    if decision.signal == "hold":
+        raise ValueError("a hold decision places no order")
+    return OrderIntent(
+        client_order_id=client_order_id(strategy_id, candle_time, decision.signal),
+        strategy_id=strategy_id,
+        portfolio_id=portfolio_id,
+        key=key,
         side=decision.signal,
         amount=_decimal(decision.amount),
-        reference_price=candle.close,
-        candle_time=candle.open_time,
+        reference_price=close,
+        candle_time=candle_time,
         reason=decision.reason,
         take_profit=_decimal(decision.take_profit),
         stop_loss=_decimal(decision.stop_loss),

@@ -95,26 +95,33 @@ def test_a_float_touch_that_is_not_a_decimal_touch_does_not_exit() -> None:
     assert [(side, minute) for side, minute, *_ in fills_of(result)] == [("buy", 0), ("sell", 2)]
 
 
-def test_only_fill_and_touch_candles_become_candle_objects(
-    strategy: JsStrategy, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_only_signal_and_touch_candles_leave_numpy(strategy: JsStrategy, monkeypatch: pytest.MonkeyPatch) -> None:
     # 2000 candles, 5 buys (each exits by take-profit 3 candles later, one candidate each): the
-    # rest of the series never leaves numpy.
+    # rest of the series never leaves numpy. A signal candle costs only its close as a Decimal;
+    # a touch candle becomes a Candle (the broker compares its low and high).
     rows = [f"{i} 100 101 99 100 5" for i in range(2000)]
     for start in (100, 500, 900, 1300, 1700):
         rows[start] = f"{start} 100 101 99 100 1"
         rows[start + 3] = f"{start + 3} 100 111 99 100 5"
     built: list[int] = []
-    original = CandleTable.candle
+    closes: list[int] = []
+    original_candle, original_close = CandleTable.candle, CandleTable.close
 
-    def counting(self: CandleTable, index: int) -> Candle:
+    def counting_candle(self: CandleTable, index: int) -> Candle:
         built.append(index)
-        return original(self, index)
+        return original_candle(self, index)
 
-    monkeypatch.setattr(CandleTable, "candle", counting)
+    def counting_close(self: CandleTable, index: int) -> Decimal:
+        closes.append(index)
+        return original_close(self, index)
+
+    monkeypatch.setattr(CandleTable, "candle", counting_candle)
+    monkeypatch.setattr(CandleTable, "close", counting_close)
     result = run_backtest(strategy, table(*rows), account())
     assert len(result.fills) == 10
-    assert sorted(set(built)) == sorted(result.fill_index)
+    assert closes == [100, 500, 900, 1300, 1700]
+    assert built == [103, 503, 903, 1303, 1703]
+    assert sorted(closes + built) == sorted(result.fill_index)
 
 
 def test_warmup_pushes_history_and_evaluates_from_the_nth_candle() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tradebotd.data.candles import read_csv
+from tradebotd.data.candles import CandleTable, read_csv
 from tradebotd.data.errors import CandleDataError
 from tradebotd.model import Candle, StreamKey
 
@@ -31,6 +31,7 @@ def test_values_are_the_live_floats_and_candles_the_exact_decimals(tmp_path: Pat
         Decimal("1e3"),
     )
     assert table.candle(0) == candle
+    assert table.close(0) == candle.close and str(table.close(1)) == "0.2"  # the source string, not a float's
     assert tuple(table.values[0]) == candle.as_floats()  # what a strategy sees live
     assert table.missing == 1
     assert len(table.between(120_000)) == 1 and len(table.between(None, 60_001)) == 1
@@ -60,3 +61,9 @@ def test_a_missing_header_is_reported(tmp_path: Path) -> None:
     path.write_text("60000,1,1,1,1,1\n")
     with pytest.raises(CandleDataError, match=r":1: expected the header time,open,high,low,close,volume"):
         read_csv(path, KEY)
+
+
+def test_a_table_without_strings_takes_each_float_as_its_shortest_repr() -> None:
+    table = CandleTable.from_floats(KEY, [[0, 0.1, 0.4, 0.1, 0.30000000000000004, 2.5]])
+    assert table.close(0) == Decimal("0.30000000000000004") == table.candle(0).close
+    assert table.candle(0).open == Decimal("0.1")

@@ -5,7 +5,8 @@ Per closed candle, in order, exactly as :class:`tradebotd.engine.Engine` does li
 1. protective levels first: the paper broker's ``on_candle`` exits a position whose stop-loss or
    take-profit the candle touched (only candles after the entry candle; the stop wins a tie);
 2. the strategy is evaluated on the candle with the position as it is now;
-3. a buy or sell becomes an order through :func:`tradebotd.engine.order_intent` and is executed by
+3. a buy or sell becomes an order through :func:`tradebotd.engine.order_intent_at` (the daemon's
+   ``order_intent`` minus the :class:`~tradebotd.model.Candle`) and is executed by
    :class:`~tradebotd.broker.paper.PaperBroker` at the candle's close (± slippage, fee on the fill).
 
 So the orders, prices, amounts and fees are those paper trading would produce; the parity test
@@ -20,7 +21,7 @@ batch never runs past a candle that could touch a protective level: while a prot
 open, the next candidate is found with numpy over a window that doubles until one is found. A
 float comparison cannot miss a touch (``float()`` rounds monotonically, so ``low <= stop`` in
 decimals implies it in floats), and the broker then checks each candidate with exact decimals.
-Only signal and touch candles become :class:`~tradebotd.model.Candle` objects.
+A signal costs one ``Decimal`` (the close); only touch candles become :class:`~tradebotd.model.Candle` objects.
 
 Strategy errors follow the daemon's policy: the candle is skipped (logged in the result), and
 ``max_consecutive_errors`` failures in a row stop the backtest with :class:`BacktestError`.
@@ -39,8 +40,8 @@ import numpy.typing as npt
 
 from tradebotd.broker.base import Fill, Ignored, OrderIntent
 from tradebotd.broker.paper import PaperBroker
-from tradebotd.data.candles import HIGH, LOW, CandleTable
-from tradebotd.engine import BatchRuntime, StrategyRuntime, order_intent
+from tradebotd.data.candles import HIGH, LOW, TIME, CandleTable
+from tradebotd.engine import BatchRuntime, StrategyRuntime, order_intent_at
 from tradebotd.errors import StrategyError, TradebotdError
 from tradebotd.model import Decision, Position
 from tradebotd.sandbox.errors import StrategyEvalError
@@ -247,15 +248,22 @@ class _Run:
             )
 
     def _order(self, index: int, decision: Decision) -> None:
-        candle = self.table.candle(index)
-        intent: OrderIntent = order_intent(decision, strategy_id=STRATEGY_ID, portfolio_id=PORTFOLIO_ID, candle=candle)
+        intent: OrderIntent = order_intent_at(
+            decision,
+            strategy_id=STRATEGY_ID,
+            portfolio_id=PORTFOLIO_ID,
+            key=self.table.key,
+            candle_time=int(self.values[index, TIME]),
+            close=self.table.close(index),
+        )
         outcome = self.broker.execute(intent)
         if isinstance(outcome, Fill):
-            self._record([outcome], index)
+            self.fills.append(outcome)
+            self.fill_index.append(index)
         elif isinstance(outcome, Ignored):
-            self.refusals.append(Refusal(candle.open_time, intent.side, "ignored", outcome.reason))
+            self.refusals.append(Refusal(intent.candle_time, intent.side, "ignored", outcome.reason))
         else:
-            self.refusals.append(Refusal(candle.open_time, intent.side, "rejected", outcome.reason))
+            self.refusals.append(Refusal(intent.candle_time, intent.side, "rejected", outcome.reason))
 
     def _record(self, fills: Sequence[Fill], index: int) -> None:
         self.fills.extend(fills)

@@ -89,6 +89,12 @@ class CandleTable:
             o, h, lo, c, v = map(Decimal, map(bytes.decode, self.text[index].tolist()))
         return Candle(self.key.symbol, self.key.interval, time, o, h, lo, c, v, closed=True)
 
+    def close(self, index: int) -> Decimal:
+        """The exact close of candle ``index``: all an order at that candle needs of it."""
+        if self.text is None:
+            return Decimal(repr(float(self.values[index, CLOSE])))
+        return Decimal(self.text[index, CLOSE - 1].decode())
+
     def first(self, count: int) -> CandleTable:
         """The oldest ``count`` candles."""
         return CandleTable(self.key, self.values[:count], None if self.text is None else self.text[:count])
