@@ -81,7 +81,7 @@ class Daemon:
             cash=cash,
             positions=positions,
         )
-        self.writer = StoreWriter(self.store, idle_checkpoint_s=1.0, on_committed=self.latency)
+        self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self.latency)
         market = settings.market
         self.engine = Engine(
             broker=self.broker,

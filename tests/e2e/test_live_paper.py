@@ -42,7 +42,8 @@ async def test_known_crossings_give_exactly_the_expected_trades(
     logs = [e for _, e in daemon.store.logs_after(sid)]
     assert sum(e.level == "trade" for e in logs) == len(expected)
     assert sum(e.level == "signal" for e in logs) == len(expected)
-    assert daemon.store.get_strategy(sid).last_run_at is not None
+    # last_run_at is committed after the decisions, on its own (see tradebotd.store.writer)
+    await until_stored(daemon, lambda: daemon.store.get_strategy(sid).last_run_at is not None)
     await daemon.shutdown()
 
 
