@@ -202,7 +202,7 @@ class Engine:
         # strategy id -> updated_at of the row that failed: not retried until the row changes
         # (the store may still say 'running' until the writer has committed the error).
         self._failed: dict[str, str] = {}
-        self._last_inputs: tuple[Candle, Floats6, str] | None = None
+        self._last_inputs: _CandleInputs | None = None
         self._pool = sandbox_pool(config.eval_threads - 1) if config.eval_threads > 1 else None
         # Log lines about decisions and fills, written after the batch is handed over (see _submit).
         self._narration: list[tuple[str, dict[str, Any]]] = []
@@ -414,7 +414,7 @@ class Engine:
     async def _evaluate(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> None:
         """Evaluate one strategy on one candle (warm-up catch-up and re-sent history)."""
         if self._claim(slot, candle, batch):
-            floats, _ = self._inputs(candle)
+            floats = self._inputs(candle).floats
             await self._settle(slot, candle, _step(slot.runtime, floats, self.broker.position(slot.row.id)), batch)
 
     async def _evaluate_all(self, slots: Sequence[_Slot], candle: Candle, batch: WriteBatch) -> None:
@@ -425,7 +425,7 @@ class Engine:
         claimed = [slot for slot in slots if self._claim(slot, candle, batch)]
         if not claimed:
             return
-        floats, _ = self._inputs(candle)
+        floats = self._inputs(candle).floats
         work = [(slot.runtime, self.broker.position(slot.row.id)) for slot in claimed]
         if self._pool is None or len(work) < PARALLEL_MIN_STRATEGIES:
             for slot, outcome in zip(claimed, _step_all(work, floats), strict=True):
@@ -457,7 +457,8 @@ class Engine:
     async def _settle(self, slot: _Slot, candle: Candle, outcome: _StepOutcome, batch: WriteBatch) -> None:
         """Record one evaluation's outcome and place the order it asks for."""
         sid = slot.row.id
-        _, now_iso = self._inputs(candle)
+        inputs = self._inputs(candle)
+        now_iso = inputs.now_iso
         if isinstance(outcome, StrategyError):
             self._strategy_error(slot, candle, str(outcome), _error_data(outcome), batch)
             return
@@ -469,8 +470,6 @@ class Engine:
         slot.errors = 0
         eval_us = float(getattr(info, "elapsed_us", 0.0))
         console = list(getattr(info, "console", None) or [])
-        lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
-        stale = self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms
         self._narration.append(
             (
                 "decision",
@@ -490,14 +489,18 @@ class Engine:
             return  # the common case: nothing else to record
         data: dict[str, Any] = {
             "candle_time": candle.open_time,
-            "close": str(candle.close),
+            "close": inputs.close_text,
             "signal": decision.signal,
             "eval_us": round(eval_us, 1),
         }
-        for name in ("amount", "reason", "take_profit", "stop_loss"):
-            value = getattr(decision, name)
-            if value is not None:
-                data[name] = value
+        if decision.amount is not None:
+            data["amount"] = decision.amount
+        if decision.reason is not None:
+            data["reason"] = decision.reason
+        if decision.take_profit is not None:
+            data["take_profit"] = decision.take_profit
+        if decision.stop_loss is not None:
+            data["stop_loss"] = decision.stop_loss
         if decision.indicators:
             data["indicators"] = dict(decision.indicators)
         if console:
@@ -510,7 +513,8 @@ class Engine:
                 sid, "signal", f"{decision.signal} signal" + (f": {decision.reason}" if decision.reason else ""), data
             )
         )
-        if stale:
+        lag_ms = inputs.lag_ms
+        if self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms:
             self.stats.stale_refusals += 1
             message = (
                 f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago "
@@ -528,12 +532,15 @@ class Engine:
             return
         self._record_outcome(order, sid, batch)
 
-    def _inputs(self, candle: Candle) -> tuple[Floats6, str]:
-        """Per-candle values every strategy shares, computed once per candle, not per strategy."""
+    def _inputs(self, candle: Candle) -> _CandleInputs:
+        """Per-candle values every strategy shares, computed once per candle, not per strategy.
+        The candle's lag is taken when its first strategy settles: a candle is stale or not for
+        all of its strategies alike."""
         cached = self._last_inputs
-        if cached is None or cached[0] is not candle:
-            cached = self._last_inputs = (candle, candle.as_floats(), utc_now())
-        return cached[1], cached[2]
+        if cached is None or cached.candle is not candle:
+            lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
+            cached = self._last_inputs = _CandleInputs(candle, candle.as_floats(), utc_now(), str(candle.close), lag_ms)
+        return cached
 
     def _strategy_error(
         self, slot: _Slot, candle: Candle, message: str, data: dict[str, Any] | None, batch: WriteBatch
@@ -594,14 +601,15 @@ class Engine:
                 self._on_streams_changed()
             if fill.cash_after is not None and fill.portfolio_id is not None:
                 batch.cash[fill.portfolio_id] = fill.cash_after
+            amount, price, fee = str(fill.amount), str(fill.price), str(fill.fee)
             verb = "bought" if fill.side == "buy" else "sold"
-            message = f"{verb} {fill.amount} {fill.key.symbol} at {fill.price} (fee {fill.fee})"
+            message = f"{verb} {amount} {fill.key.symbol} at {price} (fee {fee})"
             fields = {
                 "client_order_id": fill.client_order_id,
                 "side": fill.side,
-                "amount": str(fill.amount),
-                "price": str(fill.price),
-                "fee": str(fill.fee),
+                "amount": amount,
+                "price": price,
+                "fee": fee,
                 "candle_time": fill.candle_time,
             }
             batch.logs.append(_entry(fill.strategy_id, "trade", message, {**fields, "reason": fill.reason}))
@@ -630,6 +638,15 @@ def _narrate(lines: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 Floats6 = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _CandleInputs:
+    candle: Candle
+    floats: Floats6
+    now_iso: str
+    close_text: str
+    lag_ms: int
 _StepOutcome = tuple[Decision, Any] | BaseException
 
 
