@@ -5,7 +5,10 @@ server on 127.0.0.1. Each candle is released alone (``server.advance(1)``) and t
 after the previous decision was committed, so every sample is one candle's full path: frame
 received (the feed stamps ``time.monotonic_ns()`` on arrival) -> parsed -> evaluated by every
 strategy -> paper fills -> batch committed to SQLite (WAL). The same candles run with 1 and with
-100 strategies on one symbol.
+100 strategies on one symbol, with the default settings: the 100 are spread over the daemon and
+one evaluation process (``sandbox.eval_processes = 1``). "Recorded" is the commit holding the
+decision's trades, logs, cursor, position and cash; ``last_run_at`` follows when the writer is
+idle (:mod:`tradebotd.store.writer`).
 """
 
 from __future__ import annotations

@@ -70,6 +70,9 @@ class SandboxSettings(_Section):
     eval_threads: int = Field(
         2, ge=1, le=64, description="worker threads evaluating a candle's strategies in parallel; 1 = none"
     )
+    eval_processes: int = Field(
+        1, ge=0, le=64, description="child processes holding a share of the strategies; 0 = none (then eval_threads)"
+    )
 
 
 class StoreSettings(_Section):

@@ -24,13 +24,14 @@ import structlog
 
 from .broker.paper import PaperBroker, PaperPosition
 from .config import Settings
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, RuntimeFactory
 from .market.feed import MarketFeed
 from .runtimes import make_runtime_factory
 from .store.base import WriteBatch
 from .store.sqlite import SqliteStore
 from .store.writer import StoreWriter
 from .supervisor import Supervisor
+from .workers.pool import EvalPool
 
 __all__ = ["Daemon", "LatencyRecorder", "run_daemon"]
 
@@ -82,18 +83,26 @@ class Daemon:
             positions=positions,
         )
         self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self.latency)
+        local = make_runtime_factory(settings.sandbox)
+        self.runtimes: RuntimeFactory = local
+        self.eval_pool: EvalPool | None = None
+        if settings.sandbox.eval_processes:
+            self.eval_pool = EvalPool(
+                settings.sandbox, local, settings.sandbox.eval_processes, log_level=settings.log.level
+            )
+            self.runtimes = self.eval_pool
         market = settings.market
         self.engine = Engine(
             broker=self.broker,
             sink=self.writer.submit,
-            runtime_factory=make_runtime_factory(settings.sandbox),
+            runtime_factory=self.runtimes,
             now_ms=self._server_now_ms,
             config=EngineConfig(
                 history=market.history,
                 max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
                 max_consecutive_errors=settings.sandbox.max_consecutive_errors,
                 log_holds=settings.store.log_holds,
-                eval_threads=settings.sandbox.eval_threads,
+                eval_threads=1 if settings.sandbox.eval_processes else settings.sandbox.eval_threads,
             ),
             cursors=self.store.cursors(),
             on_streams_changed=self._control_wakeup.set,
@@ -155,6 +164,8 @@ class Daemon:
             log.error("could not flush all writes before the shutdown timeout", backlog=self.writer.backlog)
         await self.supervisor.cancel_all()
         self.engine.close()
+        if self.eval_pool is not None:
+            self.eval_pool.close()
         self.store.close()
         log.info("tradebotd stopped", committed_batches=self.writer.committed_batches)
         self._started = False

@@ -44,12 +44,18 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "RuntimeFactory",
+    "StepGroup",
+    "StepOutcome",
     "StrategyRuntime",
     "order_intent",
     "order_intent_at",
 ]
 
 log = structlog.get_logger(__name__)
+
+Floats6 = tuple[float, float, float, float, float, float]
+StepOutcome = tuple[Decision, Any] | BaseException
+"""A runtime's ``step`` result, or the exception it raised."""
 
 PARALLEL_MIN_STRATEGIES = 4
 """Below this many strategies on a candle, handing work to threads costs more than it saves."""
@@ -93,6 +99,17 @@ class BatchRuntime(StrategyRuntime, Protocol):
 
 
 RuntimeFactory = Callable[[StrategyRow, StreamKey], StrategyRuntime]
+
+
+class StepGroup(Protocol):
+    """Runtimes evaluated together elsewhere (an evaluation process): a runtime with a
+    ``step_group`` attribute is evaluated through it. ``begin`` sends one candle's work and
+    returns the function that waits for its outcomes, in order; neither raises (a failure is an
+    exception in the list)."""
+
+    def begin(
+        self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6
+    ) -> Callable[[], list[StepOutcome]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +444,25 @@ class Engine:
             return
         floats = self._inputs(candle).floats
         work = [(slot.runtime, self.broker.position(slot.row.id)) for slot in claimed]
+        groups: dict[StepGroup, list[int]] = {}
+        for i, (runtime, _) in enumerate(work):
+            group = getattr(runtime, "step_group", None)
+            if group is not None:
+                groups.setdefault(group, []).append(i)
+        if groups:
+            # Strategies in evaluation processes: send each process its share, then evaluate and
+            # settle ours meanwhile, then settle theirs. So the order of settlement (which counts
+            # when cash runs short) is: the daemon's own strategies, then each process's, each in
+            # slot order; deterministic, like the threads' order below.
+            collects = [(members, group.begin([work[i] for i in members], floats)) for group, members in groups.items()]
+            remote = {i for members in groups.values() for i in members}
+            for i, (runtime, position) in enumerate(work):
+                if i not in remote:
+                    await self._settle(claimed[i], candle, _step(runtime, floats, position), batch)
+            for members, collect in collects:
+                for i, outcome in zip(members, collect(), strict=True):
+                    await self._settle(claimed[i], candle, outcome, batch)
+            return
         if self._pool is None or len(work) < PARALLEL_MIN_STRATEGIES:
             for slot, outcome in zip(claimed, _step_all(work, floats), strict=True):
                 await self._settle(slot, candle, outcome, batch)
@@ -454,7 +490,7 @@ class Engine:
         self.stats.evaluations += 1
         return True
 
-    async def _settle(self, slot: _Slot, candle: Candle, outcome: _StepOutcome, batch: WriteBatch) -> None:
+    async def _settle(self, slot: _Slot, candle: Candle, outcome: StepOutcome, batch: WriteBatch) -> None:
         """Record one evaluation's outcome and place the order it asks for."""
         sid = slot.row.id
         inputs = self._inputs(candle)
@@ -637,7 +673,6 @@ def _narrate(lines: list[tuple[str, dict[str, Any]]]) -> None:
         log.info(event, **fields)
 
 
-Floats6 = tuple[float, float, float, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,10 +682,9 @@ class _CandleInputs:
     now_iso: str
     close_text: str
     lag_ms: int
-_StepOutcome = tuple[Decision, Any] | BaseException
 
 
-def _step(runtime: StrategyRuntime, floats: Floats6, position: Position | None) -> _StepOutcome:
+def _step(runtime: StrategyRuntime, floats: Floats6, position: Position | None) -> StepOutcome:
     """One sandbox call; errors are returned, not raised, so a batch of calls always completes."""
     try:
         return runtime.step(floats, position)
@@ -658,7 +692,7 @@ def _step(runtime: StrategyRuntime, floats: Floats6, position: Position | None) 
         return exc
 
 
-def _step_all(work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6) -> list[_StepOutcome]:
+def _step_all(work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6) -> list[StepOutcome]:
     """A worker thread's share of one candle's evaluations."""
     return [_step(runtime, floats, position) for runtime, position in work]
 

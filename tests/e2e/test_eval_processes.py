@@ -1,0 +1,59 @@
+"""The daemon with an evaluation process (``sandbox.eval_processes``, on by default): strategies
+placed on the child trade exactly like those in the daemon, and a child that dies costs its
+strategies one evaluation each, never a candle for anyone else."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tradebotd.config import SandboxSettings
+from tradebotd.replay.series import Series
+from tradebotd.replay.server import ReplayServer
+from tradebotd.testing import until_stored
+from tradebotd.workers.pool import RemoteRuntime
+
+from .conftest import PAST, add_example, fills_of, make_daemon, reference_fills, started
+
+LIVE = 120
+
+
+async def test_strategies_in_a_child_trade_like_those_in_the_daemon_and_survive_its_death(
+    server: ReplayServer, series: Series, tmp_path: Path
+) -> None:
+    daemon = make_daemon(server, tmp_path, sandbox=SandboxSettings(eval_processes=1))
+    sids = [add_example(daemon, f"sma-{i}") for i in range(4)]
+    await started(daemon, *sids)
+    assert daemon.eval_pool is not None
+    child = daemon.eval_pool.processes[0]
+    remote = [sid for sid, slot in daemon.engine._slots.items() if isinstance(slot.runtime, RemoteRuntime)]
+    assert len(remote) == 2 and child.strategies == 2
+
+    await server.advance(LIVE // 2)
+    half = series.candles[PAST + LIVE // 2 - 1].open_time
+    await until_stored(daemon, lambda: all(daemon.store.cursors()[s] == half for s in sids))
+    expected = reference_fills(series, PAST, PAST + LIVE // 2 - 1)
+    assert all(fills_of(daemon, s) == expected for s in sids)
+
+    pid = child.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await server.advance(LIVE // 2)
+    last = series.candles[PAST + LIVE - 1].open_time
+    await until_stored(daemon, lambda: all(daemon.store.cursors()[s] == last for s in sids))
+
+    died = series.candles[PAST + LIVE // 2].open_time  # the first candle after the kill
+    for sid in sids:
+        errors = [e for _, e in daemon.store.logs_after(sid) if e.level == "error"]
+        if sid in remote:
+            # one failed evaluation, on the candle that found the child dead; then back, with its history
+            assert len(errors) == 1 and errors[0].data is not None and errors[0].data["candle_time"] == died
+            assert "evaluation process" in errors[0].message
+        else:
+            assert errors == []
+            assert fills_of(daemon, sid) == reference_fills(series, PAST, PAST + LIVE - 1)
+    assert child.pid not in (None, pid)
+    assert daemon.store.get_strategy(remote[0]).status == "running"
+    await daemon.shutdown()
+    assert child.pid is None  # shut down with the daemon

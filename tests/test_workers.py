@@ -1,0 +1,193 @@
+"""Evaluation processes: the protocol's encodings, real child processes evaluating exactly as the
+daemon's own sandboxes do, and what happens when a child dies or hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from decimal import Decimal as D
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tradebotd.config import SandboxSettings
+from tradebotd.examples.synthetic import synthetic_candles
+from tradebotd.model import Decision, Position, StreamKey
+from tradebotd.runtimes import make_runtime_factory
+from tradebotd.sandbox.errors import (
+    InvalidResult,
+    SandboxTrap,
+    StrategyLoadError,
+    StrategyRuntimeError,
+    StrategyTimeout,
+)
+from tradebotd.sandbox.sandboxed import EvalInfo
+from tradebotd.store.base import StrategyRow
+from tradebotd.workers import protocol as p
+from tradebotd.workers.pool import EvalPool, EvalProcess, ProcessDied, RemoteRuntime
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
+KEY = StreamKey("BTCUSDT", "1m")
+SETTINGS = SandboxSettings(timeout_ms=50, max_candles=100)
+
+
+def row(code: str, sid: str = "s1", **parameters: object) -> StrategyRow:
+    return StrategyRow(
+        id=sid, user_id="u", name=sid, python_code=None, typescript_code=code, asset="BTCUSDT", interval="1m",
+        status="running", portfolio_id="p", parameters=parameters or {"fast": 3, "slow": 8, "amount": 0.5},
+        last_run_at=None, last_signal_at=None, error_message=None, created_at="c", updated_at="u", kind="js",
+    )
+
+
+@pytest.fixture
+def process() -> Iterator[EvalProcess]:
+    proc = EvalProcess(SETTINGS, 0, margin_s=1.0)
+    yield proc
+    proc.close()
+
+
+CANDLES = np.array(synthetic_candles(300, 7, interval_ms=KEY.interval_ms), dtype=np.float64)
+
+
+def floats(i: int) -> tuple[float, float, float, float, float, float]:
+    c = CANDLES[i]
+    return (float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c[4]), float(c[5]))
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StrategyLoadError("Unexpected token", name="SyntaxError", stack="at 3", line=3, column=7),
+        StrategyRuntimeError("TypeError", "x is undefined", "at tradingStrategy (strategy.js:4)", consumed=1),
+        StrategyTimeout("the evaluation ran past 50 ms", trapped=True, stack="", consumed=1),
+        InvalidResult("signal must be 'buy', 'sell' or 'hold'", consumed=1),
+        SandboxTrap("the strategy trapped: out of bounds", trap_code="MEMORY_OUT_OF_BOUNDS", consumed=0),
+    ],
+)
+def test_strategy_errors_cross_as_the_same_class_with_the_same_attributes(error: Exception) -> None:
+    back = p.decode_error(p.loads(p.dumps(p.encode_error(error))))
+    assert type(back) is type(error)
+    assert str(back) == str(error) and vars(back) == vars(error)
+
+
+def test_anything_else_arrives_as_a_remote_failure_and_malformed_errors_do_not_raise() -> None:
+    back = p.decode_error(p.encode_error(KeyError(7)))
+    assert isinstance(back, p.RemoteFailure) and "KeyError" in str(back)
+    assert isinstance(p.decode_error({"type": "os.system", "text": "x"}), p.RemoteFailure)
+    assert isinstance(p.decode_error("nonsense"), p.RemoteFailure)
+
+
+def test_positions_decisions_and_rows_round_trip_exactly() -> None:
+    position = Position(D("0.00100000"), D("30012.34"), 60_000, D("31000.1"), None)
+    assert p.decode_position(p.loads(p.dumps(p.encode_position(position)))) == position
+    assert p.decode_position(p.encode_position(None)) is None
+    decision = Decision("buy", 0.1 + 0.2, "why", {"a": 1e-300, "b": "x", "c": [1.5, 2.0], "d": True}, 5.5, 0.25)
+    info = EvalInfo(12.5, (("log", "hello"),), True, None)
+    assert p.decode_decision(*p.loads(p.dumps(p.encode_decision(decision, info)))) == (decision, info)
+    strategy = row("code", parameters_x=1)
+    assert p.decode_row(p.loads(p.dumps(p.encode_row(strategy)))) == strategy
+
+
+# -- a real child ------------------------------------------------------------------------------
+
+
+def test_a_remote_strategy_decides_exactly_as_a_local_one(process: EvalProcess) -> None:
+    code = EXAMPLE.read_text()
+    local = make_runtime_factory(SETTINGS)(row(code), KEY)
+    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
+    for runtime in (local, remote):
+        runtime.push_history(CANDLES[:20])
+    position: Position | None = None
+    signals = 0
+    for i in range(20, 300):
+        (expected, _), (got, info) = local.step(floats(i), position), remote.step(floats(i), position)
+        assert got == expected
+        assert info.elapsed_us > 0
+        if got.signal != "hold":
+            signals += 1
+            position = Position(D("0.5"), D(repr(floats(i)[4])), i) if got.signal == "buy" else None
+    assert signals >= 6
+    local.close()
+    remote.close()
+
+
+def test_load_and_evaluation_errors_arrive_as_in_process(process: EvalProcess) -> None:
+    with pytest.raises(StrategyLoadError) as load:
+        RemoteRuntime(process, row("function tradingStrategy(c) {\n  return {signal: 'hold'\n"), KEY, 100)
+    assert load.value.name == "SyntaxError" and load.value.line == 3
+    throws = RemoteRuntime(process, row("function tradingStrategy(c) { null.x; }"), KEY, 100)
+    with pytest.raises(StrategyRuntimeError) as error:
+        throws.step(floats(0), None)
+    assert error.value.name == "TypeError" and "strategy.js" in error.value.stack
+    spins = RemoteRuntime(process, row("function tradingStrategy(c) { for (;;) {} }"), KEY, 100)
+    with pytest.raises(StrategyTimeout):
+        spins.step(floats(1), None)
+    # the process and its other strategies are unaffected
+    assert throws.process.pid is not None and process.generation == 1
+
+
+def test_a_killed_process_costs_one_evaluation_and_comes_back_with_the_history(process: EvalProcess) -> None:
+    code = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
+    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
+    remote.push_history(CANDLES[:10])
+    assert remote.step(floats(10), None)[0].indicators == {"n": 11}
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ProcessDied):
+        remote.step(floats(11), None)
+    # a new process, the strategy loaded again with the 11 candles it had seen
+    assert remote.step(floats(12), None)[0].indicators == {"n": 12}
+    assert process.pid not in (None, pid) and process.generation == 2
+
+
+def test_a_hung_process_is_killed_after_the_deadline_and_replaced(process: EvalProcess) -> None:
+    code = "function tradingStrategy(c) { return {signal: 'hold'}; }"
+    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(ProcessDied, match="no answer"):
+        remote.step(floats(0), None)
+    assert remote.step(floats(1), None)[0] == Decision("hold")
+    assert process.pid != pid
+
+
+def test_a_child_exits_cleanly_when_the_daemon_goes_away_before_reading_its_reply(process: EvalProcess) -> None:
+    process.start()  # sends init; the reply is never read
+    child = process._proc
+    assert child is not None
+    process.close()
+    assert child.returncode == 0  # a traceback (broken pipe) would exit 1
+
+
+def test_a_child_gets_no_secrets_in_its_environment(process: EvalProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEBOTD_EXCHANGE__API_SECRET", "do-not-pass-me")
+    RemoteRuntime(process, row("function tradingStrategy(c) { return {signal: 'hold'}; }"), KEY, 100)
+    environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+    assert b"do-not-pass-me" not in environ and b"TRADEBOTD" not in environ
+
+
+def test_the_pool_places_each_strategy_on_the_least_loaded_side() -> None:
+    pool = EvalPool(SETTINGS, make_runtime_factory(SETTINGS), 1)
+    code = EXAMPLE.read_text()
+    try:
+        first = [pool(row(code, f"s{i}"), KEY) for i in range(5)]
+        assert [isinstance(r, RemoteRuntime) for r in first] == [False, True, False, True, False]
+        assert pool.processes[0].strategies == 2
+        # Two local strategies stop (the engine closes and drops them): 1 local, 2 remote.
+        for gone in (first[0], first[2]):
+            gone.close()
+        del first[2], first[0], gone
+        more = [pool(row(code, f"t{i}"), KEY) for i in range(3)]
+        assert [isinstance(r, RemoteRuntime) for r in more] == [False, False, True]
+        for r in first + more:
+            r.close()
+        assert pool.processes[0].strategies == 0
+    finally:
+        pool.close()
