@@ -57,3 +57,19 @@ async def test_strategies_in_a_child_trade_like_those_in_the_daemon_and_survive_
     assert daemon.store.get_strategy(remote[0]).status == "running"
     await daemon.shutdown()
     assert child.pid is None  # shut down with the daemon
+
+
+async def test_without_processes_threads_evaluate_and_every_strategy_trades_the_reference(
+    server: ReplayServer, series: Series, tmp_path: Path
+) -> None:
+    daemon = make_daemon(server, tmp_path, sandbox=SandboxSettings(eval_processes=0, eval_threads=2))
+    sids = [add_example(daemon, f"sma-{i}") for i in range(6)]  # enough for the thread pool to be used
+    await started(daemon, *sids)
+    assert daemon.eval_pool is None
+    assert not any(isinstance(slot.runtime, RemoteRuntime) for slot in daemon.engine._slots.values())
+    await server.advance(LIVE)
+    last = series.candles[PAST + LIVE - 1].open_time
+    await until_stored(daemon, lambda: all(daemon.store.cursors()[s] == last for s in sids))
+    expected = reference_fills(series, PAST, PAST + LIVE - 1)
+    assert all(fills_of(daemon, s) == expected for s in sids)
+    await daemon.shutdown()
