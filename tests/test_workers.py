@@ -191,3 +191,15 @@ def test_the_pool_places_each_strategy_on_the_least_loaded_side() -> None:
         assert pool.processes[0].strategies == 0
     finally:
         pool.close()
+
+
+def test_strategies_run_in_the_daemon_when_no_process_can_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = EvalPool(SETTINGS, make_runtime_factory(SETTINGS), 1)
+    monkeypatch.setattr("sys.executable", "/nonexistent/python3")
+    try:
+        code = EXAMPLE.read_text()
+        runtimes = [pool(row(code, f"s{i}"), KEY) for i in range(3)]
+        assert not any(isinstance(r, RemoteRuntime) for r in runtimes)
+        assert runtimes[2].step(floats(0), None)[0].signal == "hold"  # and they work
+    finally:
+        pool.close()

@@ -40,9 +40,13 @@ __all__ = ["EvalPool", "EvalProcess", "RemoteRuntime"]
 
 log = structlog.get_logger(__name__)
 
-START_TIMEOUT_S = 60.0  # first start may compile the QuickJS module (~0.5 s) on a slow machine
+START_TIMEOUT_S = 20.0  # a first start may compile the QuickJS module (~0.5 s); the loop waits this long at most
 REQUEST_MARGIN_S = 5.0  # beyond the sandbox's own deadlines, before a process counts as hung
-_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT")
+# What a child needs of the daemon's environment (to find Python, the package and the compiled
+# module cache); nothing else, so no secret ever reaches a process that runs strategies.
+_ENV_KEEP = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "TRADEBOTD_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV",
+)
 
 
 class ProcessDied(SandboxUnavailable):
@@ -241,10 +245,7 @@ class RemoteRuntime:
         self._history = History(max_candles)
         self._generation = 0
         self._closed = False
-        try:
-            self._load()
-        except ProcessDied as exc:
-            raise StrategyLoadError(str(exc), name="SandboxUnavailable") from None
+        self._load()  # ProcessDied: the pool places the strategy elsewhere
         process.strategies += 1
 
     def _load(self) -> None:
@@ -315,12 +316,16 @@ class EvalPool:
 
     def __call__(self, row: StrategyRow, key: StreamKey) -> StrategyRuntime:
         target = min(self.processes, key=lambda proc: proc.strategies, default=None)
-        if target is None or self._local_count <= target.strategies:
-            runtime = self._local(row, key)
-            self._local_count += 1
-            weakref.finalize(runtime, self._forget_local)
-            return runtime
-        return RemoteRuntime(target, row, key, self._settings.max_candles)
+        if target is not None and self._local_count > target.strategies:
+            try:
+                return RemoteRuntime(target, row, key, self._settings.max_candles)
+            except ProcessDied as exc:  # no process to run it in: run it here rather than not at all
+                log.warning("evaluation process unavailable; strategy runs in the daemon", strategy_id=row.id,
+                            error=str(exc))
+        runtime = self._local(row, key)
+        self._local_count += 1
+        weakref.finalize(runtime, self._forget_local)
+        return runtime
 
     def _forget_local(self) -> None:
         self._local_count -= 1
