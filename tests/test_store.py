@@ -186,12 +186,14 @@ def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path) -> None:
         if statement.strip():
             old.execute(statement)
     old.execute("INSERT INTO schema_migrations VALUES (1, 'then')")
-    old.apply([WriteBatch(logs=[LogEntry("s", "info", "kept", None, "t")])])
+    old.apply([WriteBatch(logs=[LogEntry("s", "info", "kept", None, "t")], trades=[trade("tb-kept")])])
     old.close()
 
     store = SqliteStore(tmp_path / "v1.db")
     assert store.schema_version() == 1
-    assert store.migrate() == SCHEMA_VERSION >= 2
+    assert store.migrate() == SCHEMA_VERSION >= 3
     assert [e.message for _, e in store.logs_after("s")] == ["kept"]
+    assert [t.client_order_id for t in store.trades("s")] == ["tb-kept"]
     indexes = {r["name"] for r in store.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "strategy_logs_strategy" not in indexes
+    # the per-strategy indexes that cost every busy candle's commit are gone (migrations 2 and 3)
+    assert "strategy_logs_strategy" not in indexes and "trades_strategy" not in indexes
