@@ -197,3 +197,26 @@ def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path) -> None:
     indexes = {r["name"] for r in store.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     # the per-strategy indexes that cost every busy candle's commit are gone (migrations 2 and 3)
     assert "strategy_logs_strategy" not in indexes and "trades_strategy" not in indexes
+
+
+def test_checkpoint_copies_the_wal_and_starts_it_over_so_the_next_commit_need_not(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db", auto_checkpoint=False)
+    store.migrate()
+    for i in range(20):
+        store.apply([WriteBatch(logs=[LogEntry("s", "info", f"row {i}", {"i": i}, "t")])])
+    wal = tmp_path / "c.db-wal"
+
+    def restarts() -> int:  # the WAL header's checkpoint sequence number, bumped by every restart
+        return int.from_bytes(wal.read_bytes()[12:16], "big")
+
+    before = restarts()
+    store.checkpoint()
+    assert restarts() == before + 1  # restarted now, by the checkpoint, not by the next candle's commit
+    assert [e.message for _, e in store.logs_after("s")][-1] == "row 19"
+    assert store.execute("PRAGMA user_version")[0][0] == 0  # the restarting write changed nothing
+    store.apply([WriteBatch(logs=[LogEntry("s", "info", "after", None, "t")])])
+    assert restarts() == before + 1
+    other = sqlite3.connect(tmp_path / "c.db")  # and what a reader sees is all there
+    assert other.execute("SELECT count(*) FROM strategy_logs").fetchone()[0] == 21
+    other.close()
+    store.close()

@@ -574,9 +574,19 @@ class SqliteStore:
             )
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database without waiting for readers (PASSIVE)."""
+        """Copy the WAL into the database without waiting for readers (PASSIVE), then, if all of
+        it was copied, start the WAL over with a one-page write.
+
+        With ``synchronous = NORMAL`` the first commit that reuses a checkpointed WAL syncs the
+        WAL header to disk. Left to the next candle's commit, that sync cost it about 1 ms (a
+        quarter of a millisecond on a bare file); done here, the writer is idle. The write sets
+        ``user_version`` to the value it has (the page changes, nothing else does)."""
         try:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, logged, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy == 0 and logged == copied and logged > 0:
+                with self._tx():
+                    version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                    self._db.execute(f"PRAGMA user_version = {version}")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"{self.path}: checkpoint failed: {exc}") from exc
 
