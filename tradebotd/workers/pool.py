@@ -74,8 +74,8 @@ class EvalProcess:
     # -- life cycle
 
     def start(self) -> None:
-        """Starts the process without waiting for it (its imports overlap the daemon's start);
-        the first request waits for it to be ready."""
+        """Starts the process without waiting for it to be ready (the first request waits).
+        Requests start it on their own; this is for callers that want it early."""
         if self._conn is None:
             self._start()
 
@@ -126,7 +126,8 @@ class EvalProcess:
         self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6
     ) -> Callable[[], list[StepOutcome]]:
         """Sends one candle's evaluations of the remote runtimes in ``work`` and returns the
-        function that waits for their outcomes (in order). Never raises: failures are outcomes."""
+        function that waits for their outcomes (in order). A failing process or strategy never
+        raises here: its failures are outcomes."""
         items: list[list[Any]] = []
         outcomes: list[StepOutcome | None] = [None] * len(work)
         index: list[int] = []
