@@ -146,6 +146,17 @@ def test_a_killed_process_costs_one_evaluation_and_comes_back_with_the_history(p
     assert process.pid not in (None, pid) and process.generation == 2
 
 
+def test_history_given_while_the_process_is_dead_arrives_in_a_new_one(process: EvalProcess) -> None:
+    code = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
+    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    remote.push_history(CANDLES[:10])  # not an error for the strategy: it gets its history anyway
+    assert remote.step(floats(10), None)[0].indicators == {"n": 11}
+    assert process.pid != pid
+
+
 def test_a_hung_process_is_killed_after_the_deadline_and_replaced(process: EvalProcess) -> None:
     code = "function tradingStrategy(c) { return {signal: 'hold'}; }"
     remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)

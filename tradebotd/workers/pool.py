@@ -269,9 +269,17 @@ class RemoteRuntime:
             raise StrategyEvalError(f"reloading after the evaluation process restarted failed: {exc}") from None
 
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
-        self.ensure_loaded()
         rows = np.ascontiguousarray(candles, dtype="<f8")
-        self.process.request(["history", self.handle], rows.tobytes())
+        for attempt in (1, 2):
+            try:
+                self.ensure_loaded()
+                self.process.request(["history", self.handle], rows.tobytes())
+                break
+            except ProcessDied:
+                # The engine disables a strategy whose history cannot be given to it; a process
+                # that died is not the strategy's fault, so try once more in a new one.
+                if attempt == 2:
+                    raise
         self._history.extend(rows)
 
     def step(self, candle: Floats6, position: Position | None) -> tuple[Decision, Any]:
