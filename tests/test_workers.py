@@ -131,7 +131,7 @@ def test_load_and_evaluation_errors_arrive_as_in_process(process: EvalProcess) -
     assert throws.process.pid is not None and process.generation == 1
 
 
-def test_a_killed_process_costs_one_evaluation_and_comes_back_with_the_history(process: EvalProcess) -> None:
+def test_a_killed_process_is_replaced_within_the_same_evaluation_with_the_history(process: EvalProcess) -> None:
     code = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
     remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
     remote.push_history(CANDLES[:10])
@@ -139,11 +139,24 @@ def test_a_killed_process_costs_one_evaluation_and_comes_back_with_the_history(p
     pid = process.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(ProcessDied):
-        remote.step(floats(11), None)
-    # a new process, the strategy loaded again with the 11 candles it had seen
-    assert remote.step(floats(12), None)[0].indicators == {"n": 12}
+    # The step finds the process dead and is sent again to a new one, where the strategy was
+    # loaded again with the 11 candles it had seen: nothing lost, not even this evaluation.
+    assert remote.step(floats(11), None)[0].indicators == {"n": 12}
     assert process.pid not in (None, pid) and process.generation == 2
+
+
+def test_a_process_that_dies_again_at_once_costs_the_evaluation_not_the_daemon(
+    process: EvalProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteRuntime(process, row("function tradingStrategy(c) { return {signal: 'hold'}; }"), KEY, 100)
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    monkeypatch.setattr("sys.executable", "/nonexistent/python3")  # and no new one can start
+    with pytest.raises(ProcessDied, match="cannot start"):
+        remote.step(floats(0), None)
+    monkeypatch.undo()
+    assert remote.step(floats(1), None)[0] == Decision("hold")  # the next candle finds one again
 
 
 def test_history_given_while_the_process_is_dead_arrives_in_a_new_one(process: EvalProcess) -> None:

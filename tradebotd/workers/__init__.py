@@ -16,8 +16,8 @@ Errors:
 
     StrategyError (tradebotd.errors)
     └── SandboxUnavailable (tradebotd.sandbox.errors)
-        └── ProcessDied      an evaluation process exited or hung; it is killed, and restarted
-                             (its strategies reloaded with their history) on the next request
+        └── ProcessDied      an evaluation process exited or hung and could not be replaced in
+                             time; the next request starts a new one
 
 A strategy's own errors cross the process boundary as the same classes with the same
 attributes; a bug in a child arrives as ``protocol.RemoteFailure``.

@@ -5,10 +5,12 @@ of its evaluation processes, whichever holds the fewest, and returns a local run
 :class:`RemoteRuntime`. Remote runtimes are evaluated per candle in one request per process
 (:meth:`EvalProcess.begin`), while the daemon evaluates its own share.
 
-A process that dies or stops answering is killed and its strategies' evaluations on that candle
-fail (one strategy error each); the next request starts a new process, and each remote runtime
-loads itself there again with the history it keeps on this side, as an in-process sandbox does
-after a trap.
+A new process takes over from one that died: each remote runtime loads itself there again with
+the history it keeps on this side (as an in-process sandbox does after a trap), and a step request
+that found the process dead is sent once more, so a crash costs that candle time, not a candle.
+A process that stops answering is killed after the sandbox's deadlines plus a margin; that
+candle's evaluations of its strategies fail (one strategy error each), and the next request
+starts a new one.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ _ENV_KEEP = (
 
 
 class ProcessDied(SandboxUnavailable):
-    """The evaluation process exited or stopped answering; it is restarted on the next request."""
+    """The evaluation process exited or stopped answering (and could not be replaced in time)."""
 
 
 class EvalProcess:
@@ -127,50 +129,19 @@ class EvalProcess:
     ) -> Callable[[], list[StepOutcome]]:
         """Sends one candle's evaluations of the remote runtimes in ``work`` and returns the
         function that waits for their outcomes (in order). A failing process or strategy never
-        raises here: its failures are outcomes."""
-        items: list[list[Any]] = []
-        outcomes: list[StepOutcome | None] = [None] * len(work)
-        index: list[int] = []
+        raises here: its failures are outcomes.
+
+        If the process turns out to have died, the request is sent once more to a new one (its
+        strategies reloaded with their history): a crash costs that candle time, not a candle.
+        A process that stops answering is not asked again: its strategies' outcomes are errors."""
         runtimes: list[RemoteRuntime] = []
-        for i, (runtime, position) in enumerate(work):
+        for runtime, _ in work:
             if not isinstance(runtime, RemoteRuntime):
                 raise TypeError("EvalProcess.begin takes RemoteRuntimes only")
             runtimes.append(runtime)
-            try:
-                runtime.ensure_loaded()
-            except Exception as exc:
-                outcomes[i] = exc
-                continue
-            items.append([runtime.handle, p.encode_position(position)])
-            index.append(i)
-        if not items:
-            return lambda: _filled(outcomes)
-        started = time.monotonic()
-        try:
-            conn = self._connection()
-            conn.send_bytes(p.dumps(["step", list(floats), items]))
-        except Exception as exc:
-            failure = self._failed(exc)
-            for i in index:
-                outcomes[i] = failure
-            return lambda: _filled(outcomes)
-
-        def collect() -> list[StepOutcome]:
-            timeout = self._budget_s * len(items) + self._margin_s - (time.monotonic() - started)
-            try:
-                reply = self._receive(timeout)
-                if reply[0] != "ok" or len(reply[1]) != len(items):
-                    raise p.RemoteFailure(f"unexpected reply to a step request: {reply!r:.200}")
-                for i, outcome in zip(index, reply[1], strict=True):
-                    outcomes[i] = runtimes[i].settle(outcome, floats)
-            except Exception as exc:
-                failure = exc if isinstance(exc, p.RemoteFailure) else self._failed(exc)
-                for i in index:
-                    if outcomes[i] is None:
-                        outcomes[i] = failure
-            return _filled(outcomes)
-
-        return collect
+        step = _StepRequest(self, runtimes, [position for _, position in work], floats)
+        step.send()
+        return step.collect
 
     def _connection(self) -> Connection:
         return self._conn if self._conn is not None else self._start()
@@ -227,8 +198,69 @@ class EvalProcess:
         return exc if isinstance(exc, ProcessDied) else ProcessDied(f"the evaluation process failed ({what})")
 
 
-def _filled(outcomes: list[StepOutcome | None]) -> list[StepOutcome]:
-    return [o if o is not None else p.RemoteFailure("no outcome") for o in outcomes]
+class _StepRequest:
+    """One candle's ``step`` request to one process (see :meth:`EvalProcess.begin`)."""
+
+    def __init__(
+        self, process: EvalProcess, runtimes: list[RemoteRuntime], positions: list[Position | None], floats: Floats6
+    ) -> None:
+        self._process = process
+        self._runtimes = runtimes
+        self._positions = positions
+        self._floats = floats
+        self._outcomes: list[StepOutcome | None] = [None] * len(runtimes)
+        self._sent: list[int] = []  # indexes of the runtimes in the request in flight
+        self._started = 0.0
+
+    def send(self) -> None:
+        items: list[list[Any]] = []
+        self._sent = []
+        for i, runtime in enumerate(self._runtimes):
+            if self._outcomes[i] is not None:
+                continue
+            try:
+                runtime.ensure_loaded()
+            except Exception as exc:
+                self._outcomes[i] = exc
+                continue
+            items.append([runtime.handle, p.encode_position(self._positions[i])])
+            self._sent.append(i)
+        if not items:
+            return
+        self._started = time.monotonic()
+        try:
+            self._process._connection().send_bytes(p.dumps(["step", list(self._floats), items]))
+        except Exception as exc:  # a dead process is found out when the reply does not come
+            if not isinstance(exc, OSError):
+                self._fail(self._process._failed(exc))
+
+    def collect(self) -> list[StepOutcome]:
+        for attempt in (1, 2):
+            if not self._sent:
+                break
+            timeout = self._process._budget_s * len(self._sent) + self._process._margin_s
+            try:
+                reply = self._process._receive(timeout - (time.monotonic() - self._started))
+                if reply[0] != "ok" or len(reply[1]) != len(self._sent):
+                    raise p.RemoteFailure(f"unexpected reply to a step request: {reply!r:.200}")
+                for i, outcome in zip(self._sent, reply[1], strict=True):
+                    self._outcomes[i] = self._runtimes[i].settle(outcome, self._floats)
+                self._sent = []
+            except p.RemoteFailure as exc:
+                self._fail(exc)
+            except Exception as exc:
+                failure = self._process._failed(exc)
+                if attempt == 1 and not isinstance(exc, TimeoutError):
+                    self.send()  # died: once more, in a new process
+                    continue
+                self._fail(failure)
+        return [o if o is not None else p.RemoteFailure("no outcome") for o in self._outcomes]
+
+    def _fail(self, error: BaseException) -> None:
+        for i in self._sent:
+            if self._outcomes[i] is None:
+                self._outcomes[i] = error
+        self._sent = []
 
 
 class RemoteRuntime:
