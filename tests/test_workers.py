@@ -8,6 +8,7 @@ import signal
 from collections.abc import Iterator
 from decimal import Decimal as D
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,6 +158,30 @@ def test_a_process_that_dies_again_at_once_costs_the_evaluation_not_the_daemon(
         remote.step(floats(0), None)
     monkeypatch.undo()
     assert remote.step(floats(1), None)[0] == Decision("hold")  # the next candle finds one again
+
+
+def test_when_no_process_can_start_a_candle_tries_once_not_once_per_strategy(
+    process: EvalProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = "function tradingStrategy(c) { return {signal: 'hold'}; }"
+    remotes = [RemoteRuntime(process, row(code, f"s{i}"), KEY, 100) for i in range(3)]
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    import tradebotd.workers.pool as pool_module
+
+    spawns: list[object] = []
+    real_popen = pool_module.subprocess.Popen
+
+    def counting_popen(*args: Any, **kwargs: Any) -> Any:
+        spawns.append(args)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module.subprocess, "Popen", counting_popen)
+    monkeypatch.setattr("sys.executable", "/nonexistent/python3")
+    outcomes = process.begin([(r, None) for r in remotes], floats(0))()
+    assert all(isinstance(o, ProcessDied) for o in outcomes)
+    assert len(spawns) == 1  # the first strategy's reload found out; the others were not retried
 
 
 def test_history_given_while_the_process_is_dead_arrives_in_a_new_one(process: EvalProcess) -> None:

@@ -215,11 +215,17 @@ class _StepRequest:
     def send(self) -> None:
         items: list[list[Any]] = []
         self._sent = []
+        dead: ProcessDied | None = None  # once no process can be had, do not try again per strategy
         for i, runtime in enumerate(self._runtimes):
             if self._outcomes[i] is not None:
                 continue
             try:
+                if dead is not None:
+                    raise dead
                 runtime.ensure_loaded()
+            except ProcessDied as exc:
+                self._outcomes[i] = dead = exc
+                continue
             except Exception as exc:
                 self._outcomes[i] = exc
                 continue
