@@ -81,6 +81,9 @@ def test_anything_else_arrives_as_a_remote_failure_and_malformed_errors_do_not_r
     assert isinstance(back, p.RemoteFailure) and "KeyError" in str(back)
     assert isinstance(p.decode_error({"type": "os.system", "text": "x"}), p.RemoteFailure)
     assert isinstance(p.decode_error("nonsense"), p.RemoteFailure)
+    attrs = {"__class__": "x", "_x": 1, "ok": [1], "line": 3}
+    odd = p.decode_error({"type": "InvalidResult", "text": "t", "attrs": attrs})
+    assert type(odd) is InvalidResult and vars(odd) == {"line": 3}
 
 
 def test_positions_decisions_and_rows_round_trip_exactly() -> None:

@@ -73,7 +73,7 @@ _ERRORS: dict[str, type[Exception]] = {
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
-    attrs = {k: v for k, v in vars(exc).items() if isinstance(v, str | int | float | bool | None)}
+    attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if isinstance(v, str | int | float | bool | None)}
     name = type(exc).__name__ if type(exc).__name__ in _ERRORS else f"{type(exc).__module__}.{type(exc).__name__}"
     return {"type": name, "text": str(exc), "attrs": attrs}
 
@@ -89,8 +89,10 @@ def decode_error(error: Any) -> Exception:
     exc = cls.__new__(cls)
     Exception.__init__(exc, error["text"])
     attrs = error.get("attrs")
-    if isinstance(attrs, dict):
-        exc.__dict__.update(attrs)
+    if isinstance(attrs, dict):  # plain public data attributes only (line, stack, consumed, ...)
+        exc.__dict__.update(
+            {k: v for k, v in attrs.items() if not k.startswith("_") and isinstance(v, str | int | float | bool | None)}
+        )
     return exc
 
 
