@@ -52,6 +52,18 @@ def process() -> Iterator[EvalProcess]:
 CANDLES = np.array(synthetic_candles(300, 7, interval_ms=KEY.interval_ms), dtype=np.float64)
 
 
+HOLD = "function tradingStrategy(c) { return {signal: 'hold'}; }"
+COUNT = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
+
+
+def signal_child(process: EvalProcess, signum: int) -> int:
+    """Sends ``signum`` to the running child; returns its pid."""
+    pid = process.pid
+    assert pid is not None
+    os.kill(pid, signum)
+    return pid
+
+
 def floats(i: int) -> tuple[float, float, float, float, float, float]:
     c = CANDLES[i]
     return (float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c[4]), float(c[5]))
@@ -136,13 +148,10 @@ def test_load_and_evaluation_errors_arrive_as_in_process(process: EvalProcess) -
 
 
 def test_a_killed_process_is_replaced_within_the_same_evaluation_with_the_history(process: EvalProcess) -> None:
-    code = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
-    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
     remote.push_history(CANDLES[:10])
     assert remote.step(floats(10), None)[0].indicators == {"n": 11}
-    pid = process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    pid = signal_child(process, signal.SIGKILL)
     # The step finds the process dead and is sent again to a new one, where the strategy was
     # loaded again with the 11 candles it had seen: nothing lost, not even this evaluation.
     assert remote.step(floats(11), None)[0].indicators == {"n": 12}
@@ -152,10 +161,8 @@ def test_a_killed_process_is_replaced_within_the_same_evaluation_with_the_histor
 def test_a_process_that_dies_again_at_once_costs_the_evaluation_not_the_daemon(
     process: EvalProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    remote = RemoteRuntime(process, row("function tradingStrategy(c) { return {signal: 'hold'}; }"), KEY, 100)
-    pid = process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    remote = RemoteRuntime(process, row(HOLD), KEY, 100)
+    signal_child(process, signal.SIGKILL)
     monkeypatch.setattr("sys.executable", "/nonexistent/python3")  # and no new one can start
     with pytest.raises(ProcessDied, match="cannot start"):
         remote.step(floats(0), None)
@@ -166,11 +173,8 @@ def test_a_process_that_dies_again_at_once_costs_the_evaluation_not_the_daemon(
 def test_when_no_process_can_start_a_candle_tries_once_not_once_per_strategy(
     process: EvalProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = "function tradingStrategy(c) { return {signal: 'hold'}; }"
-    remotes = [RemoteRuntime(process, row(code, f"s{i}"), KEY, 100) for i in range(3)]
-    pid = process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    remotes = [RemoteRuntime(process, row(HOLD, f"s{i}"), KEY, 100) for i in range(3)]
+    signal_child(process, signal.SIGKILL)
     import tradebotd.workers.pool as pool_module
 
     spawns: list[object] = []
@@ -188,22 +192,16 @@ def test_when_no_process_can_start_a_candle_tries_once_not_once_per_strategy(
 
 
 def test_history_given_while_the_process_is_dead_arrives_in_a_new_one(process: EvalProcess) -> None:
-    code = "function tradingStrategy(c) { return {signal: 'hold', indicators: {n: c.candles.length}}; }"
-    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
-    pid = process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
+    pid = signal_child(process, signal.SIGKILL)
     remote.push_history(CANDLES[:10])  # not an error for the strategy: it gets its history anyway
     assert remote.step(floats(10), None)[0].indicators == {"n": 11}
     assert process.pid != pid
 
 
 def test_a_hung_process_is_killed_after_the_deadline_and_replaced(process: EvalProcess) -> None:
-    code = "function tradingStrategy(c) { return {signal: 'hold'}; }"
-    remote = RemoteRuntime(process, row(code), KEY, SETTINGS.max_candles)
-    pid = process.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    remote = RemoteRuntime(process, row(HOLD), KEY, SETTINGS.max_candles)
+    pid = signal_child(process, signal.SIGSTOP)
     with pytest.raises(ProcessDied, match="no answer"):
         remote.step(floats(0), None)
     assert remote.step(floats(1), None)[0] == Decision("hold")
@@ -220,7 +218,7 @@ def test_a_child_exits_cleanly_when_the_daemon_goes_away_before_reading_its_repl
 
 def test_a_child_gets_no_secrets_in_its_environment(process: EvalProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRADEBOTD_EXCHANGE__API_SECRET", "do-not-pass-me")
-    RemoteRuntime(process, row("function tradingStrategy(c) { return {signal: 'hold'}; }"), KEY, 100)
+    RemoteRuntime(process, row(HOLD), KEY, 100)
     environ = Path(f"/proc/{process.pid}/environ").read_bytes()
     assert b"do-not-pass-me" not in environ and b"TRADEBOTD" not in environ
 
