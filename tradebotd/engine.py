@@ -570,8 +570,8 @@ class Engine:
 
     def _inputs(self, candle: Candle) -> _CandleInputs:
         """Per-candle values every strategy shares, computed once per candle, not per strategy.
-        The candle's lag is taken when its first strategy settles: a candle is stale or not for
-        all of its strategies alike."""
+        The candle's lag is taken when the candle is first used: it is stale or not for all of its
+        strategies alike."""
         cached = self._last_inputs
         if cached is None or cached.candle is not candle:
             lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
@@ -671,8 +671,6 @@ class Engine:
 def _narrate(lines: list[tuple[str, dict[str, Any]]]) -> None:
     for event, fields in lines:
         log.info(event, **fields)
-
-
 
 
 @dataclass(frozen=True, slots=True)
