@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tradebotd.config import SandboxSettings
+from tradebotd.config import SandboxSettings, default_eval_processes
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Decision, Position, StreamKey
 from tradebotd.runtimes import make_runtime_factory
@@ -253,3 +253,12 @@ def test_strategies_run_in_the_daemon_when_no_process_can_start(monkeypatch: pyt
         assert runtimes[2].step(floats(0), None)[0].signal == "hold"  # and they work
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 0), (2, 1), (3, 2), (16, 4)])
+def test_by_default_one_process_per_cpu_beyond_the_first_at_most_four(
+    cpus: int, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert default_eval_processes() == expected
+    assert SandboxSettings().eval_processes == expected and SandboxSettings(eval_processes=0).eval_processes == 0

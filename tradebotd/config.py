@@ -61,6 +61,14 @@ class PaperSettings(_Section):
     default_amount: Decimal = Field(Decimal("0.001"), gt=0, description="buy amount when a result has none")
 
 
+def default_eval_processes() -> int:
+    """``sandbox.eval_processes`` unless set: one per CPU this process may run on beyond the first
+    (which the daemon uses), at most 4; none on a 1-CPU machine, where a child would only cost
+    memory."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(cpus - 1, 4))
+
+
 class SandboxSettings(_Section):
     timeout_ms: int = Field(50, ge=1, le=60_000)
     memory_mb: int = Field(32, ge=4, le=1024)
@@ -71,7 +79,11 @@ class SandboxSettings(_Section):
         2, ge=1, le=64, description="worker threads evaluating a candle's strategies in parallel; 1 = none"
     )
     eval_processes: int = Field(
-        1, ge=0, le=64, description="child processes holding a share of the strategies; 0 = none (then eval_threads)"
+        default_factory=default_eval_processes,
+        ge=0,
+        le=64,
+        description="child processes holding a share of the strategies; 0 = none (then eval_threads); "
+        "default: one per CPU beyond the first, at most 4",
     )
 
 

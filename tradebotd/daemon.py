@@ -86,10 +86,9 @@ class Daemon:
         local = make_runtime_factory(settings.sandbox)
         self.runtimes: RuntimeFactory = local
         self.eval_pool: EvalPool | None = None
-        if settings.sandbox.eval_processes:
-            self.eval_pool = EvalPool(
-                settings.sandbox, local, settings.sandbox.eval_processes, log_level=settings.log.level
-            )
+        processes = settings.sandbox.eval_processes
+        if processes:
+            self.eval_pool = EvalPool(settings.sandbox, local, processes, log_level=settings.log.level)
             self.runtimes = self.eval_pool
         market = settings.market
         self.engine = Engine(
@@ -102,7 +101,7 @@ class Daemon:
                 max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
                 max_consecutive_errors=settings.sandbox.max_consecutive_errors,
                 log_holds=settings.store.log_holds,
-                eval_threads=1 if settings.sandbox.eval_processes else settings.sandbox.eval_threads,
+                eval_threads=1 if processes else settings.sandbox.eval_threads,
             ),
             cursors=self.store.cursors(),
             on_streams_changed=self._control_wakeup.set,

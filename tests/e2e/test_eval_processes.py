@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tradebotd.config import SandboxSettings
 from tradebotd.replay.series import Series
 from tradebotd.replay.server import ReplayServer
@@ -68,4 +70,18 @@ async def test_without_processes_threads_evaluate_and_every_strategy_trades_the_
     await until_stored(daemon, lambda: all(daemon.store.cursors()[s] == last for s in sids))
     expected = reference_fills(series, PAST, PAST + LIVE - 1)
     assert all(fills_of(daemon, s) == expected for s in sids)
+    await daemon.shutdown()
+
+
+async def test_unset_eval_processes_means_none_on_a_one_cpu_machine(
+    server: ReplayServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    daemon = make_daemon(server, tmp_path, sandbox=SandboxSettings())
+    assert daemon.settings.sandbox.eval_processes == 0 and daemon.eval_pool is None
+    assert daemon.engine.config.eval_threads == 2  # the thread path, as configured
+    await daemon.shutdown()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    daemon = make_daemon(server, tmp_path, sandbox=SandboxSettings())
+    assert daemon.eval_pool is not None and len(daemon.eval_pool.processes) == 2
     await daemon.shutdown()

@@ -38,7 +38,7 @@ from tradebotd.sandbox.history import History
 from tradebotd.store.base import StrategyRow
 from tradebotd.workers import protocol as p
 
-__all__ = ["EvalPool", "EvalProcess", "RemoteRuntime"]
+__all__ = ["EvalPool", "EvalProcess", "ProcessDied", "RemoteRuntime"]
 
 log = structlog.get_logger(__name__)
 
