@@ -14,10 +14,12 @@ Back to back, each candle finds the previous one's code and data in the CPU cach
 of an interval arrive once per interval and the machine does other things in between, so a few
 more candles are released after a second of quiet each and reported apart ("after 1 s idle", no
 target). This measurement found that the first commit after the writer's idle checkpoint synced
-the WAL header (~1 ms); the checkpoint now restarts the WAL itself. What remains is cold caches:
-on this 2-vCPU VM every part of the path (sandbox, Python, SQLite) runs 2-4x slower after a quiet
-second. A real evaluation 5 ms before a candle recovered little of that, so the daemon does not
-try to pre-warm.
+the WAL header (~1 ms); the checkpoint now restarts the WAL itself. What remains is the machine
+going cold: on this 2-vCPU VM every part of the path (sandbox, Python, SQLite) runs 2-3x slower
+after a quiet second, and the same 100 evaluations need three passes to be fast again. It is not
+data-cache misses (reading every instance's memory first did not help), and neither a dummy
+instance's evaluations nor a real evaluation 5 ms before a candle recovered much of it, so the
+daemon does not try to pre-warm.
 """
 
 from __future__ import annotations
