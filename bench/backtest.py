@@ -1,6 +1,6 @@
 """Issue 4: backtest throughput on 100,000 candles, JS and native wasm beside plain Python.
 
-Runs :mod:`tradebotd.backtest.bench`: the same SMA crossover through the same backtest loop
+Runs :mod:`bench.backtest_loop`: the same SMA crossover through the same backtest loop
 (batch evaluation, paper broker) in three runtimes on the same candles, fills checked identical.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tradebotd.backtest import bench as backtest_bench
-
+from . import backtest_loop as backtest_bench
 from .rows import Row
 
 SECTION = "backtest throughput (issue 4)"

@@ -2,8 +2,8 @@
 crossover as plain Python (the floor), JS, TypeScript, WAT and AssemblyScript; memory and load
 time of JS instances; a healthy strategy's evaluation time beside misbehaving neighbours.
 
-Reuses the package's own benchmark modules (``tradebotd.sandbox.bench``, ``.native_bench``,
-``.isolation_bench``); the example strategy (``tradebotd/examples/sma_crossover.js`` / ``.ts``)
+Reuses the benchmark modules beside it (``bench.sandbox_js``, ``.sandbox_native``,
+``.sandbox_isolation``); the example strategy (``tradebotd/examples/sma_crossover.js`` / ``.ts``)
 is what the JS and TS rows run.
 """
 
@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 from tradebotd.examples.synthetic import synthetic_candles
-from tradebotd.sandbox import bench as js_bench
-from tradebotd.sandbox import isolation_bench, native_bench
 from tradebotd.sandbox.js import JsStrategy
 from tradebotd.sandbox.sandboxed import SandboxLimits
 from tradebotd.sandbox.typescript import erase_types
 from tradebotd.sandbox.wasm import WasmRuntime
 
+from . import sandbox_isolation as isolation_bench
+from . import sandbox_js as js_bench
+from . import sandbox_native as native_bench
 from .rows import Row
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "tradebotd" / "examples"
@@ -50,7 +51,7 @@ def _memory_per_instance(source: str, history: int, count: int = 100) -> tuple[f
     for strategy in fleet:
         strategy.push_history(rows[:history])
         for row in rows[history:].tolist():
-            strategy.step(tuple(row), None)  # type: ignore[arg-type]
+            strategy.step(tuple(row), None)
     gc.collect()
     per_instance = (_rss_bytes() - before) / count / (1 << 20)
     for strategy in fleet:
@@ -115,7 +116,7 @@ def run(steps: int = 5000) -> list[Row]:
                 f"JS minimal SMA (bare hold results), {history} candles, median",
                 js[f"step_{history}_median_us"],
                 "us",
-                note="tradebotd.sandbox.bench.SMA_CROSS",
+                note="bench.sandbox_js.SMA_CROSS",
             )
         )
     rows.append(Row(MEMORY, "compiled module load from cache", js["module_load_from_cache_ms"], "ms"))

@@ -6,7 +6,7 @@ fixed number. What is asserted is a *ratio* measured inside this test: the healt
 per-evaluation time (``EvalInfo.elapsed_us``) beside a misbehaving neighbour over the same
 strategy's time without one, on the same machine, in the same process, minutes apart at most.
 Machine speed cancels out; what must not flake is noise. The design
-(``tradebotd.sandbox.isolation_bench.measure``, also the ``make bench`` figures):
+(``bench.sandbox_isolation.measure``, also the ``make bench`` figures):
 
 * Each healthy evaluation ends a fixed 8 ms slot that begins with the neighbour's call and is
   filled with a busy wait, in every phase. Without this the comparison would measure cadence, not
@@ -23,7 +23,7 @@ Machine speed cancels out; what must not flake is noise. The design
 
 from __future__ import annotations
 
-from tradebotd.sandbox.isolation_bench import NEIGHBOURS, IsolationResult, measure
+from bench.sandbox_isolation import NEIGHBOURS, IsolationResult, measure
 
 ATTEMPTS = 3
 LIMIT = 2.0

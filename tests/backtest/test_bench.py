@@ -3,7 +3,7 @@ implementations agree."""
 
 from __future__ import annotations
 
-from tradebotd.backtest import bench
+from bench import backtest_loop as bench
 
 
 def test_bench_runs_and_its_strategies_agree() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tradebotd.backtest.bench import AMOUNT, FAST, PARAMETERS, SLOW, synthetic_table
+from bench.backtest_loop import AMOUNT, FAST, PARAMETERS, SLOW, synthetic_table
 from tradebotd.backtest.cli import main
 from tradebotd.backtest.runner import BacktestSettings, run_backtest
 from tradebotd.backtest.strategy import declared_lookback, load_strategy

@@ -1,6 +1,6 @@
 """Isolation benchmark: does a misbehaving neighbour slow a healthy strategy down?
 
-``python -m tradebotd.sandbox.isolation_bench`` prints the table; ``run()`` returns it as a dict
+``python -m bench.sandbox_isolation`` prints the table; ``run()`` returns it as a dict
 for ``make bench``; ``measure()`` is shared with ``tests/test_isolation.py``.
 
 Set-up, as in the daemon: one process, one :class:`WasmRuntime` (Engine, compiled module, epoch
@@ -44,13 +44,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tradebotd.benchmarking import Target, bench_main, median_p99
 from tradebotd.errors import StrategyError
 from tradebotd.examples.synthetic import synthetic_candles
-from tradebotd.sandbox.bench import INTERVAL_MS, PARAMETERS, SMA_CROSS
 from tradebotd.sandbox.js import JsStrategy
 from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
+
+from .harness import Target, bench_main, median_p99
+from .sandbox_js import INTERVAL_MS, PARAMETERS, SMA_CROSS
 
 __all__ = ["NEIGHBOURS", "IsolationResult", "Timing", "main", "measure", "run"]
 

@@ -1,9 +1,9 @@
-"""What the benchmark modules (``sandbox.bench``, ``sandbox.native_bench``,
-``sandbox.isolation_bench``, ``backtest.bench``) share: timing one call per item, median and
+"""What the benchmark modules (``bench.sandbox_js``, ``bench.sandbox_native``,
+``bench.sandbox_isolation``, ``bench.backtest_loop``) share: timing one call per item, median and
 99th percentile, and their command line (a table of results with verdicts, ``--json OUT``).
 
 Each benchmark's ``run()`` returns name -> value with the unit in the name; ``make bench``
-(``bench/``) calls those directly, the command line here is for running one on its own.
+(``bench/__main__.py``) calls those directly, the command line here is for running one on its own.
 """
 
 from __future__ import annotations

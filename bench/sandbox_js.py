@@ -1,4 +1,4 @@
-"""Sandbox benchmark: ``python -m tradebotd.sandbox.bench`` (or ``main()`` from ``make bench``).
+"""Sandbox benchmark: ``python -m bench.sandbox_js`` (or ``main()`` from ``make bench``).
 
 Measures, for a 20-period SMA-cross JS strategy with the default limits (interrupt deadline,
 memory cap, epoch backstop ticker running), on synthetic candles:
@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
-from tradebotd.benchmarking import Target, bench_main, median_p99, timed_us
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Position
 from tradebotd.sandbox.js import JsStrategy
 from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime, default_cache_dir
+
+from .harness import Target, bench_main, median_p99, timed_us
 
 __all__ = ["SMA_CROSS", "main", "run"]
 
@@ -57,7 +58,7 @@ function tradingStrategy({candles, currentPrice, position, parameters}) {
 """
 PARAMETERS = {"period": 20}
 INTERVAL_MS = 60_000
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sma_crossover.js"
+EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
 
 
 def _rss_bytes() -> int:

@@ -1,4 +1,4 @@
-"""Backtest throughput: ``python -m tradebotd.backtest.bench [--candles N] [--csv FILE] [--json OUT]``.
+"""Backtest throughput: ``python -m bench.backtest_loop [--candles N] [--csv FILE] [--json OUT]``.
 
 The same SMA crossover (buy when the fast SMA of the closes crosses above the slow one, sell on the
 cross below; 5/20 by default) runs three ways through the same backtest loop
@@ -34,7 +34,6 @@ import numpy as np
 import numpy.typing as npt
 
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
-from tradebotd.benchmarking import Target, bench_main
 from tradebotd.data.candles import CandleTable, read_csv
 from tradebotd.engine import StrategyRuntime
 from tradebotd.examples.reference import SmaCrossover
@@ -43,10 +42,12 @@ from tradebotd.model import Decision, Position, StreamKey
 from tradebotd.replay.series import names_from_path
 from tradebotd.sandbox.js import JsStrategy
 
+from .harness import Target, bench_main
+
 __all__ = ["AMOUNT", "FAST", "PARAMETERS", "SLOW", "TARGETS", "main", "run", "synthetic_table"]
 
-ROOT = Path(__file__).resolve().parents[2]
-JS_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "sma_crossover.js"
+ROOT = Path(__file__).resolve().parents[1]
+JS_SOURCE = ROOT / "tradebotd" / "examples" / "sma_crossover.js"
 WAT_SOURCE = ROOT / "strategies_wasm" / "sma_cross.wat"
 FAST, SLOW, AMOUNT = 5, 20, 0.01
 PARAMETERS = {"fast": FAST, "slow": SLOW, "amount": AMOUNT}
@@ -145,7 +146,7 @@ def run(candles: int = 100_000, csv: Path | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     return bench_main(
         argv,
-        prog="python -m tradebotd.backtest.bench",
+        prog="python -m bench.backtest_loop",
         description=__doc__.split("\n")[0],
         options={
             "--candles": {"type": int, "default": 100_000, "help": "candles to evaluate (default 100,000)"},

@@ -1,4 +1,4 @@
-"""Native strategy benchmark: ``python -m tradebotd.sandbox.native_bench`` (or :func:`main`).
+"""Native strategy benchmark: ``python -m bench.sandbox_native`` (or :func:`main`).
 
 Measures, for the SMA crossover (fast 5, slow 20) written in WAT and in AssemblyScript (when
 ``strategies_wasm/assemblyscript/sma_cross.wasm`` exists), with the default limits and the epoch
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tradebotd.benchmarking import Target, bench_main, median_p99, timed_us
 from tradebotd.examples.reference import SmaCrossover
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Position
@@ -35,9 +34,11 @@ from tradebotd.sandbox.native import WasmStrategy
 from tradebotd.sandbox.sandboxed import Candle, SandboxLimits
 from tradebotd.sandbox.wasm import WasmRuntime
 
+from .harness import Target, bench_main, median_p99, timed_us
+
 __all__ = ["TARGETS", "main", "run"]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 WAT_PATH = ROOT / "strategies_wasm" / "sma_cross.wat"
 AS_PATH = ROOT / "strategies_wasm" / "assemblyscript" / "sma_cross.wasm"
 PARAMETERS = {"fast": 5, "slow": 20, "amount": 0.001}
