@@ -20,6 +20,7 @@ from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
 from .store.base import NotFound
+from .store.lock import StoreLock, StoreLocked
 from .store.sqlite import SqliteStore
 from .strategy_files import strategy_code, strategy_kind
 
@@ -221,6 +222,23 @@ def _print_logs(store: SqliteStore, strategy_id: str, *, follow: bool, as_json: 
         return 0
 
 
+def cmd_run(settings: Settings) -> int:
+    """``tradebotd run``: one daemon per store (``store.lock``), then the daemon until a signal."""
+    lock = StoreLock(settings.store.path)
+    try:
+        lock.acquire()
+    except StoreLocked as exc:
+        print(f"tradebotd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        configure_logging(settings.log.level, settings.log.format)
+        from .daemon import run_daemon
+
+        return asyncio.run(run_daemon(settings))
+    finally:
+        lock.release()
+
+
 def cmd_db_init(settings: Settings) -> int:
     store = SqliteStore(settings.store.path)
     try:
@@ -269,10 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(settings.masked(), indent=2, default=str))
             return 0
         if args.command == "run":
-            configure_logging(settings.log.level, settings.log.format)
-            from .daemon import run_daemon
-
-            return asyncio.run(run_daemon(settings))
+            return cmd_run(settings)
         configure_logging(settings.log.level, settings.log.format, stream=sys.stderr, cache=False)
         if args.command == "db":
             return cmd_db_init(settings)
