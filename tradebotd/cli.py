@@ -42,6 +42,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="store administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", parents=[common], help="create or migrate the store and the paper portfolio")
+    migrate = db.add_parser(
+        "migrate", parents=[common], help="apply the Supabase migrations to a PostgreSQL database (self-hosted)"
+    )
+    migrate.add_argument("--dsn", required=True, help="postgresql://user:password@host:5432/database")
 
     strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(
         dest="strategy_command", required=True
@@ -252,6 +256,23 @@ def cmd_db_init(settings: Settings) -> int:
     return 0
 
 
+def cmd_db_migrate(dsn: str) -> int:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from .sync.pgmigrate import apply_migrations, migrations_dir
+
+    try:
+        register_secret(str(conninfo_to_dict(dsn).get("password") or ""))
+    except Exception:  # not a parsable DSN: psycopg says why when connecting; mask it all meanwhile
+        register_secret(dsn)
+    applied = apply_migrations(dsn)
+    if applied:
+        print(f"applied {len(applied)} migrations from {migrations_dir()}: " + ", ".join(m.version for m in applied))
+    else:
+        print("database is up to date")
+    return 0
+
+
 def cmd_replay_server(args: argparse.Namespace) -> int:
     from .replay.cli import run_from_args
     from .replay.series import ReplayDataError
@@ -290,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(settings)
         configure_logging(settings.log.level, settings.log.format, stream=sys.stderr, cache=False)
         if args.command == "db":
-            return cmd_db_init(settings)
+            return cmd_db_migrate(args.dsn) if args.db_command == "migrate" else cmd_db_init(settings)
         if args.command == "strategy" and args.strategy_command == "check":
             return int(_module("tradebotd.check").run(args))
         if args.command == "strategy":
