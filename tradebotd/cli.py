@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -301,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for secret in (settings.exchange.api_key, settings.exchange.api_secret):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    register_secret(os.environ.get("CRON_SECRET"))  # the trigger's bearer token (tradebotd.ops.http)
 
     try:
         if args.command == "check-config":

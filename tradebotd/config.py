@@ -96,6 +96,48 @@ class StoreSettings(_Section):
 class DaemonSettings(_Section):
     poll_interval_s: float = Field(2.0, gt=0, description="how often the strategies table is re-read")
     shutdown_timeout_s: float = Field(10.0, gt=0, description="bounded wait for in-flight work at shutdown")
+    max_task_restarts: int = Field(
+        5, ge=0, description="restarts of one background task allowed within restart_window_s; then exit non-zero"
+    )
+    restart_window_s: float = Field(300.0, gt=0, description="the window max_task_restarts counts crashes in")
+    progress_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="a pipeline part (feed, evaluation, writer) with work but no progress for this long stops "
+        "the systemd watchdog pings and turns /healthz red",
+    )
+
+
+class HttpSettings(_Section):
+    listen: str = Field(
+        "127.0.0.1:8787", description="host:port of /healthz, /metrics and the trigger ([v6]:port for IPv6)"
+    )
+    health_grace_s: float = Field(
+        60.0, ge=0, description="a stream is stale when its last closed candle is older than one interval plus this"
+    )
+    outbox_threshold: int = Field(10_000, ge=1, description="/healthz turns red at this many unshipped outbox rows")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        split_listen(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` as (host, port); ``ValueError`` says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:8787 or [::1]:8787")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets: [::1]:8787")
+    return host, int(port)
 
 
 class LogSettings(_Section):
@@ -118,6 +160,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     store: StoreSettings = StoreSettings()
     daemon: DaemonSettings = DaemonSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     exchange: ExchangeSettings = ExchangeSettings()
 

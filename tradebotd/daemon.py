@@ -62,7 +62,9 @@ class Daemon:
         self.settings = settings
         self.store = SqliteStore(settings.store.path, busy_timeout_ms=200, auto_checkpoint=False)
         self.latency = LatencyRecorder()
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(
+            max_restarts=settings.daemon.max_task_restarts, window_s=settings.daemon.restart_window_s
+        )
         self._stop = asyncio.Event()
         self._control_wakeup = asyncio.Event()
         self.synced = asyncio.Event()  # set after each control-loop pass (tests wait on it)
@@ -141,7 +143,14 @@ class Daemon:
         self._stop.set()
 
     async def wait_stopped(self) -> None:
-        await self._stop.wait()
+        """Until a stop is requested or the supervisor gives up on a task that keeps crashing."""
+        stop = asyncio.create_task(self._stop.wait())
+        gave_up = asyncio.create_task(self.supervisor.given_up.wait())
+        try:
+            await asyncio.wait({stop, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            gave_up.cancel()
 
     async def shutdown(self) -> None:
         """Stop taking candles, finish in-flight work, flush writes, release everything."""
@@ -196,7 +205,9 @@ class Daemon:
 
 
 async def run_daemon(settings: Settings) -> int:
-    """``tradebotd run``: serve until SIGTERM or SIGINT; 0 on a clean stop."""
+    """``tradebotd run``: serve until SIGTERM or SIGINT; 0 on a clean stop, 1 when the supervisor
+    gave up on a task that kept crashing (after a shutdown that still flushes what it can), so
+    systemd's ``Restart=on-failure`` or the platform starts a clean process."""
     loop = asyncio.get_running_loop()
     daemon = Daemon(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -209,5 +220,8 @@ async def run_daemon(settings: Settings) -> int:
         await daemon.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if daemon.supervisor.gave_up:
+        log.error("exiting non-zero", reason=daemon.supervisor.give_up_reason)
+        return 1
     log.info("bye", uptime_s=round(time.monotonic() - started, 1))
     return 0

@@ -20,7 +20,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "redact_secrets", "register_secret"]
+__all__ = ["configure_logging", "mask_secrets", "redact_secrets", "register_secret"]
 
 _MASK = "**********"
 _SECRET_KEY_PARTS = ("secret", "api_key", "apikey", "password", "token", "authorization")
@@ -44,6 +44,12 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every registered secret masked: for what leaves the process other than as a
+    log line (an error shown by ``/healthz``, a JSON answer)."""
+    return str(_scrub(text)) if _secrets else text
 
 
 @functools.lru_cache(maxsize=1024)
