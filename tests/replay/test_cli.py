@@ -61,3 +61,28 @@ def test_bad_data_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Cap
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(line.startswith("replay-server: ") for line in errors)
     assert "expected the header" in errors[0]
+
+
+async def test_symbols_serves_a_synthetic_market_of_that_many_symbols() -> None:
+    out = Announcements()
+    task = asyncio.create_task(serve_replay(symbols=3, speed=1.0, past=20, out=out))
+    async with asyncio.timeout(10):
+        await out.port_printed.wait()
+    port = int(out.getvalue().splitlines()[0].removeprefix("PORT="))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/api/v3/exchangeInfo") as response:
+            info = orjson.loads(await response.read())
+        async with http.get(
+            f"http://127.0.0.1:{port}/api/v3/klines", params={"symbol": "BNBUSDT", "interval": "15m"}
+        ) as response:
+            rows = orjson.loads(await response.read())
+    assert [s["symbol"] for s in info["symbols"]] == ["BNBUSDT", "BTCUSDT", "ETHUSDT"]
+    assert len(rows) == 2  # 20 closed minutes and one in progress: one whole quarter hour, one begun
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_symbols_and_data_together_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--symbols", "2", "--data", str(tmp_path / "BTCUSDT_1m.csv")]) == 2
+    assert "--symbols replaces --data" in capsys.readouterr().err

@@ -16,9 +16,17 @@ Served with aiohttp, following Binance's spot documents (``web-socket-streams.md
   ``/api/v3/exchangeInfo`` (a minimal spot symbol ccxt accepts), ``/api/v3/ping``.
   Intervals that are multiples of the data's interval are aggregated; finer ones are -1120.
 
+Many symbols at once: every series shares the replay clock, so the candles of all symbols (and
+of every aggregated interval whose bucket ends there) close in the same step, with the same event
+time, as real minute boundaries align; ``synthetic.synthetic_market`` makes such series for N
+symbols without data files.
+
 Test control: ``step()``, ``advance(n)`` (returns once every subscriber's frames are written),
-``wait_until(predicate)``, and faults: ``drop_connections(clean=...)``, ``skip_messages(k)``,
-``send_raw(frame)``, ``send_server_shutdown()``, ``go_silent()``, ``fail_rest(n)``.
+``wait_until(predicate)``, and faults: ``drop_connections(clean=...)`` (everyone) or
+``drop_connection(number, clean=...)`` (one connection), ``skip_messages(k)``, ``send_raw(frame)``,
+``send_server_shutdown()``, ``go_silent()``, ``fail_rest(n)``. Observations: ``connection_log``
+and ``rest_log`` record each connection and REST request with the time of ``clock`` (monotonic
+seconds unless a test injects its own), for assertions on pacing.
 
 Errors: ``ReplayDataError`` (from ``series``) for unusable data; ``OSError`` from ``start()`` when
 the port is taken.
@@ -34,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import orjson
 import structlog
@@ -45,17 +53,33 @@ from tradebotd.model import INTERVAL_MS, StreamKey
 from tradebotd.replay.series import Series
 from tradebotd.replay.tape import FINAL, ReplayTape, Step, format_decimal
 
-__all__ = ["ReplayServer"]
+__all__ = ["ConnectionRecord", "ReplayServer", "RestRecord"]
 
 log = structlog.get_logger(__name__)
 
 _CONTROL_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
-_STREAMS_MAX = 1024  # per connection
+_STREAMS_MAX = 1024  # per connection (Binance's limit)
 _ID_STRING = re.compile(r"[A-Za-z0-9]{1,36}")
 _NUMBER = re.compile(r"[0-9]{1,20}")
 _KLINES_PARAMS = frozenset({"symbol", "interval", "startTime", "endTime", "limit", "timeZone"})
 _QUOTES = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY", "DAI")
 _ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"]
+
+
+class ConnectionRecord(NamedTuple):
+    """A WebSocket connection accepted: when (``clock``), its number, the streams in its URL."""
+
+    at: float
+    number: int
+    streams: frozenset[str]
+
+
+class RestRecord(NamedTuple):
+    """A REST request received: when (``clock``), its path and query."""
+
+    at: float
+    path: str
+    query: dict[str, str]
 
 
 @dataclass(eq=False)
@@ -83,7 +107,12 @@ class ReplayServer:
         ping_interval_s: float | None = 20.0,
         max_messages_per_s: int = 5,
         max_connection_s: float | None = None,
+        max_streams_per_connection: int = _STREAMS_MAX,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_streams_per_connection``: Binance's 1024, or fewer to check that a client never
+        asks one connection for more; ``clock``: the time stamped on ``connection_log`` and
+        ``rest_log`` (tests pass the clock they drive the client's pacing with)."""
         self.tape = ReplayTape(series, past=past)
         self._series = {s.key.symbol: s for s in series}
         self._host = host
@@ -91,6 +120,8 @@ class ReplayServer:
         self._ping_interval_s = ping_interval_s
         self._max_messages_per_s = max_messages_per_s
         self._max_connection_s = max_connection_s
+        self._max_streams = max_streams_per_connection
+        self._clock = clock
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._clients: list[_Client] = []
@@ -103,6 +134,8 @@ class ReplayServer:
         # The most recent frames and requests (bounded: the demo may run for days).
         self.control_frames: deque[tuple[int, str]] = deque(maxlen=10_000)  # (client number, text)
         self.rest_requests: deque[tuple[str, dict[str, str]]] = deque(maxlen=10_000)  # (path, query)
+        self.rest_log: deque[RestRecord] = deque(maxlen=10_000)
+        self.connection_log: deque[ConnectionRecord] = deque(maxlen=10_000)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -225,6 +258,10 @@ class ReplayServer:
         """The streams of each connected client, oldest connection first."""
         return [frozenset(client.streams) for client in self._clients]
 
+    def subscriptions_by_connection(self) -> dict[int, frozenset[str]]:
+        """The streams of each connected client, by connection number (1 for the first ever)."""
+        return {client.number: frozenset(client.streams) for client in self._clients}
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate()`` holds; it is checked after every change the server sees
         (connections, frames received, REST requests, steps). Bound it with ``asyncio.timeout``."""
@@ -241,14 +278,23 @@ class ReplayServer:
         """Disconnect every client: a close frame 1000 (``clean``) or a TCP abort (abnormal 1006)."""
         clients = list(self._clients)
         for client in clients:
-            if clean:
-                await self._close_client(client, WSCloseCode.OK, "replay: dropped")
-            else:
-                self._forget(client)
-                transport = client.request.transport
-                if transport is not None:
-                    transport.abort()
+            await self.drop_connection(client.number, clean=clean)
         return len(clients)
+
+    async def drop_connection(self, number: int, *, clean: bool = False) -> bool:
+        """Disconnect the client with connection ``number`` only (see ``drop_connections``);
+        False if it is not connected."""
+        for client in self._clients:
+            if client.number == number:
+                if clean:
+                    await self._close_client(client, WSCloseCode.OK, "replay: dropped")
+                else:
+                    self._forget(client)
+                    transport = client.request.transport
+                    if transport is not None:
+                        transport.abort()
+                return True
+        return False
 
     def skip_messages(self, count: int) -> None:
         """Each client connected now misses its next ``count`` kline frames (as if lost)."""
@@ -293,7 +339,7 @@ class ReplayServer:
             names = [tail] if tail and not tail.isdigit() else []  # /ws/<n> is ccxt.pro's style
             combined = False
         bad = [name for name in names if stream_key(name) is None]
-        if bad or len(names) > _STREAMS_MAX:
+        if bad or len(names) > self._max_streams:
             text = f"Invalid request: invalid stream name {bad[0]!r}" if bad else "Invalid request: too many streams"
             return web.json_response({"code": 2, "msg": text}, status=400)
         ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
@@ -305,6 +351,7 @@ class ReplayServer:
         streams = {name: key for name in names if (key := stream_key(name)) is not None}
         client = _Client(self.total_connections, ws, request, streams, combined)
         self._clients.append(client)
+        self.connection_log.append(ConnectionRecord(self._clock(), client.number, frozenset(streams)))
         log.debug("replay client connected", client=client.number, streams=len(streams))
         self._notify()
         keepalive = asyncio.create_task(self._keepalive(client))
@@ -388,7 +435,7 @@ class ReplayServer:
                 if stream_key(name) is None:
                     return {"code": 2, "msg": f"Invalid request: invalid stream name {name!r}", "id": request_id}
             if method == "SUBSCRIBE":
-                if len(set(client.streams) | set(params)) > _STREAMS_MAX:
+                if len(set(client.streams) | set(params)) > self._max_streams:
                     return {"code": 2, "msg": "Invalid request: too many streams", "id": request_id}
                 for name in params:
                     key = stream_key(name)
@@ -442,7 +489,9 @@ class ReplayServer:
     # -- REST ------------------------------------------------------------------------------------
 
     def _rest_prelude(self, request: web.Request) -> web.Response | None:
-        self.rest_requests.append((request.path, dict(request.query)))
+        query = dict(request.query)
+        self.rest_requests.append((request.path, query))
+        self.rest_log.append(RestRecord(self._clock(), request.path, query))
         self._notify()
         if self._rest_failures:
             status = self._rest_failures.popleft()
