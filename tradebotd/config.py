@@ -44,6 +44,13 @@ class MarketSettings(_Section):
     rotate_after_s: float = Field(23.5 * 3600, gt=0, description="reconnect before Binance's 24 h cut-off")
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    streams_per_connection: int = Field(
+        200, ge=1, le=1024, description="streams per WebSocket connection; more streams open more connections"
+    )
+    rest_weight_per_minute: int = Field(
+        3000, ge=2, le=6000, description="Binance request weight the feed's REST calls may spend per minute"
+    )
+    connects_per_5min: int = Field(150, ge=1, le=300, description="new WebSocket connections per 5 minutes at most")
 
     @field_validator("ws_url", "rest_url")
     @classmethod

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tradebotd.market import MarketFeed
 from tradebotd.model import Candle, StreamKey
 from tradebotd.replay.demo import generate
 from tradebotd.replay.series import Series
@@ -81,6 +85,38 @@ class RecordingSink:
         self._changed = asyncio.Event()
 
 
+FeedFactory = Callable[..., MarketFeed]
+
+
+@contextlib.asynccontextmanager
+async def feeds_against(server: ReplayServer, sink: RecordingSink, **defaults: Any) -> AsyncIterator[FeedFactory]:
+    """A factory of running feeds against ``server`` (options: ``defaults``, then each call's);
+    each is stopped, and its run() awaited, on exit."""
+    running: list[tuple[MarketFeed, asyncio.Task[None]]] = []
+
+    def start(**overrides: Any) -> MarketFeed:
+        options: dict[str, Any] = {
+            "ws_url": server.ws_url,
+            "rest_url": server.rest_url,
+            "sink": sink,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            "silence_timeout_s": None,  # the server only speaks when a test advances it
+            **defaults,
+            **overrides,
+        }
+        feed = MarketFeed(**options)
+        running.append((feed, asyncio.create_task(feed.run())))
+        return feed
+
+    try:
+        yield start
+    finally:
+        for feed, task in running:
+            await feed.stop()
+            await task
+
+
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()
@@ -91,3 +127,46 @@ async def server() -> AsyncIterator[ReplayServer]:
     series = [make_series("BTCUSDT", seed=1), make_series("ETHUSDT", seed=2)]
     async with ReplayServer(series, past=PAST, ping_interval_s=None) as replay:
         yield replay
+
+
+class ManualClock:
+    """A ``tradebotd.market.pacing.Clock`` that only moves when the test says so: sleepers wake
+    when ``advance_to_next()`` reaches their deadline. The replay server stamps its records with
+    ``now``, so a test asserts on exact moments instead of wall-clock sleeps."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._count = 0
+        self._sleeping = asyncio.Event()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._count += 1
+        heapq.heappush(self._sleepers, (deadline, self._count, future))
+        self._sleeping.set()
+        await future
+
+    def _live(self) -> list[tuple[float, int, asyncio.Future[None]]]:
+        self._sleepers = [entry for entry in self._sleepers if not entry[2].done()]
+        heapq.heapify(self._sleepers)
+        return self._sleepers
+
+    async def wait_for_sleeper(self) -> None:
+        while not self._live():
+            self._sleeping.clear()
+            await self._sleeping.wait()
+
+    def advance_to_next(self) -> float:
+        """Move to the earliest deadline and wake everyone due then; returns the new time."""
+        sleepers = self._live()
+        self._now = sleepers[0][0]
+        while sleepers and sleepers[0][0] <= self._now:
+            _, _, future = heapq.heappop(sleepers)
+            future.set_result(None)
+        return self._now

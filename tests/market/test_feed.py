@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 import structlog
@@ -15,40 +14,18 @@ from tradebotd.model import Candle, StreamKey
 from tradebotd.replay.series import Series
 from tradebotd.replay.server import ReplayServer
 
-from .conftest import PAST, WAIT_S, RecordingSink, fixture_text, make_series
+from .conftest import PAST, WAIT_S, FeedFactory, RecordingSink, feeds_against, fixture_text, make_series
 
 BTC = StreamKey("BTCUSDT", "1m")
 ETH = StreamKey("ETHUSDT", "1m")
 BTC_5M = StreamKey("BTCUSDT", "5m")
 HISTORY = 50
 
-FeedFactory = Callable[..., MarketFeed]
-
-
 @pytest.fixture
 async def start_feed(server: ReplayServer, sink: RecordingSink) -> AsyncIterator[FeedFactory]:
     """Start feeds against ``server``; each is stopped (and its run() awaited) at teardown."""
-    running: list[tuple[MarketFeed, asyncio.Task[None]]] = []
-
-    def start(**overrides: Any) -> MarketFeed:
-        options: dict[str, Any] = {
-            "ws_url": server.ws_url,
-            "rest_url": server.rest_url,
-            "sink": sink,
-            "history": HISTORY,
-            "backoff_initial_s": 0.01,
-            "backoff_max_s": 0.05,
-            "silence_timeout_s": None,  # the server only speaks when a test advances it
-        }
-        options.update(overrides)
-        feed = MarketFeed(**options)
-        running.append((feed, asyncio.create_task(feed.run())))
-        return feed
-
-    yield start
-    for feed, task in running:
-        await feed.stop()
-        await task
+    async with feeds_against(server, sink, history=HISTORY) as start:
+        yield start
 
 
 def expected(series: Series, first: int, count: int) -> list[Candle]:

@@ -170,7 +170,7 @@ def test_young_market_without_history_starts_with_the_first_live_candle() -> Non
 def test_reconnect_backfills_from_the_last_delivered_candle() -> None:
     tracker = warmed()
     feed(tracker, [frame(A, closed=True)])
-    tracker.connection_made()
+    tracker.connection_made([BTC])
     assert tracker.phase(BTC) is Phase.WAITING
     # Frames on the new connection before the backfill is even requested are held.
     assert tracker.receive_frame(frame(D, closed=True), 5) == []
@@ -184,11 +184,34 @@ def test_reconnect_backfills_from_the_last_delivered_candle() -> None:
     assert events[-1] == Dropped(BTC, D, "duplicate")
 
 
+def test_a_new_connection_resets_only_the_streams_it_carries() -> None:
+    """Streams spread over two connections: replacing one connection re-subscribes and backfills
+    its streams only; the other connection's stream stays LIVE and keeps delivering at once."""
+    eth = StreamKey("ETHUSDT", "1m")
+    tracker = CandleTracker(history=1)
+    tracker.add([BTC, eth])
+    fetches = [e for e in tracker.subscribed([BTC, eth]) if isinstance(e, FetchHistory)]
+    for fetch in fetches:
+        tracker.receive_history(fetch.request, [candle(A - MIN, fetch.key)], A)
+    assert delivered(tracker.receive_frame(frame(A, closed=True), 1)) == [A]
+    assert delivered(tracker.receive_frame(frame(A, closed=True, key=eth), 2)) == [A]
+
+    tracker.connection_made([BTC])  # BTC's connection dropped and came back; ETH's did not
+
+    assert (tracker.phase(BTC), tracker.phase(eth)) == (Phase.WAITING, Phase.LIVE)
+    assert tracker.receive_frame(frame(B, closed=True), 3) == []  # held until the backfill
+    assert delivered(tracker.receive_frame(frame(B, closed=True, key=eth), 4)) == [B]
+    fetch = one(tracker.subscribed([BTC]), FetchRange)
+    assert (fetch.key, fetch.start) == (BTC, B)
+    assert delivered(tracker.receive_range(fetch.request, [(candle(B), 5)], C)) == [B]
+    assert tracker.phase(BTC) is Phase.LIVE
+
+
 def test_answers_to_superseded_requests_are_ignored() -> None:
     tracker = warmed()
-    tracker.connection_made()
+    tracker.connection_made([BTC])
     first = one(tracker.subscribed([BTC]), FetchRange)
-    tracker.connection_made()  # replaced again before the answer came
+    tracker.connection_made([BTC])  # replaced again before the answer came
     second = one(tracker.subscribed([BTC]), FetchRange)
     assert not tracker.is_pending(first.request) and tracker.is_pending(second.request)
     assert tracker.receive_range(first.request, [(candle(A), 1)], B) == []

@@ -1,7 +1,9 @@
 """Binance kline market data: the live feed (``MarketFeed``) and its sans-I/O core.
 
 Modules: ``wire`` (frame and REST parsing), ``tracker`` (per-stream candle state machine),
-``rest`` (klines / server time over aiohttp), ``backoff``, ``feed`` (the asyncio shell),
+``plan`` (which connection carries which stream), ``pacing`` (rate budgets), ``rest`` (klines /
+server time over aiohttp), ``backoff``, ``feed`` (the asyncio shell), ``connection`` (one
+WebSocket connection's loop), ``fetch`` (REST warm-up and backfill tasks), ``stats``,
 ``errors`` (the error tree).
 """
 

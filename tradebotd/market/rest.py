@@ -1,8 +1,15 @@
 """REST market data for warm-up and backfill: ``/api/v3/klines`` and ``/api/v3/time`` over aiohttp.
 
 Whether the newest kline row is closed is decided against the *server's* clock, read before the
-rows are fetched (see ``wire.closed_candles``). Paging is explicit: ccxt's ``paginate`` fetches the
-newest window instead of starting at ``since`` (wire-protocols notes, section 4).
+rows are fetched (see ``wire.closed_candles``). A warm-up of many streams is a burst of requests,
+so one reading of ``/api/v3/time`` serves every request of the next second, advanced by the
+local monotonic clock: still a lower bound of the server's time when the rows are read, so a row
+is never taken for closed too early, for one request instead of two. Paging is explicit: ccxt's
+``paginate`` fetches the newest window instead of starting at ``since`` (wire-protocols notes,
+section 4).
+
+Every request first spends its Binance request weight from the ``Pacer`` given (klines 2, time 1),
+so a warm-up of hundreds of streams stays within the IP's budget instead of running into 429s.
 
 Errors:
 
@@ -25,14 +32,18 @@ import orjson
 import structlog
 
 from tradebotd.market.errors import MalformedMessage, RestRejected, RestUnavailable, describe
+from tradebotd.market.pacing import Pacer
 from tradebotd.market.wire import closed_candles, parse_kline_rows, parse_rest_error, parse_server_time
 from tradebotd.model import Candle, StreamKey
 
-__all__ = ["MAX_LIMIT", "KlinesClient", "ServerClock"]
+__all__ = ["MAX_LIMIT", "WEIGHTS", "KlinesClient", "ServerClock"]
 
 log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 1000  # Binance's maximum rows per klines request
+# Binance spot request weights (rest-api.md): klines 2 whatever the limit, time 1.
+WEIGHTS: Mapping[str, int] = {"/api/v3/klines": 2, "/api/v3/time": 1}
+SERVER_TIME_REUSE_S = 1.0  # a server-time reading serves the requests of the next second
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,27 +52,45 @@ class ServerClock:
 
     server_ms: int
     monotonic_ns: int  # local monotonic time half-way through the request
+    answered_ns: int  # local monotonic time the answer arrived (the server read its clock before)
 
     def now_ms(self, monotonic_ns: int) -> int:
         return self.server_ms + (monotonic_ns - self.monotonic_ns) // 1_000_000
+
+    def lower_bound_ms(self, monotonic_ns: int) -> int:
+        """A time the server's clock has certainly reached at ``monotonic_ns`` (>= the answer):
+        the server read ``server_ms`` before we got it, and clocks drift far less than 0.1%."""
+        elapsed_ms = (monotonic_ns - self.answered_ns) // 1_000_000
+        return self.server_ms + elapsed_ms - elapsed_ms // 1000
 
 
 class KlinesClient:
     """Binance spot market-data REST calls on a caller-owned ``aiohttp.ClientSession``."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, *, timeout_s: float = 10.0, pacer: Pacer | None = None
+    ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._pacer = pacer
         self.clock: ServerClock | None = None  # the latest reading of /api/v3/time
 
     async def server_time(self) -> int:
-        """The server's clock in ms; also updates ``clock``."""
+        """The server's clock in ms, read now; also updates ``clock``."""
         before = time.monotonic_ns()
         server_ms = parse_server_time(await self._get("/api/v3/time", {}))
         after = time.monotonic_ns()
-        self.clock = ServerClock(server_ms, (before + after) // 2)
+        self.clock = ServerClock(server_ms, (before + after) // 2, after)
         return server_ms
+
+    async def server_now_lower_bound(self) -> int:
+        """A time the server's clock has reached: the last reading advanced by the local clock if
+        it is younger than ``SERVER_TIME_REUSE_S``, else a new reading."""
+        clock, now_ns = self.clock, time.monotonic_ns()
+        if clock is not None and now_ns - clock.answered_ns < SERVER_TIME_REUSE_S * 1e9:
+            return clock.lower_bound_ms(now_ns)
+        return await self.server_time()
 
     async def klines(
         self,
@@ -84,7 +113,7 @@ class KlinesClient:
     async def recent_closed(self, key: StreamKey, count: int) -> tuple[list[Candle], int]:
         """The newest ``count`` closed candles (at least one when any exist), and the server time
         they were judged against. Pages backwards with ``endTime`` when ``count`` > 1000."""
-        server_now = await self.server_time()
+        server_now = await self.server_now_lower_bound()
         wanted = max(count, 1) + 1  # +1: the newest row is usually the candle still in progress
         limit = min(wanted, MAX_LIMIT)
         rows = await self.klines(key, limit=limit)
@@ -99,7 +128,7 @@ class KlinesClient:
     async def closed_since(self, key: StreamKey, start: int) -> tuple[list[tuple[Candle, int]], int]:
         """Every closed candle with open time >= ``start``, each with the monotonic time its page
         arrived, and the server time they were judged against. Pages forwards with ``startTime``."""
-        server_now = await self.server_time()
+        server_now = await self.server_now_lower_bound()
         rows: list[tuple[Candle, int]] = []
         cursor = start
         while True:
@@ -114,6 +143,8 @@ class KlinesClient:
         return [(candle, rows[i][1]) for i, candle in enumerate(closed)], server_now
 
     async def _get(self, path: str, params: Mapping[str, str]) -> object:
+        if self._pacer is not None:
+            await self._pacer.acquire(WEIGHTS.get(path, 1))
         url = self._base_url + path
         try:
             async with self._session.get(url, params=params, timeout=self._timeout) as response:

@@ -13,7 +13,8 @@ States of one stream::
        ▲                     (FetchHistory)        │ gap        │
        └── connection_made ◀── any state           └──▶ CATCHING_UP (FetchRange)
 
-- WAITING: just added, or the connection was replaced; the subscription is not confirmed yet.
+- WAITING: just added, or the connection carrying it was replaced; the subscription is not
+  confirmed yet.
 - WARMING: ``history`` closed candles were requested; they become one ``History`` event.
 - LIVE: a final kline (``k.x``) whose open time is ``last + interval`` is delivered at once.
 - CATCHING_UP: a range ``[last + interval, live edge]`` was requested over REST, because of a
@@ -203,14 +204,19 @@ class CandleTracker:
         for key in keys:
             self._streams.pop(key, None)
 
-    def connection_made(self) -> None:
-        """A new connection replaced the old one: every stream waits for its subscription again.
+    def connection_made(self, keys: Collection[StreamKey]) -> None:
+        """A new connection replaced the one that carried ``keys``: those streams wait for their
+        subscription again. The feed spreads its streams over several connections, each replaced
+        on its own, so only the streams of the connection that dropped lose their place; the
+        others stay LIVE and keep delivering.
 
         Held candles and the last delivered open time survive; the backfill after the
-        subscription starts from there.
+        subscription starts from there. Unknown keys are ignored.
         """
-        for stream in self._streams.values():
-            stream.reset()
+        for key in keys:
+            stream = self._streams.get(key)
+            if stream is not None:
+                stream.reset()
 
     def subscribed(self, keys: Collection[StreamKey]) -> list[Event]:
         """The server confirmed these streams (URL streams count as confirmed on connect)."""
