@@ -145,3 +145,85 @@ def test_instances_do_not_share_globals(make: MakeStrategy) -> None:
     reader = make("function evaluate() { return {signal: 'hold', reason: typeof shared + ' ' + typeof [].leak} }")
     writer.step(candle(1), None)
     assert reader.step(candle(1), None)[0].reason == "undefined undefined"
+
+
+# The shim hands a strategy the same candles array again when nothing could tell it from a fresh
+# one (tb_shim.c, "candles view"). Each case below keeps or changes its array in a way that must
+# make the next evaluation get a fresh one; the strategy checks on every call that its array is
+# exactly the history, clean, and not an array it could have seen before, and that arrays it kept
+# were left alone. A failed check is a 'sell' carrying the details.
+VIEW_CHECKER = """
+const MAX = 4;
+const kept = [];
+let ref = null;
+const wm = new WeakMap(), ws = new WeakSet(), registry = new FinalizationRegistry(() => {});
+function clean(c) {
+  const names = Object.getOwnPropertyNames(c);
+  return Array.isArray(c) && Object.getPrototypeOf(c) === Array.prototype && Object.isExtensible(c) &&
+    names.length === c.length + 1 && names[c.length] === 'length' &&
+    Object.getOwnPropertyDescriptor(c, 'length').writable &&
+    c.every((x, i) => Object.isFrozen(x) && x.time === c[c.length - 1].time - (c.length - 1 - i) * 60000);
+}
+function tradingStrategy(ctx) {
+  const c = ctx.candles, last = c[c.length - 1];
+  const problems = [];
+  if (last.time !== Date.now() - 60000) problems.push('newest');
+  if (c.length !== Math.min(MAX, last.time / 60000 + 1)) problems.push('length ' + c.length);
+  if (!clean(c)) problems.push('not clean');
+  if (kept.some(([a]) => a === c) || (ref && ref.deref() === c) || wm.has(c) || ws.has(c) ||
+      (globalThis.kept_context && globalThis.kept_context.candles === c) ||
+      (globalThis.getter && globalThis.getter() === c)) problems.push('seen before');
+  if (!kept.every(([a, n, t]) => a.length === n && a[n - 1].time === t)) problems.push('kept changed');
+  CHANGE;
+  return problems.length ? {signal: 'sell', reason: problems.join(', ')} : {signal: 'hold'};
+}"""
+
+VIEW_CHANGES = {
+    "nothing": "",
+    "pop": "c.pop()",
+    "reverse": "c.reverse()",
+    "sort": "c.sort((a, b) => b.time - a.time)",
+    "push the same candle": "c.push(c[0])",
+    "truncate": "c.length = 0",
+    "replace an element": "c[0] = c[c.length - 1]",
+    "lengthen": "c.length += 3",
+    "sparse element": "c[c.length + 100] = c[0]",
+    "copyWithin": "c.copyWithin(0, 1)",
+    "add a property": "c.extra = 1",
+    "add and delete a property": "c.extra = 1; delete c.extra",
+    "read-only length": "Object.defineProperty(c, 'length', {writable: false})",
+    "freeze": "Object.freeze(c)",
+    "prevent extensions": "Object.preventExtensions(c)",
+    "new prototype": "Object.setPrototypeOf(c, null)",
+    "used as a prototype": "Object.create(c)",
+    "kept in a global": "kept.push([c, c.length, c[c.length - 1].time])",
+    "context kept": "globalThis.kept_context = ctx",
+    "closure kept": "globalThis.getter = () => c",
+    "WeakRef": "ref = new WeakRef(c)",
+    "WeakMap key": "wm.set(c, 1)",
+    "WeakSet": "ws.add(c)",
+    "FinalizationRegistry": "registry.register(c, 1)",
+    "a dropped proxy": "new Proxy(c, {}).pop()",
+}
+
+
+@pytest.mark.parametrize("change", VIEW_CHANGES.values(), ids=VIEW_CHANGES.keys())
+def test_each_evaluation_sees_a_fresh_array_of_the_history(make: MakeStrategy, change: str) -> None:
+    strategy = make(VIEW_CHECKER.replace("CHANGE", change), limits=SandboxLimits(max_candles=4))
+    strategy.push_history(candles(0, 2))
+    for i in range(2, 7):  # the array grows to max_candles, then shifts
+        decision, _ = strategy.step(candle(i), None)
+        assert (decision.signal, decision.reason) == ("hold", None)
+    assert strategy.run_until_signal(candles(7, 6), None) == (6, None)  # the same in one wasm call
+    strategy.push_history(candles(13, 3))  # appended without an evaluation in between
+    assert strategy.step(candle(16), None)[0].signal == "hold"
+
+
+def test_an_array_changed_by_a_failed_evaluation_is_not_handed_out_again(make: MakeStrategy) -> None:
+    source = VIEW_CHECKER.replace("CHANGE", "if (c.length === 3) { c.reverse(); throw c; }")
+    strategy = make(source, limits=SandboxLimits(max_candles=4))
+    assert strategy.step(candle(0), None)[0].signal == "hold"
+    assert strategy.step(candle(1), None)[0].signal == "hold"
+    with pytest.raises(StrategyRuntimeError):
+        strategy.step(candle(2), None)
+    assert strategy.run_until_signal(candles(3, 4), None) == (4, None)

@@ -84,6 +84,22 @@ def test_parameters_are_visible_and_deeply_frozen(make: MakeStrategy) -> None:
     assert decision.indicators == {"fast": 5, "slow": 20, "list": [1.5, 2.0], "name": "x", "frozen": True}
 
 
+def test_numeric_parameters_keep_their_values(make: MakeStrategy) -> None:
+    # The prelude stores integral numbers as QuickJS small integers (faster indexing); that must
+    # not change a single value, -0 and integers beyond int32 included.
+    source = """
+    function tradingStrategy({parameters: p}) {
+      const same = [Object.is(p.negzero, -0), p.big === 2147483648, p.neg === -2147483648, p.n === 5,
+                    p.half === 1.5, p.nested.list[0] === 3 && p.nested.list[1] === -0.25,
+                    Number.isInteger(p.n), 1 / p.zero === Infinity];
+      return {signal: 'hold', reason: same.join(',')};
+    }"""
+    parameters = {"negzero": -0.0, "big": 2**31, "neg": -(2**31), "n": 5, "half": 1.5, "zero": 0,
+                  "nested": {"list": [3, -0.25]}}
+    decision, _ = make(source, parameters=parameters).step(candle(1), None)
+    assert decision.reason == ",".join(["true"] * 8)
+
+
 def test_parameters_must_be_json(make: MakeStrategy) -> None:
     with pytest.raises(StrategyLoadError) as err:
         make("function tradingStrategy() {}", parameters={"when": object()})

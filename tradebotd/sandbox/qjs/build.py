@@ -13,8 +13,9 @@ Steps:
    apply, with ``--require-hashes``); otherwise urllib reads the index's simple API
    (``$PIP_INDEX_URL``, default PyPI), as inside pip's isolated build environment.
 2. ``python -m ziglang cc`` (PyPI ``ziglang==0.17.0``: clang + wasi-libc + linker, build-time
-   only) compiles upstream's ``quickjs.c libregexp.c libunicode.c dtoa.c`` and our
-   ``tb_shim.c tb_strtod.c``; ``tb_prelude.js`` is embedded as a C string.
+   only) compiles upstream's ``libregexp.c libunicode.c dtoa.c``, our ``tb_strtod.c``, and our
+   ``tb_shim.c``, which includes upstream's ``quickjs.c`` (one translation unit, see the shim);
+   ``tb_prelude.js`` is embedded as a C string.
 3. The linked module gets a custom section ``tradebotd-build`` holding a hash of every input
    (sdist sha256, zig version, our sources, flags). A later build with the same hash is skipped.
 
@@ -49,9 +50,11 @@ LICENSE = HERE / "LICENSE.quickjs-ng.txt"
 OUR_SOURCES = ("tb_shim.c", "tb_strtod.c")
 PRELUDE = "tb_prelude.js"
 UPSTREAM_SOURCES = ("quickjs.c", "libregexp.c", "libunicode.c", "dtoa.c")
+# quickjs.c is not compiled on its own: tb_shim.c #includes it (a unity build; the shim says why).
+UNITY_SOURCE = "quickjs.c"
 ZIG_VERSION = "0.17.0"
 BUILD_SECTION = "tradebotd-build"
-FORMAT = 1  # bump to force a rebuild when this script's logic changes
+FORMAT = 2  # bump to force a rebuild when this script's logic changes
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ COMPILE_FLAGS = (
 )
 UPSTREAM_FLAGS = ("-w",)  # not our code; its warnings are upstream's business
 OUR_FLAGS = ("-Wall", "-Wextra")
-# Only quickjs.c: its one strtod call is JSON.parse; see tb_strtod.c.
+# Only the translation unit holding quickjs.c (tb_shim.c): its one strtod call is JSON.parse; see
+# tb_strtod.c.
 QUICKJS_FLAGS = ("-Dstrtod=tb_json_strtod",)
 # -s strips debug info (a trivial file is ~1 MB with it). Zig's linker already puts the 1 MiB
 # stack first, so an overflow traps instead of overwriting static data.
@@ -296,18 +300,21 @@ def compile_and_link(src: Path, work: Path, output: Path, key: str, cache: Path)
         shutil.copyfile(HERE / name, work / name)
     env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache / "zig"), ZIG_LOCAL_CACHE_DIR=str(cache / "zig-local"))
     jobs: list[tuple[list[str], Path]] = []
-    for name in UPSTREAM_SOURCES:
-        extra = QUICKJS_FLAGS if name == "quickjs.c" else ()
-        obj = (work / name).with_suffix(".o")
-        jobs.append((["cc", *COMPILE_FLAGS, *UPSTREAM_FLAGS, *extra, "-I.", "-c", name, "-o", str(obj)], src))
+    upstream = [name for name in UPSTREAM_SOURCES if name != UNITY_SOURCE]
+    # The shim (with quickjs.c inside) is by far the longest compile: start it first.
     for name in OUR_SOURCES:
         obj = (work / name).with_suffix(".o")
-        jobs.append((["cc", *COMPILE_FLAGS, *OUR_FLAGS, f"-I{src}", "-I.", "-c", name, "-o", str(obj)], work))
+        extra = QUICKJS_FLAGS if name == "tb_shim.c" else ()
+        jobs.append((["cc", *COMPILE_FLAGS, *OUR_FLAGS, *extra, f"-I{src}", "-I.", "-c", name, "-o", str(obj)],
+                     work))
+    for name in upstream:
+        obj = (work / name).with_suffix(".o")
+        jobs.append((["cc", *COMPILE_FLAGS, *UPSTREAM_FLAGS, "-I.", "-c", name, "-o", str(obj)], src))
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for future in [pool.submit(_zig, args, cwd, env) for args, cwd in jobs]:
             future.result()
-    objects = [f"{Path(n).stem}.o" for n in (*UPSTREAM_SOURCES, *OUR_SOURCES)]
+    objects = [f"{Path(n).stem}.o" for n in (*upstream, *OUR_SOURCES)]
     _zig(["cc", *LINK_FLAGS, *objects, "-o", "linked.wasm"], work, env)
     stamp = json.dumps({"inputs": key, "quickjs_ng": QUICKJS.version, "zig": ZIG_VERSION}, sort_keys=True)
     wasm = (work / "linked.wasm").read_bytes() + custom_section(BUILD_SECTION, stamp.encode())

@@ -228,9 +228,20 @@
     return stringify({ __proto__: null, error });
   }
 
+  // QuickJS's JSON.parse makes every number a double, even 5; a double used as an index or a
+  // loop bound sends every `values[i]` through the slow property path (number -> string ->
+  // atom). Storing integral parameters as QuickJS small integers instead is invisible to the
+  // strategy (a number is a number; -0 stays a double) and measured 20% faster on the SMA example.
   function deepFreeze(value) {
     if (value !== null && typeof value === 'object') {
-      for (const key of objectKeys(value)) deepFreeze(value[key]);
+      for (const key of objectKeys(value)) {
+        const item = value[key];
+        if (typeof item === 'number') {
+          if ((item | 0) === item && (item !== 0 || 1 / item > 0)) value[key] = item | 0;
+        } else {
+          deepFreeze(item);
+        }
+      }
       freeze(value);
     }
     return value;

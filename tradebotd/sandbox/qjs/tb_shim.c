@@ -34,7 +34,16 @@
 #include <string.h>
 #include <time.h>
 
-#include "quickjs.h"
+/* QuickJS-NG is compiled inside this file (a unity build), for two reasons measured on backtests:
+ * the hot helpers (js_dup, js_free_value_rt, ...) inline into the shim instead of costing a call
+ * each, and the candles view below must read an object's reference count, weak-reference list
+ * and fast-array storage, which quickjs.h does not expose. Everything used from the inside is
+ * named in the "candles view" section; the sdist is pinned by sha256 (build.py), so these
+ * internals cannot change under us. Upstream's warnings are upstream's business. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Weverything"
+#include "quickjs.c"
+#pragma clang diagnostic pop
 
 #define TB_EXPORT(name) __attribute__((export_name(name)))
 
@@ -140,6 +149,8 @@ static struct {
     JSValue *history;      /* ring of frozen candle objects */
     JSValue *scratch;      /* ordered copy handed to JS_NewArrayFrom */
     uint32_t capacity, head, count;
+    JSValue view;          /* the candles array handed out last, or JS_UNDEFINED (see below) */
+    int view_used;         /* JS ran since the view was last checked */
     double now_ms;         /* what Date.now() returns */
     uint64_t rng;
     uint64_t deadline_ns;  /* 0 = none */
@@ -412,6 +423,112 @@ static JSValue js_random(JSContext *ctx, JSValueConst this_val, int argc, JSValu
     return JS_NewFloat64(ctx, (double)(z >> 11) * 0x1.0p-53);
 }
 
+/* ---------------------------------------------------------------- candles view
+ *
+ * Each evaluation's context.candles is a fresh array of the history (a strategy may pop(),
+ * sort() or extend its copy freely). Building one costs a reference-count increment per candle
+ * (max_candles, 1000 by default), an 8 KiB copy and as many decrements when it is freed: about
+ * a third of a simple strategy's evaluation in a backtest. So the shim keeps the array it handed
+ * out and hands it out again, one candle further along, when that is indistinguishable from a
+ * fresh array. It is, when after the evaluation
+ *
+ *   - nothing else references it: reference count 1 (ours), no weak reference (WeakRef,
+ *     WeakMap/WeakSet key, FinalizationRegistry target), never used as a prototype; so no code
+ *     can ever observe that it is the same object; and
+ *   - its state is exactly that of a fresh array of the history: still a fast array with the
+ *     initial Array shape (so no added, deleted or redefined property, same prototype),
+ *     extensible, its length and every element the same as the history's.
+ *
+ * Otherwise it is released (the strategy keeps what it holds) and the next evaluation builds a
+ * fresh one. The check runs lazily, before the view is next changed or handed out; it reads
+ * QuickJS-NG internals (JS_REF_COUNT, JSObject fields, expand_fast_array), hence the unity
+ * build. tests/sandbox covers each way a strategy can keep or change its array. */
+
+static JSValue history_array(void)
+{
+    for (uint32_t i = 0; i < S.count; i++)
+        S.scratch[i] = js_dup(S.history[(S.head + i) % S.capacity]);
+    return JS_NewArrayFrom(S.ctx, (int)S.count, S.scratch);
+}
+
+static int same_values(const JSValue *a, const JSValue *b, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (JS_VALUE_GET_PTR(a[i]) != JS_VALUE_GET_PTR(b[i]) || JS_VALUE_GET_TAG(a[i]) != JS_VALUE_GET_TAG(b[i]))
+            return 0;
+    return 1;
+}
+
+static int view_intact(void)
+{
+    JSObject *p = JS_VALUE_GET_OBJ(S.view);
+    JSValue length = p->prop[0].u.value;
+    if (JS_REF_COUNT(p) != 1 || p->first_weak_ref || p->is_prototype || p->class_id != JS_CLASS_ARRAY ||
+        !p->fast_array || !p->extensible || p->shape != S.ctx->array_shape || p->u.array.count != S.count ||
+        JS_VALUE_GET_TAG(length) != JS_TAG_INT || (uint32_t)JS_VALUE_GET_INT(length) != S.count)
+        return 0;
+    uint32_t first = S.capacity - S.head < S.count ? S.capacity - S.head : S.count;
+    const JSValue *values = p->u.array.u.values;
+    return same_values(values, S.history + S.head, first) &&
+           same_values(values + first, S.history, S.count - first);
+}
+
+static void view_drop(void)
+{
+    JS_FreeValue(S.ctx, S.view);
+    S.view = JS_UNDEFINED;
+    S.view_used = 0;
+}
+
+/* Before the history changes: keep the view only if it still matches the history. */
+static void view_check(void)
+{
+    if (JS_IsUndefined(S.view) || !S.view_used)
+        return;
+    if (view_intact())
+        S.view_used = 0;
+    else
+        view_drop();
+}
+
+/* After `candle` (a reference the history holds) was appended to the history. */
+static void view_append(JSValue candle)
+{
+    if (JS_IsUndefined(S.view))
+        return;
+    JSObject *p = JS_VALUE_GET_OBJ(S.view);
+    uint32_t n = p->u.array.count;
+    if (n == S.count) { /* the history was full and dropped its oldest candle */
+        JSValue *values = p->u.array.u.values;
+        JS_FreeValue(S.ctx, values[0]);
+        memmove(values, values + 1, (n - 1) * sizeof *values);
+        values[n - 1] = js_dup(candle);
+        return;
+    }
+    if (n + 1 > p->u.array.u1.size && expand_fast_array(S.ctx, p, n + 1) < 0) {
+        JS_FreeValue(S.ctx, JS_GetException(S.ctx)); /* out of memory: build it afresh next time */
+        view_drop();
+        return;
+    }
+    p->u.array.u.values[n] = js_dup(candle);
+    p->u.array.count = n + 1;
+    p->prop[0].u.value = js_int32((int32_t)(n + 1));
+}
+
+/* The candles array for an evaluation (a new reference), or JS_EXCEPTION. */
+static JSValue candles_array(void)
+{
+    view_check();
+    if (JS_IsUndefined(S.view)) {
+        JSValue fresh = history_array();
+        if (JS_IsException(fresh))
+            return fresh;
+        S.view = fresh;
+    }
+    S.view_used = 1;
+    return js_dup(S.view);
+}
+
 /* ---------------------------------------------------------------- history */
 
 static int push_candle(const double *c)
@@ -433,6 +550,7 @@ static int push_candle(const double *c)
         }
     }
     JS_PreventExtensions(S.ctx, candle);
+    view_check(); /* against the history as it was */
     if (S.count == S.capacity) {
         JS_FreeValue(S.ctx, S.history[S.head]);
         S.history[S.head] = candle;
@@ -441,17 +559,10 @@ static int push_candle(const double *c)
         S.history[(S.head + S.count) % S.capacity] = candle;
         S.count++;
     }
+    view_append(candle);
     S.now_ms = c[0] + tb_config.interval_ms;
     tb_result.consumed++;
     return TB_OK;
-}
-
-/* A fresh array each evaluation: a strategy may pop() or sort() its copy freely. */
-static JSValue history_array(void)
-{
-    for (uint32_t i = 0; i < S.count; i++)
-        S.scratch[i] = JS_DupValue(S.ctx, S.history[(S.head + i) % S.capacity]);
-    return JS_NewArrayFrom(S.ctx, (int)S.count, S.scratch);
 }
 
 static JSValue make_context(double current_price)
@@ -469,7 +580,7 @@ static JSValue make_context(double current_price)
         if (JS_IsException(position))
             return position;
     }
-    JSValue candles = history_array();
+    JSValue candles = candles_array();
     if (JS_IsException(candles)) {
         JS_FreeValue(S.ctx, position);
         return candles;
@@ -561,6 +672,7 @@ static int32_t evaluate(double current_price, int hold_is_empty)
 static void unload(void)
 {
     if (S.ctx) {
+        JS_FreeValue(S.ctx, S.view);
         for (uint32_t i = 0; i < S.count; i++)
             JS_FreeValue(S.ctx, S.history[(S.head + i) % S.capacity]);
         JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.finish, &S.take_logs,
@@ -585,6 +697,8 @@ static void unload(void)
     S.rt = NULL;
     S.history = S.scratch = NULL;
     S.capacity = S.head = S.count = 0;
+    S.view = JS_UNDEFINED;
+    S.view_used = 0;
 }
 
 /* JS_NewContext without `performance` (a host clock) and with nothing from quickjs-libc: no
