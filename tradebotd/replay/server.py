@@ -28,6 +28,10 @@ Test control: ``step()``, ``advance(n)`` (returns once every subscriber's frames
 and ``rest_log`` record each connection and REST request with the time of ``clock`` (monotonic
 seconds unless a test injects its own), for assertions on pacing.
 
+Plugins (``mount``) share the port and the clock: each serves an aiohttp sub-application under
+its ``prefix`` and hears every ``step`` before the klines go out. The exchange stand-in
+(``tradebotd.replay.exchange``) is one, so one process serves market data and trading.
+
 Errors: ``ReplayDataError`` (from ``series``) for unusable data; ``OSError`` from ``start()`` when
 the port is taken.
 """
@@ -42,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple, Protocol, Self
 
 import orjson
 import structlog
@@ -53,7 +57,7 @@ from tradebotd.model import INTERVAL_MS, StreamKey
 from tradebotd.replay.series import Series
 from tradebotd.replay.tape import FINAL, ReplayTape, Step, format_decimal
 
-__all__ = ["ConnectionRecord", "ReplayServer", "RestRecord"]
+__all__ = ["ConnectionRecord", "ReplayPlugin", "ReplayServer", "RestRecord"]
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +84,18 @@ class RestRecord(NamedTuple):
     at: float
     path: str
     query: dict[str, str]
+
+
+class ReplayPlugin(Protocol):
+    """Served on the replay's port under ``prefix`` and moved by the replay's clock."""
+
+    prefix: str
+
+    def app(self) -> web.Application: ...
+
+    def on_step(self, tape: ReplayTape, step: Step) -> None:
+        """Called for every step of the clock, before its klines are pushed."""
+        ...
 
 
 @dataclass(eq=False)
@@ -127,6 +143,7 @@ class ReplayServer:
         self._clients: list[_Client] = []
         self._changed = asyncio.Event()
         self._rest_failures: deque[int] = deque()  # statuses for the next REST answers
+        self._plugins: list[ReplayPlugin] = []
         # Observations for tests.
         self.total_connections = 0
         self.rate_limited = 0  # clients disconnected for exceeding max_messages_per_s
@@ -149,6 +166,8 @@ class ReplayServer:
         app.router.add_get("/api/v3/time", self._time)
         app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         app.router.add_get("/api/v3/ping", self._ping)
+        for plugin in self._plugins:
+            app.add_subapp(plugin.prefix, plugin.app())
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -159,6 +178,12 @@ class ReplayServer:
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         log.info("replay server listening", host=self._host, port=self._port, symbols=sorted(self.tape.symbols))
+
+    def mount(self, plugin: ReplayPlugin) -> None:
+        """Serve ``plugin`` on this port from the next ``start()`` on."""
+        if self._runner is not None:
+            raise RuntimeError("mount plugins before the replay server starts")
+        self._plugins.append(plugin)
 
     async def close(self) -> None:
         """Disconnect everyone (close code 1001) and stop listening."""
@@ -203,6 +228,8 @@ class ReplayServer:
         step = self.tape.step()
         if step is None:
             return None
+        for plugin in self._plugins:
+            plugin.on_step(self.tape, step)
         events: dict[StreamKey, dict[str, object] | None] = {}
         for client in list(self._clients):
             if client.silent:
