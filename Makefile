@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 TRADEBOTD := $(PY) -m tradebotd
 EXAMPLE := tradebotd/examples/sma_crossover.js
 
-.PHONY: install run demo test lint bench wasm wasm-examples clean
+.PHONY: install run demo test lint bench wasm wasm-examples install-service clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ wasm: install
 # Rebuild the AssemblyScript example strategy (needs Node.js and npm; the built .wasm is committed).
 wasm-examples:
 	$(MAKE) -C strategies_wasm assemblyscript
+
+# Install the systemd service on this machine (as root): system user, /opt/tradebotd/venv,
+# /etc/tradebotd/{config.toml,tradebotd.env}, /var/lib/tradebotd. Idempotent; see deploy/install.sh.
+# INSTALL_FLAGS=--dry-run prints what it would do; DESTDIR=/stage lays the files out there.
+install-service:
+	deploy/install.sh $(INSTALL_FLAGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .example-strategy-id
