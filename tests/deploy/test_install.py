@@ -86,8 +86,13 @@ def test_unknown_options_are_refused() -> None:
 
 
 def test_make_install_service_runs_the_script() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
     result = subprocess.run(
-        ["make", "-n", "install-service", "INSTALL_FLAGS=--dry-run"], capture_output=True, text=True, cwd=ROOT
+        ["make", "--no-print-directory", "-n", "install-service", "INSTALL_FLAGS=--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "deploy/install.sh --dry-run"
+    assert result.stdout.strip().splitlines() == ["deploy/install.sh --dry-run"]
