@@ -230,10 +230,14 @@ class ReplayServer:
             return None
         for plugin in self._plugins:
             plugin.on_step(self.tape, step)
+        # Every frame of the step is rendered before the first is sent, so the frames of one
+        # moment leave back to back, as Binance's do, however many streams there are.
         events: dict[StreamKey, dict[str, object] | None] = {}
+        outgoing: list[tuple[_Client, list[str]]] = []
         for client in list(self._clients):
             if client.silent:
                 continue
+            frames: list[str] = []
             for name, key in list(client.streams.items()):
                 if key not in events:
                     events[key] = self.tape.kline_event(key, step)
@@ -243,8 +247,11 @@ class ReplayServer:
                 if client.skip:
                     client.skip -= 1
                     continue
-                payload = {"stream": name, "data": event} if client.combined else event
-                if not await self._send(client, _text(payload)):
+                frames.append(_text({"stream": name, "data": event} if client.combined else event))
+            outgoing.append((client, frames))
+        for client, frames in outgoing:
+            for frame in frames:
+                if not await self._send(client, frame):
                     break
                 self.messages_sent += 1
         self._notify()

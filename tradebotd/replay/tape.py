@@ -86,6 +86,9 @@ class ReplayTape:
         self.slots = (last - self._first) // self.base_ms + 1
         self._cursor = max(0, min(past, self.slots))  # index of the slot in progress
         self._stage = 0
+        # REST rows of closed candles, formatted once: a warm-up of many streams asks for the
+        # same hundreds of rows per stream, and formatting Decimals is the stand-in's slow part.
+        self._closed_rows: dict[StreamKey, dict[int, list[object]]] = {}
 
     # -- the clock -------------------------------------------------------------------------------
 
@@ -156,16 +159,23 @@ class ReplayTape:
             first = bucket_start(start, step)
             oldest = max(oldest, first if first == start else first + step)
         buckets = range(oldest, newest + 1, step) if start is not None else range(newest, oldest - 1, -step)
-        candles: list[Candle] = []
+        rows: list[list[object]] = []
+        cache = self._closed_rows.setdefault(key, {})
         for bucket in buckets:
-            if len(candles) >= limit:
+            if len(rows) >= limit:
                 break
-            candle = self._visible(key, bucket)
-            if candle is not None:
-                candles.append(candle)
+            row = cache.get(bucket)
+            if row is None:
+                candle = self._visible(key, bucket)
+                if candle is None:
+                    continue
+                row = _row(candle, key)
+                if candle.closed:  # a closed candle never changes: format it once
+                    cache[bucket] = row
+            rows.append(row)
         if start is None:
-            candles.reverse()
-        return [_row(candle, key) for candle in candles]
+            rows.reverse()
+        return rows
 
     def _visible(self, key: StreamKey, bucket: int) -> Candle | None:
         last_slot = bucket + key.interval_ms - self.base_ms
