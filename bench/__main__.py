@@ -15,12 +15,13 @@ from pathlib import Path
 
 from tradebotd.replay.series import Series, demo_csv, load_csv
 
-from . import backtest, latency, sandbox, startup
+from . import backtest, latency, sandbox, scale, startup
 from .rows import Row
 
 SECTIONS: dict[str, Callable[[Series, Path | None], list[Row]]] = {
     "latency": lambda series, data: latency.run(series),
     "startup": lambda series, data: startup.run(series),
+    "scale": lambda series, data: scale.run(),
     "sandbox": lambda series, data: sandbox.run(),
     "backtest": lambda series, data: backtest.run(data),
 }

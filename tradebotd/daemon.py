@@ -46,15 +46,20 @@ class LatencyRecorder:
     def __init__(self, keep: int = 100_000) -> None:
         self.samples_ns: deque[int] = deque(maxlen=keep)
         self.trades: deque[int] = deque(maxlen=keep)  # trades recorded with each sample's candle
+        # time.monotonic_ns() of each sample's commit: with samples_ns, when its kline arrived, so
+        # a whole minute boundary (first kline in, last decision recorded) can be measured too.
+        self.committed_at_ns: deque[int] = deque(maxlen=keep)
 
     def __call__(self, batch: WriteBatch, committed_ns: int) -> None:
         if batch.enqueued_ns:
             self.samples_ns.append(committed_ns - batch.enqueued_ns)
             self.trades.append(len(batch.trades))
+            self.committed_at_ns.append(committed_ns)
 
     def clear(self) -> None:
         self.samples_ns.clear()
         self.trades.clear()
+        self.committed_at_ns.clear()
 
 
 class Daemon:
