@@ -63,6 +63,24 @@ def test_history_is_frozen_and_each_call_gets_a_fresh_array(make: MakeStrategy) 
         assert decision.indicators == {"n": i + 1, "frozen": True}
 
 
+def test_setters_on_object_prototype_do_not_intercept_the_context(make: MakeStrategy) -> None:
+    # The shim defines the context's, position's and candles' properties (like an object literal);
+    # it never assigns them, so inherited setters are not called.
+    source = """
+    let calls = 0;
+    for (const key of ['candles', 'currentPrice', 'position', 'parameters', 'amount', 'close']) {
+      Object.defineProperty(Object.prototype, key, {set() { calls++ }, configurable: true});
+    }
+    function tradingStrategy(ctx) {
+      const own = ['candles', 'currentPrice', 'position', 'parameters'].every((k) => Object.hasOwn(ctx, k));
+      return {signal: 'hold', reason: [own, calls, ctx.position.amount, ctx.candles[0].close,
+                                       Object.isFrozen(ctx.candles[0])].join(',')};
+    }"""
+    position = Position(amount=Decimal("0.5"), entry_price=Decimal(100), entry_time=0)
+    decision, _ = make(source).step(candle(1, close=101.0), position)
+    assert decision.reason == "true,0,0.5,101,true"
+
+
 def test_writing_a_candle_field_throws_in_strict_mode(make: MakeStrategy) -> None:
     strategy = make("'use strict'; function evaluate(ctx) { ctx.candles[0].close = 1; return {signal: 'hold'} }")
     with pytest.raises(StrategyRuntimeError) as err:

@@ -128,13 +128,14 @@
     return '!' + stringify({ __proto__: null, error: { __proto__: null, name: 'InvalidResult', message, stack: '' } });
   }
 
+  // `out` is null when the result is only checked (a hold in a backtest run: nothing is kept).
   function positiveNumber(result, out, key) {
     const value = result[key];
     if (value === undefined || value === null) return null;
     if (typeof value !== 'number' || !isFinite(value) || value <= 0) {
       return `${key} must be a finite positive number, got ${describeValue(value)}`;
     }
-    out[key] = value;
+    if (out !== null) out[key] = value;
     return null;
   }
 
@@ -142,9 +143,12 @@
     if (typeof indicators !== 'object' || isArray(indicators)) {
       return `indicators must be an object, got ${describeValue(indicators)}`;
     }
-    const clean = { __proto__: null };
+    const clean = out === null ? null : { __proto__: null };
     let budget = limits.maxResultBytes; // rough size guard before JSON.stringify allocates
-    for (const key of objectKeys(indicators)) {
+    // Indexed loops, not for-of: the array iterator is slower and a strategy can replace it.
+    const keys = objectKeys(indicators);
+    for (let k = 0; k < keys.length; k++) {
+      const key = keys[k];
       const value = indicators[key];
       const where = `indicators.${clip(key, 40)}`;
       if (typeof value === 'number') {
@@ -167,9 +171,9 @@
         return `${where} must be a number, string, boolean or array of numbers, got ${describeValue(value)}`;
       }
       if (budget < 0) return `indicators exceed the ${limits.maxResultBytes}-byte result limit`;
-      clean[key] = isArray(value) ? bareArray(apply(arraySlice, value, [])) : value;
+      if (clean !== null) clean[key] = isArray(value) ? bareArray(apply(arraySlice, value, [])) : value;
     }
-    out.indicators = clean;
+    if (out !== null) out.indicators = clean;
     return null;
   }
 
@@ -184,7 +188,8 @@
     if (signal !== 'buy' && signal !== 'sell' && signal !== 'hold') {
       return bad(`signal must be 'buy', 'sell' or 'hold', got ${describeValue(signal)}`);
     }
-    const out = { __proto__: null, signal };
+    const checkOnly = holdIsEmpty && signal === 'hold';
+    const out = checkOnly ? null : { __proto__: null, signal };
     const problem =
       positiveNumber(result, out, 'amount') ||
       positiveNumber(result, out, 'takeProfit') ||
@@ -196,14 +201,14 @@
       if (reason.length > limits.maxReasonChars) {
         return bad(`reason has ${reason.length} characters, the limit is ${limits.maxReasonChars}`);
       }
-      out.reason = reason;
+      if (out !== null) out.reason = reason;
     }
     const indicators = result.indicators;
     if (indicators !== undefined && indicators !== null) {
       const indicatorProblem = checkIndicators(indicators, out);
       if (indicatorProblem) return bad(indicatorProblem);
     }
-    if (holdIsEmpty && signal === 'hold') return '';
+    if (checkOnly) return '';
     return stringify(out);
   }
 
@@ -234,7 +239,9 @@
   // strategy (a number is a number; -0 stays a double) and measured 20% faster on the SMA example.
   function deepFreeze(value) {
     if (value !== null && typeof value === 'object') {
-      for (const key of objectKeys(value)) {
+      const keys = objectKeys(value);
+      for (let k = 0; k < keys.length; k++) {
+        const key = keys[k];
         const item = value[key];
         if (typeof item === 'number') {
           if ((item | 0) === item && (item !== 0 || 1 / item > 0)) value[key] = item | 0;
