@@ -190,6 +190,7 @@ class PipelineCollector(Collector):
             labels=["kind"],
         )
         for kind, histogram in sorted(engine.decision_latency().items()):
+            # repr() writes these bounds as Go's formatter does (5e-05, 0.00025); +Inf by name
             buckets = [("+Inf" if bound == float("inf") else repr(bound), n) for bound, n in histogram.cumulative()]
             latency.add_metric([kind], buckets, histogram.sum)
         yield latency

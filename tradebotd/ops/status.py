@@ -259,6 +259,7 @@ def snapshot(
     of ``EngineStatus.oldest_waiting_ns``."""
     engine, supervisor = sources.engine, sources.supervisor
     oldest = engine.oldest_waiting_ns if engine is not None else None
+    stalled = watchdog.observe(now_s, progress_of(sources))
     return StatusSnapshot(
         ready=ready,
         streams=tuple(sources.feed.stream_progress()) if sources.feed is not None else (),
@@ -269,7 +270,7 @@ def snapshot(
         bans=tuple((b.name, until) for b in sources.brokers if (until := b.banned_until_ms) is not None),
         tasks=tuple(supervisor.task_health()) if supervisor is not None else (),
         supervisor_gave_up=supervisor.gave_up if supervisor is not None else False,
-        stalled=watchdog.observe(now_s, progress_of(sources)),
+        stalled=stalled,
     )
 
 
