@@ -48,6 +48,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     migrate.add_argument("--dsn", required=True, help="postgresql://user:password@host:5432/database")
 
+    sync = sub.add_parser("sync", help="Supabase replication").add_subparsers(dest="sync_command", required=True)
+    sync_status = sync.add_parser(
+        "status", parents=[common], help="outbox backlog, rows refused by Supabase, the last error"
+    )
+    sync_status.add_argument("--json", action="store_true", help="machine-readable output")
+
     strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(
         dest="strategy_command", required=True
     )
@@ -274,6 +280,38 @@ def cmd_db_migrate(dsn: str) -> int:
     return 0
 
 
+def cmd_sync_status(settings: Settings, *, as_json: bool) -> int:
+    import sqlite3
+
+    from .store.outbox import DDL, Outbox
+
+    path = settings.store.path
+    if not Path(path).exists():
+        print(f"tradebotd: no store at {path}", file=sys.stderr)
+        return 1
+    outbox = Outbox(str(path))
+    try:
+        try:
+            status = outbox.status()
+        except sqlite3.OperationalError:  # never ran with store.backend = "supabase"
+            outbox.db.executescript(DDL)
+            status = outbox.status()
+    finally:
+        outbox.close()
+    status["backend"] = settings.store.backend
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"backend      {status['backend']}")
+    by_table = ", ".join(f"{t} {n}" for t, n in status["backlog_by_table"].items())
+    print(f"backlog      {status['backlog']} rows" + (f" ({by_table}; oldest {status['oldest']})" if by_table else ""))
+    print(f"refused      {status['dead']} rows (kept in outbox_dead)")
+    error = status["last_error"]
+    print(f"last error   {'none' if error is None else error['error']}")
+    print(f"mirrored to  {status['mirror_updated_at'] or 'never polled'}")
+    return 0
+
+
 def cmd_replay_server(args: argparse.Namespace) -> int:
     from .replay.cli import run_from_args
     from .replay.series import ReplayDataError
@@ -299,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tradebotd: {exc}", file=sys.stderr)
         return 2
-    for secret in (settings.exchange.api_key, settings.exchange.api_secret):
+    for secret in (settings.exchange.api_key, settings.exchange.api_secret, settings.store.resolved_supabase_key()):
         if secret is not None:
             register_secret(secret.get_secret_value())
     register_secret(os.environ.get("CRON_SECRET"))  # the trigger's bearer token (tradebotd.ops.http)
@@ -314,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log.level, settings.log.format, stream=sys.stderr, cache=False)
         if args.command == "db":
             return cmd_db_migrate(args.dsn) if args.db_command == "migrate" else cmd_db_init(settings)
+        if args.command == "sync":
+            return cmd_sync_status(settings, as_json=args.json)
         if args.command == "strategy" and args.strategy_command == "check":
             return int(_module("tradebotd.check").run(args))
         if args.command == "strategy":

@@ -11,7 +11,9 @@ Errors: ``tradebotd.errors.ConfigError`` only.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -98,6 +100,56 @@ class StoreSettings(_Section):
     path: Path = Path("tradebotd.db")
     user_id: str = Field("00000000-0000-0000-0000-000000000000", description="owner of rows created locally")
     log_holds: bool = Field(False, description="also write a strategy_logs row for every 'hold' decision")
+    backend: Literal["sqlite", "supabase"] = Field(
+        "sqlite", description="supabase: also replicate to (and mirror strategies from) a Supabase project"
+    )
+    supabase_url: str | None = Field(
+        None, description="project URL; else env SUPABASE_URL or NEXT_PUBLIC_SUPABASE_URL (the web app's)"
+    )
+    supabase_key: SecretStr | None = Field(
+        None, description="service-role key, env only: TRADEBOTD_STORE__SUPABASE_KEY or SUPABASE_SERVICE_ROLE_KEY"
+    )
+    sync_market_data: bool = Field(True, description="replicate closed candles to market_data")
+    outbox_warn_rows: int = Field(100_000, ge=1, description="warn (and flag the metric) when the outbox holds more")
+    mirror_poll_s: float = Field(2.0, gt=0, description="how often Supabase strategies are polled for changes")
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return None if v is None else v.rstrip("/")
+
+    def resolved_supabase_url(self) -> str | None:
+        """``supabase_url``, else the environment the web app already uses."""
+        return self.supabase_url or os.environ.get("SUPABASE_URL") or os.environ.get("NEXT_PUBLIC_SUPABASE_URL") or None
+
+    def resolved_supabase_key(self) -> SecretStr | None:
+        if self.supabase_key is not None:
+            return self.supabase_key
+        key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
+        return SecretStr(key) if key else None
+
+
+class WorkerSettings(_Section):
+    """How several instances share one Supabase project (store.backend = "supabase")."""
+
+    id: str | None = Field(None, description="this instance's lease owner id; default <hostname>:<hash of store.path>")
+    symbols: list[str] | None = Field(None, description="evaluate only strategies on these symbols (e.g. BTCUSDT)")
+    lease_s: float = Field(
+        120.0, ge=1, le=3600, description="lease time: a crashed instance's strategies move on after this"
+    )
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [s.strip().upper() for s in v if s.strip()]
+
+    def resolved_id(self, store_path: Path) -> str:
+        if self.id:
+            return self.id
+        digest = hashlib.sha256(str(store_path.resolve()).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}:{digest}"
 
 
 class DaemonSettings(_Section):
@@ -170,6 +222,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     exchange: ExchangeSettings = ExchangeSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from contextlib import suppress
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,12 +27,17 @@ from .broker.paper import PaperBroker, PaperPosition
 from .config import Settings
 from .engine import Engine, EngineConfig, RuntimeFactory
 from .market.feed import MarketFeed
+from .model import Position, StreamKey
 from .runtimes import make_runtime_factory
 from .store.base import WriteBatch
+from .store.outbox import uninstall_at as uninstall_outbox
 from .store.sqlite import SqliteStore
 from .store.writer import StoreWriter
 from .supervisor import Supervisor
 from .workers.pool import EvalPool
+
+if TYPE_CHECKING:
+    from .sync.service import SyncService
 
 __all__ = ["Daemon", "LatencyRecorder", "run_daemon"]
 
@@ -89,7 +95,7 @@ class Daemon:
             cash=cash,
             positions=positions,
         )
-        self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self.latency)
+        self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self._committed)
         local = make_runtime_factory(settings.sandbox)
         self.runtimes: RuntimeFactory = local
         self.eval_pool: EvalPool | None = None
@@ -126,6 +132,49 @@ class Daemon:
             backoff_max_s=market.reconnect_max_s,
         )
 
+        self.sync = self._make_sync(settings)
+
+    def _make_sync(self, settings: Settings) -> SyncService | None:
+        """store.backend = "supabase": the outbox, mirror and leases (tradebotd.sync.service)."""
+        if settings.store.backend != "supabase":
+            uninstall_outbox(self.store.path)
+            return None
+        from .sync.service import SyncService  # the supabase client: only imported when used
+
+        return SyncService(
+            settings,
+            on_strategies_changed=self.resync,
+            on_cursor=self._leased_cursor,
+            on_takeover=self._taken_over,
+            on_portfolio=self.broker.add_portfolio,
+            market_now_ms=self._server_now_ms,
+        )
+
+    def _leased_cursor(self, strategy_id: str, symbol: str, interval: str, open_time: int) -> None:
+        self.engine.advance_cursor(strategy_id, open_time)
+        self.writer.submit(WriteBatch(cursors={strategy_id: (symbol, interval, open_time)}))
+
+    def _taken_over(
+        self,
+        strategy_id: str,
+        portfolio_id: str | None,
+        key: StreamKey,
+        position: Position | None,
+        cash: Decimal | None,
+    ) -> None:
+        self.broker.take_over(
+            strategy_id, None if position is None else PaperPosition(portfolio_id, key, position), portfolio_id, cash
+        )
+        batch = WriteBatch(positions={strategy_id: (portfolio_id, key, position)})
+        if portfolio_id is not None and cash is not None:
+            batch.cash[portfolio_id] = cash
+        self.writer.submit(batch)
+
+    def _committed(self, batch: WriteBatch, committed_ns: int) -> None:
+        self.latency(batch, committed_ns)
+        if self.sync is not None:
+            self.sync.notify()
+
     def _server_now_ms(self) -> int:
         return self.feed.server_now_ms()
 
@@ -143,6 +192,8 @@ class Daemon:
             broker="paper",
         )
         self.supervisor.start("store-writer", self.writer.run)
+        if self.sync is not None:
+            await self.sync.start(self.supervisor)
         self.supervisor.start("market-feed", self.feed.run)
         self.supervisor.start("control", self._control_loop)
         self._started = True
@@ -163,6 +214,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop taking candles, finish in-flight work, flush writes, release everything."""
         if not self._started:
+            if self.sync is not None:
+                await self.sync.stop(0)
             self.store.close()
             return
         timeout = self.settings.daemon.shutdown_timeout_s
@@ -178,6 +231,8 @@ class Daemon:
         flushed = await self.supervisor.wait("store-writer", timeout)
         if not flushed:
             log.error("could not flush all writes before the shutdown timeout", backlog=self.writer.backlog)
+        if self.sync is not None:
+            await self.sync.stop(timeout)
         await self.supervisor.cancel_all()
         self.engine.close()
         if self.eval_pool is not None:
@@ -191,6 +246,8 @@ class Daemon:
         settle_gc = False
         while True:
             rows = self.store.running_strategies()
+            if self.sync is not None:
+                rows = self.sync.filter(rows)
             changed = await self.engine.sync(rows)
             await self.feed.set_streams(self.engine.streams())
             if settle_gc and not changed:

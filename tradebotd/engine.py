@@ -235,6 +235,12 @@ class Engine:
     def strategy_ids(self) -> set[str]:
         return set(self._slots)
 
+    def advance_cursor(self, strategy_id: str, open_time: int) -> None:
+        """A strategy this engine does not run now resumes after ``open_time`` at the earliest
+        (its cursor came with a lease from another instance: tradebotd.sync.leases)."""
+        if strategy_id not in self._slots:
+            self._cursors[strategy_id] = max(self._cursors.get(strategy_id, open_time), open_time)
+
     async def sync(self, rows: Sequence[StrategyRow]) -> bool:
         """Make the running set equal ``rows``: start new strategies, reload changed ones, stop
         the rest. Load failures put the strategy in status ``error``. True if anything changed."""

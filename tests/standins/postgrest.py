@@ -239,12 +239,15 @@ def _in_values(text: str) -> list[str]:
     return [] if inner == "" else [_unquote(v) for v in _split(inner)]
 
 
-def _condition(column: str, expr: str, args: list[Any]) -> sql.Composable:
-    """``column`` + ``[not.]op.value`` -> SQL, appending bound values to ``args``."""
+def _condition(column: str, expr: str, args: list[Any], *, in_tree: bool = False) -> sql.Composable:
+    """``column`` + ``[not.]op.value`` -> SQL, appending bound values to ``args``. Inside logic
+    trees a value may be double-quoted (to hold ``,.:()``), as PostgREST allows."""
     negate = expr.startswith("not.")
     if negate:
         expr = expr[4:]
     op, dot, value = expr.partition(".")
+    if in_tree and op != "in":
+        value = _unquote(value)
     if not dot:
         raise _Fail(400, "PGRST100", f'"failed to parse filter" {column}={expr}')
     col = _ident(column)
@@ -290,7 +293,7 @@ def _logic(kind: str, body: str, args: list[Any]) -> sql.Composable:
         column, dot, rest = item.partition(".")
         if not dot:
             raise _Fail(400, "PGRST100", f'"failed to parse logic tree" {item!r}')
-        parts.append(_condition(column, rest, args))
+        parts.append(_condition(column, rest, args, in_tree=True))
     joined = sql.SQL(f" {kind.upper()} ").join(parts) if parts else sql.SQL("true")
     return sql.SQL("NOT ({})" if negate else "({})").format(joined)
 
@@ -496,8 +499,11 @@ class PostgrestStandin:
         """Wait until ``predicate()`` holds, re-checked after every request (bound it with
         ``asyncio.timeout``)."""
         while not predicate():
-            self._changed.clear()
-            await self._changed.wait()
+            await self.next_request().wait()
+
+    def next_request(self) -> asyncio.Event:
+        """The event the next answered request sets (take it before checking a condition)."""
+        return self._changed
 
     def count(self, method: str, path: str, *, ok: bool | None = None) -> int:
         return sum(
@@ -542,6 +548,7 @@ class PostgrestStandin:
         prefer = ",".join(request.headers.getall("Prefer", []))
         self.requests.append(LoggedRequest(request.method, path, query, prefer, role, response.status, body))
         self._changed.set()
+        self._changed = asyncio.Event()
         return response
 
     def _auth(self, request: web.Request) -> tuple[str, dict[str, Any]]:

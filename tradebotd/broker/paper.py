@@ -83,6 +83,23 @@ class PaperBroker:
         held = self._positions.get(strategy_id)
         return held.position if held else None
 
+    def add_portfolio(self, portfolio_id: str, cash: Decimal) -> None:
+        """A portfolio that appeared after start-up (mirrored from Supabase); known ones keep
+        their cash (the local store is the truth for it)."""
+        self._cash.setdefault(portfolio_id, cash)
+
+    def take_over(
+        self, strategy_id: str, held: PaperPosition | None, portfolio_id: str | None, cash: Decimal | None
+    ) -> None:
+        """A strategy taken over from another instance sharing a Supabase project: its position
+        and its portfolio's cash as that instance left them."""
+        if held is None:
+            self._positions.pop(strategy_id, None)
+        else:
+            self._positions[strategy_id] = held
+        if portfolio_id is not None and cash is not None:
+            self._cash[portfolio_id] = cash
+
     def cash(self, portfolio_id: str | None) -> Decimal:
         return self._cash.get(portfolio_id, Decimal(0))
 
