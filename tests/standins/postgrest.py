@@ -838,3 +838,26 @@ class PostgrestStandin:
             return web.Response(status=status, headers=headers)
         content_type = "application/vnd.pgrst.object+json" if single else "application/json"
         return web.Response(status=status, text=text, headers=headers, content_type=content_type, charset="utf-8")
+
+
+async def _serve(dsn: str, secret: str, port: int) -> None:
+    async with PostgrestStandin(dsn, jwt_secret=secret, port=port) as standin:
+        print(f"PORT={standin.port}", flush=True)
+        await asyncio.Event().wait()  # until killed
+
+
+def main() -> None:
+    """``python -m tests.standins.postgrest --dsn DSN --secret S [--port 0]``: the stand-in in its
+    own process (benchmarks: Supabase is not on the daemon's event loop either); prints PORT=<n>."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.standins.postgrest")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.dsn, args.secret, args.port))
+
+
+if __name__ == "__main__":
+    main()
