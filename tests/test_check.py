@@ -59,11 +59,11 @@ def test_signals_indicators_and_figures_for_a_csv(tmp_path: Path, capsys: pytest
     assert out[1].startswith("loaded in ")
     assert out[2:6] == [
         "signals: 3",
-        "  2024-01-01 00:01  buy        0.5  above 105  -> filled 0.5 at 106",
-        "  2024-01-01 00:03  sell         -  below 95  -> filled 0.5 at 94",
-        "  2024-01-01 00:05  buy        0.5  above 105  -> filled 0.5 at 110",
+        "  2024-01-01T00:01:00Z  buy        0.5  above 105  -> filled 0.5 at 106",
+        "  2024-01-01T00:03:00Z  sell         -  below 95  -> filled 0.5 at 94",
+        "  2024-01-01T00:05:00Z  buy        0.5  above 105  -> filled 0.5 at 110",
     ]
-    assert "last indicators (2024-01-01 00:06): price=101, long=true" in out
+    assert "last indicators (2024-01-01T00:06:00Z): price=101, long=true" in out
     assert "evaluations: 7, errors: 0" in out
     assert any(line.startswith("evaluation time: median ") and line.endswith(" us") for line in out)
     assert any(line.startswith("peak linear memory: ") and line.endswith(" MiB") for line in out)
@@ -81,7 +81,7 @@ def test_the_example_on_the_built_in_series(tmp_path: Path, capsys: pytest.Captu
     signals = int(out.split("signals: ")[1].split("\n")[0])
     assert signals > 10
     assert out.count("fast SMA crossed above slow SMA  -> filled 0.01 at ") >= signals // 2
-    assert "last indicators (2024-01-01 16:39): fastSma=" in out
+    assert "last indicators (2024-01-01T16:39:00Z): fastSma=" in out
     assert "evaluations: 1000, errors: 0" in out
 
 
@@ -129,7 +129,7 @@ def test_typescript_runtime_errors_point_into_the_ts_file(tmp_path: Path, capsys
     assert strategy_check(tmp_path, write(tmp_path, "typed.ts", source), "--data", data) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("check typed.ts (ts): 5 candles")
-    error = out.index("error at 2024-01-01 00:03 (candle 4): TypeError: cannot read property 'close' of undefined")
+    error = out.index("error at 2024-01-01T00:03:00Z (candle 4): TypeError: cannot read property 'close' of undefined")
     assert out[error + 1] == "  at tradingStrategy (typed.ts:4:57)"
     assert "evaluations: 5, errors: 1" in out
     assert out[-1] == "result: FAILED (1 evaluation error)"
@@ -188,7 +188,7 @@ def test_protective_levels_are_watched(tmp_path: Path, capsys: pytest.CaptureFix
     assert strategy_check(tmp_path, write(tmp_path, "tp.js", source), "--data", data) == 0
     out = capsys.readouterr().out.splitlines()
     exits = out.index("protective exits: 1")
-    assert out[exits + 1] == "  2024-01-01 00:02  take-profit 105.0 touched  -> filled 1 at 105"
+    assert out[exits + 1] == "  2024-01-01T00:02:00Z  take-profit 105.0 touched  -> filled 1 at 105"
 
 
 @pytest.mark.parametrize(
@@ -207,3 +207,19 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], a
     files = [str(tmp_path / arg) if arg.endswith((".js", ".py", ".csv")) else arg for arg in argv]
     assert strategy_check(tmp_path, *files) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_parameter_the_strategy_never_reads_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert strategy_check(tmp_path, EXAMPLE, "--param", "fast=5", "--param", "fsat=7") == 0  # a warning only
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "warning: parameter 'fsat' is never read by the strategy (it reads: amount, fast, slow)"
+    assert out[-1] == "result: OK"
+    assert strategy_check(tmp_path, EXAMPLE, "--param", "fsat=7", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["unread_parameters"] == ["fsat"]
+    assert report["parameter_reads"] == {"names": ["amount", "fast", "slow"], "dynamic": None}
+    dynamic = write(tmp_path, "dyn.js", "function evaluate(c) { return {signal: c.parameters[c.parameters.k]} }")
+    assert strategy_check(tmp_path, dynamic, "--param", "zzz=1", "--json") == 1  # returns an invalid signal
+    assert json.loads(capsys.readouterr().out)["unread_parameters"] == []

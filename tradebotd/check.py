@@ -15,11 +15,12 @@ else a built-in synthetic series (a seeded random walk around 42,000; not market
 Text output (``--json``: the same as one JSON object)::
 
     check sma_crossover.js (js): 1000 candles of the built-in synthetic series (BTCUSDT 1m), parameters {...}
+    warning: parameter 'fsat' is never read by the strategy (it reads: amount, fast, slow)
     loaded in 2.1 ms
     signals: 7
-      2024-01-01 00:21  buy   0.01  fast SMA crossed above slow SMA  -> filled 0.01 at 42012.5
+      2024-01-01T00:21:00Z  buy   0.01  fast SMA crossed above slow SMA  -> filled 0.01 at 42012.5
       ...
-    last indicators (2024-01-01 16:39): fastSma=42011.2, slowSma=41987.3
+    last indicators (2024-01-01T16:39:00Z): fastSma=42011.2, slowSma=41987.3
     evaluations: 1000, errors: 0
     evaluation time: median 41.3 us, p99 120.7 us
     peak linear memory: 1.9 MiB
@@ -27,8 +28,11 @@ Text output (``--json``: the same as one JSON object)::
     result: OK
 
 A load error shows the file, line and column with the offending source line; an evaluation
-error shows the candle, the JS message and its stack. Exit codes: 0 OK, 1 the strategy failed to
-load or any evaluation failed, 2 bad usage (unreadable file, bad CSV or configuration).
+error shows the candle, the JS message and its stack. A ``--param`` the strategy never reads is
+warned about (``tradebotd.parameter_reads``: a scan of the source, not a failure).
+
+Exit codes: 0 OK, 1 the strategy failed to load or any evaluation failed, 2 bad usage (unreadable
+file, bad CSV or configuration).
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +55,11 @@ from .broker.base import Fill, Ignored, OrderOutcome
 from .broker.paper import PaperBroker
 from .cliargs import UsageError
 from .config import Settings, load_settings
+from .data.times import format_time
 from .engine import StrategyRuntime, order_intent
 from .errors import ConfigError, StrategyError
 from .model import Candle, Decision, IndicatorValue, StreamKey
+from .parameter_reads import ParameterReads, scan_parameter_reads, unread_parameters
 from .replay.demo import generate
 from .replay.series import ReplayDataError, load_csv, names_from_path
 from .runtimes import load_code
@@ -62,7 +67,15 @@ from .sandbox.errors import StrategyLoadError
 from .store.base import StrategyKind
 from .strategy_files import StrategyFileError, strategy_code, strategy_kind
 
-__all__ = ["add_arguments", "run"]
+__all__ = [
+    "Report",
+    "add_arguments",
+    "check_source",
+    "failure_lines",
+    "parameter_warnings",
+    "run",
+    "synthetic_candles",
+]
 
 SYNTHETIC_CANDLES = 1000
 SYNTHETIC_SYMBOL = "BTCUSDT"
@@ -118,22 +131,75 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, StrategyFileError, ConfigError, ReplayDataError) as exc:
         print(f"tradebotd strategy check: {exc}", file=sys.stderr)
         return 2
-    parameters = dict(args.param)
-    report = Report(
+    report = check_source(
+        code,
+        kind,
         file=path.name,
-        kind=kind,
+        parameters=dict(args.param),
+        settings=settings,
+        candles=candles,
         source=source,
-        key=candles[0].key,
-        candles=len(candles),
-        parameters=parameters,
-        fuel_budget=args.fuel,
+        warmup=args.warmup,
+        fuel=args.fuel,
     )
-    _check(report, code, candles, settings, warmup=min(args.warmup, len(candles)), fuel=args.fuel)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
         _print_text(report, _source_lines(code, kind))
     return 0 if report.ok else 1
+
+
+def check_source(
+    code: str,
+    kind: StrategyKind,
+    *,
+    file: str,
+    parameters: Mapping[str, Any],
+    settings: Settings,
+    candles: Sequence[Candle],
+    source: str,
+    warmup: int = 0,
+    fuel: int | None = None,
+) -> Report:
+    """Load ``code`` as the daemon would and evaluate it over ``candles`` (what ``strategy check``
+    and ``strategy add`` run); ``file`` is the name messages show for the loader's."""
+    report = Report(
+        file=file,
+        kind=kind,
+        source=source,
+        key=candles[0].key,
+        candles=len(candles),
+        parameters=dict(parameters),
+        fuel_budget=fuel,
+    )
+    report.parameter_reads = scan_parameter_reads(code, kind)
+    report.unread_parameters = unread_parameters(report.parameters, report.parameter_reads)
+    _check(report, code, candles, settings, warmup=min(warmup, len(candles)), fuel=fuel)
+    return report
+
+
+def synthetic_candles(interval: str = "1m") -> tuple[list[Candle], str]:
+    """The built-in synthetic series (candles, and how to name them)."""
+    return _candles(None, interval)
+
+
+def failure_lines(report: Report, code: str) -> list[str]:
+    """Why the check failed, as ``strategy check`` prints it (empty if it did not): a load error
+    with file, line, column and the offending source line, or the evaluation errors."""
+    lines = _source_lines(code, report.kind)
+    if report.load_error is not None:
+        return _load_error_text(report.file, report.load_error, lines)
+    return _errors_text(report)
+
+
+def parameter_warnings(report: Report) -> list[str]:
+    """``warning: ...`` lines for parameters the strategy never reads."""
+    reads = report.parameter_reads
+    known = ", ".join(sorted(reads.names)) if reads is not None and reads.names else "none"
+    return [
+        f"warning: parameter {key!r} is never read by the strategy (it reads: {known})"
+        for key in report.unread_parameters
+    ]
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -161,6 +227,8 @@ class Report:
     fuel: list[int] = field(default_factory=list)
     peak_memory_bytes: int = 0
     console: list[tuple[int, str, str]] = field(default_factory=list)  # (candle time, level, text)
+    parameter_reads: ParameterReads | None = None  # None: not scanned (native modules)
+    unread_parameters: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -177,6 +245,10 @@ class Report:
                 "count": self.candles,
             },
             "parameters": dict(self.parameters),
+            "parameter_reads": None
+            if self.parameter_reads is None
+            else {"names": sorted(self.parameter_reads.names), "dynamic": self.parameter_reads.dynamic},
+            "unread_parameters": self.unread_parameters,
             "ok": self.ok,
             "load_ms": self.load_ms,
             "load_error": self.load_error,
@@ -337,32 +409,25 @@ def _print_text(report: Report, lines: list[str]) -> None:
         f"check {report.file} ({report.kind}): {report.candles} candles of {report.source} "
         f"({report.key.symbol} {report.key.interval}){parameters}"
     )
+    out += parameter_warnings(report)
     if report.load_error is not None:
         out += _load_error_text(report.file, report.load_error, lines)
         out.append("result: FAILED (the strategy does not load)")
         print("\n".join(out))
         return
     out.append(f"loaded in {report.load_ms:.1f} ms")
-    step = report.key.interval_ms
     out.append(f"signals: {len(report.signals)}")
     for s in report.signals:
         amount = "-" if s["amount"] is None else f"{s['amount']:g}"
         reason = f"  {s['reason']}" if s["reason"] else ""
-        out.append(f"  {_time(s['time'], step)}  {s['signal']:4}  {amount:>8}{reason}  -> {s['outcome']}")
+        out.append(f"  {_time(s['time'])}  {s['signal']:4}  {amount:>8}{reason}  -> {s['outcome']}")
     if report.exits:
         out.append(f"protective exits: {len(report.exits)}")
-        out += [f"  {_time(e['time'], step)}  {e['reason']}  -> {e['outcome']}" for e in report.exits]
-    for e in report.errors:
-        out.append(f"error at {_time(e['time'], step)} (candle {e['candle']}): {e['message']}")
-        out += [f"  {frame.strip()}" for frame in e["stack"].splitlines()[:10] if frame.strip()]
-    if report.stopped_after is not None:
-        out.append(
-            f"stopped after {report.stopped_after} consecutive errors, where the daemon would set the "
-            "strategy to status 'error'"
-        )
+        out += [f"  {_time(e['time'])}  {e['reason']}  -> {e['outcome']}" for e in report.exits]
+    out += _errors_text(report)
     if report.last_time is not None:
         values = ", ".join(f"{k}={_value(v)}" for k, v in (report.last_indicators or {}).items())
-        out.append(f"last indicators ({_time(report.last_time, step)}): {values}")
+        out.append(f"last indicators ({_time(report.last_time)}): {values}")
     else:
         out.append("last indicators: none")
     out.append(f"evaluations: {report.evaluations}, errors: {len(report.errors)}")
@@ -382,12 +447,25 @@ def _print_text(report: Report, lines: list[str]) -> None:
         out.append(f"fuel per evaluation: no successful evaluation (budget {report.fuel_budget:,})")
     if report.console:
         out.append(f"console: {len(report.console)} lines")
-        out += [f"  {_time(t, step)}  {level:5}  {text}" for t, level, text in report.console[:MAX_CONSOLE_LINES]]
+        out += [f"  {_time(t)}  {level:5}  {text}" for t, level, text in report.console[:MAX_CONSOLE_LINES]]
         if len(report.console) > MAX_CONSOLE_LINES:
             out.append(f"  ... {len(report.console) - MAX_CONSOLE_LINES} more (--json shows all)")
     failed = len(report.errors)
     out.append("result: OK" if report.ok else f"result: FAILED ({failed} evaluation error{'s' if failed > 1 else ''})")
     print("\n".join(out))
+
+
+def _errors_text(report: Report) -> list[str]:
+    out: list[str] = []
+    for e in report.errors:
+        out.append(f"error at {_time(e['time'])} (candle {e['candle']}): {e['message']}")
+        out += [f"  {frame.strip()}" for frame in e["stack"].splitlines()[:10] if frame.strip()]
+    if report.stopped_after is not None:
+        out.append(
+            f"stopped after {report.stopped_after} consecutive errors, where the daemon would set the "
+            "strategy to status 'error'"
+        )
+    return out
 
 
 def _load_error_text(file: str, error: Mapping[str, Any], lines: list[str]) -> list[str]:
@@ -402,9 +480,8 @@ def _load_error_text(file: str, error: Mapping[str, Any], lines: list[str]) -> l
     return out
 
 
-def _time(ms: int, step_ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if step_ms < 60_000 else "%Y-%m-%d %H:%M")
+def _time(ms: int) -> str:
+    return format_time(ms)
 
 
 def _value(value: IndicatorValue) -> str:

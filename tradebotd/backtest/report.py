@@ -89,7 +89,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("market", f"{summary['symbol']} {summary['interval']}"),
         (
             "period",
-            f"{format_time(summary['first_candle_time'])} → {format_time(summary['last_candle_time'])} UTC (opens)",
+            f"{format_time(summary['first_candle_time'])} → {format_time(summary['last_candle_time'])} (opens)",
         ),
         (
             "candles",

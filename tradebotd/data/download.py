@@ -472,7 +472,7 @@ async def run_async(
 
 def _print_report(report: DownloadReport, sinks: Sequence[Sink]) -> None:
     where = " and ".join(str(s) for s in sinks)
-    span = f"{format_time(report.since)} → {format_time(report.until)} UTC"
+    span = f"{format_time(report.since)} → {format_time(report.until)}"
     if not report.downloaded:
         gaps = f" (re-checked {report.missing:,} candle slots the exchange has no data for)" if report.missing else ""
         print(f"{report.key}: {span} is up to date in {where}{gaps}")

@@ -1,5 +1,6 @@
-"""Dates on the command line: ``2024-01-01``, ``2024-01-01T12:30``, ``2024-01-01 12:30:00+02:00``
-or epoch milliseconds. A date or time without an offset is UTC (candle times are UTC)."""
+"""Times on the command line: read ``2024-01-01``, ``2024-01-01T12:30``, ``2024-01-01 12:30:00+02:00``
+or epoch milliseconds (a date or time without an offset is UTC: candle times are UTC); shown as
+ISO-8601 UTC (``2024-01-01T12:30:00Z``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def time_argument(text: str) -> int:
 
 
 def format_time(ms: int) -> str:
-    """``2024-01-01 00:00`` (UTC, minutes; seconds only when not zero)."""
+    """Epoch milliseconds as ISO-8601 UTC, ``2024-01-01T00:00:00Z``: every time a person reads
+    (terminal output, the ISO columns of CSVs); milliseconds only when not zero."""
     moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if moment.second or moment.microsecond else "%Y-%m-%d %H:%M")
+    if ms % 1000:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
