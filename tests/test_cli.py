@@ -23,7 +23,17 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRADEBOTD_STORE__PATH", str(tmp_path / "cli.db"))
+    # Nothing listens there: `strategy add` cannot ask the exchange and says so (never Binance).
+    monkeypatch.setenv("TRADEBOTD_MARKET__REST_URL", f"http://127.0.0.1:{closed_port()}")
     return tmp_path
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -123,3 +133,13 @@ def test_strategy_list_does_not_import_the_heavy_dependencies() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_sync_status_of_a_store_that_never_synced(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "sync", "status")[0] == 1  # no store yet: says so
+    assert run(capsys, "db", "init")[0] == 0
+    code, out, _ = run(capsys, "sync", "status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["backlog"] == 0 and status["dead"] == 0 and status["backend"] == "sqlite"
+    code, out, _ = run(capsys, "sync", "status")
+    assert code == 0 and "backlog      0 rows" in out

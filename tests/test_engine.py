@@ -21,7 +21,7 @@ from tradebotd.engine import Engine, EngineConfig
 from tradebotd.errors import StrategyError
 from tradebotd.ids import trade_uuid
 from tradebotd.model import Candle, Decision, Position, StreamKey
-from tradebotd.store.base import StrategyRow
+from tradebotd.store.base import CloseRequest, StrategyRow
 from tradebotd.store.sqlite import SqliteStore
 
 MIN = 60_000
@@ -306,3 +306,67 @@ async def test_parallel_evaluation_settles_in_slot_order(tmp_path: Path) -> None
     assert rejected == ids[5:]
     assert all(h.runtimes[sid].evaluated == [2 * MIN] for sid in ids)
     h.engine.close()
+
+
+def close_request(rid: int = 1, sid: str = "s1") -> CloseRequest:
+    return CloseRequest(rid, sid, "p", KEY, "close requested (tradebotd strategy stop --close-position)", "now")
+
+
+async def test_a_close_request_sells_at_the_newest_price_with_that_candles_sell_id(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.scripts["s1"] = lambda t, p: Decision("buy", amount=0.5) if t == 6 * MIN else Decision("hold")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    await h.engine.on_closed(candle(6, "100"), 0)
+    h.engine.on_update(replace(candle(7, "120"), closed=False))  # candle 7 in progress
+    await h.engine.close_positions([close_request()])
+    await h.engine.sync([])  # what the CLI did: status paused
+    sell = h.store.trades("s1")[-1]
+    assert (sell.side, sell.amount, sell.price, sell.candle_time) == ("sell", D("0.5"), D("120"), 7 * MIN)
+    assert sell.client_order_id == client_order_id("s1", 7 * MIN, "sell")
+    assert sell.reason == "close requested (tradebotd strategy stop --close-position)"
+    assert h.broker.position("s1") is None
+    # The store still returns the request until the batch that deletes it commits: not sold twice.
+    await h.engine.close_positions([close_request()])
+    assert len(h.store.trades("s1")) == 2 and h.engine.streams() == set()
+
+
+async def test_a_close_request_waits_for_a_fresh_price_on_its_stream(tmp_path: Path) -> None:
+    h = Harness(tmp_path, config=EngineConfig(max_candle_lag_ms=30_000))
+    h.now = 7 * MIN + 1_000
+    h.scripts["s1"] = lambda t, p: Decision("buy", amount=0.5) if t == 6 * MIN else Decision("hold")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    await h.engine.on_closed(candle(6, "100"), 0)
+    await h.engine.sync([])  # stopped first: the engine forgets the stream's price
+    h.now = 9 * MIN  # candle 6 closed 2 minutes ago: too old to sell at
+    await h.engine.close_positions([close_request()])
+    assert len(h.store.trades("s1")) == 1 and h.engine.streams() == {KEY}  # the stream is kept for it
+    woken = h.stream_changes
+    h.engine.on_update(replace(candle(9, "90"), closed=False))
+    assert h.stream_changes == woken + 1  # the control loop is woken to carry it out
+    await h.engine.close_positions([close_request()])
+    sell = h.store.trades("s1")[-1]
+    assert (sell.side, sell.price, sell.client_order_id) == ("sell", D("90"), client_order_id("s1", 9 * MIN, "sell"))
+    await h.engine.close_positions([])
+    assert h.engine.streams() == set()
+
+
+async def test_a_close_request_for_a_flat_strategy_is_dropped_with_a_log_row(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.close_positions([close_request(rid=7)])
+    assert h.store.trades("s1") == []
+    assert [e.message for _, e in h.store.logs_after("s1")] == ["close requested: no open position"]
+    assert h.engine.streams() == set()
+
+
+async def test_a_stream_the_exchange_refuses_puts_its_strategies_in_error(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row("s1"), row("s2", asset="ethusdt")])
+    woken = h.stream_changes
+    await h.engine.on_refused(KEY, "Invalid symbol. (code -1121)")
+    assert h.engine.strategy_ids() == {"s2"} and h.stream_changes == woken + 1
+    (error,) = [e for _, e in h.store.logs_after("s1") if e.level == "error"]
+    assert error.message == "the exchange refused BTCUSDT 1m: Invalid symbol. (code -1121)"
+    await h.engine.sync([row("s1"), row("s2", asset="ethusdt")])  # the store may still say running
+    assert h.engine.strategy_ids() == {"s2"}

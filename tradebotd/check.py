@@ -55,9 +55,9 @@ from .broker.base import Fill, Ignored, OrderOutcome
 from .broker.paper import PaperBroker
 from .cliargs import UsageError
 from .config import Settings, load_settings
-from .data.times import format_time
 from .engine import StrategyRuntime, order_intent
 from .errors import ConfigError, StrategyError
+from .isotime import format_time
 from .model import Candle, Decision, IndicatorValue, StreamKey
 from .parameter_reads import ParameterReads, scan_parameter_reads, unread_parameters
 from .replay.demo import generate
@@ -172,9 +172,10 @@ def check_source(
         parameters=dict(parameters),
         fuel_budget=fuel,
     )
-    report.parameter_reads = scan_parameter_reads(code, kind)
-    report.unread_parameters = unread_parameters(report.parameters, report.parameter_reads)
     _check(report, code, candles, settings, warmup=min(warmup, len(candles)), fuel=fuel)
+    if report.load_error is None:  # code that loads parses (TypeScript's erasure included)
+        report.parameter_reads = scan_parameter_reads(code, kind)
+        report.unread_parameters = unread_parameters(report.parameters, report.parameter_reads)
     return report
 
 

@@ -11,19 +11,17 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cliargs
+from . import __version__, cliargs, portfolio_commands, strategy_commands
 from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
 from .store.base import NotFound
 from .store.lock import StoreLock, StoreLocked
 from .store.sqlite import SqliteStore
-from .strategy_files import strategy_code, strategy_kind
 
 __all__ = ["main"]
 
@@ -57,34 +55,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     strategy = sub.add_parser("strategy", help="manage strategies").add_subparsers(
         dest="strategy_command", required=True
     )
-    add = strategy.add_parser("add", parents=[common], help="add a strategy from a file; prints its id")
-    add.add_argument("name")
-    add.add_argument("--file", required=True, type=Path, help="strategy source: .js, .ts, or native .wasm/.wat")
-    add.add_argument(
-        "--by-path", action="store_true", help="native strategies: store the file's path instead of its contents"
-    )
-    add.add_argument("--asset", default="btcusdt", type=cliargs.symbol, help="symbol (default: btcusdt)")
-    add.add_argument("--interval", default="1m", type=cliargs.interval, help="kline interval (default: 1m)")
-    cliargs.add_parameter_option(add)
-    add.add_argument("--start", action="store_true", help="set status 'running' right away")
-    add.add_argument(
-        "--if-missing",
-        action="store_true",
-        help="do nothing (and print the existing id) if a strategy with this name exists",
-    )
-    listing = strategy.add_parser("list", parents=[common], help="list strategies")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-    for verb, help_text in (("start", "set status 'running'"), ("stop", "set status 'paused'")):
-        p = strategy.add_parser(verb, parents=[common], help=help_text)
-        p.add_argument("id", help="strategy id (or a unique prefix)")
+    strategy_commands.add_arguments(strategy, common)
     check = strategy.add_parser(
         "check", parents=[common], help="load a strategy as the daemon would and run it over candles"
     )
     _lazy(check, "tradebotd.check", ("strategy", "check"), argv)
-    logs = strategy.add_parser("logs", parents=[common], help="print a strategy's log")
-    logs.add_argument("id", help="strategy id (or a unique prefix)")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
-    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    portfolio_commands.add_arguments(sub, common)
 
     backtest = sub.add_parser(
         "backtest", parents=[common], help="replay candles through a strategy with the paper broker's rules"
@@ -130,107 +106,6 @@ def _open_store(settings: Settings) -> SqliteStore:
     store = SqliteStore(settings.store.path)
     store.migrate()
     return store
-
-
-def cmd_strategy(args: argparse.Namespace, settings: Settings) -> int:
-    store = _open_store(settings)
-    try:
-        command = args.strategy_command
-        if command == "add":
-            if args.if_missing:
-                existing = store.find_strategy_by_name(args.name)
-                if existing is not None:
-                    print(existing.id)
-                    return 0
-            kind = strategy_kind(args.file, suffixless="js")
-            if args.by_path and kind != "wasm":
-                raise TradebotdError("--by-path is for native .wasm/.wat strategies")
-            code = strategy_code(args.file, kind, wasm_by_path=args.by_path)
-            portfolio = store.ensure_paper_portfolio(
-                user_id=settings.store.user_id, cash=settings.paper.cash, currency=settings.paper.currency
-            )
-            sid = store.add_strategy(
-                name=args.name,
-                user_id=settings.store.user_id,
-                code=code,
-                kind=kind,
-                asset=args.asset,
-                interval=args.interval,
-                parameters=dict(args.param),
-                portfolio_id=portfolio,
-                status="running" if args.start else "draft",
-            )
-            print(sid)
-        elif command == "list":
-            rows = store.list_strategies()
-            if args.json:
-                print(
-                    json.dumps(
-                        [
-                            {
-                                "id": r.id,
-                                "name": r.name,
-                                "asset": r.asset,
-                                "interval": r.interval,
-                                "status": r.status,
-                                "kind": r.kind,
-                                "parameters": dict(r.parameters),
-                                "last_run_at": r.last_run_at,
-                                "last_signal_at": r.last_signal_at,
-                                "error_message": r.error_message,
-                                "portfolio_id": r.portfolio_id,
-                                "created_at": r.created_at,
-                                "updated_at": r.updated_at,
-                            }
-                            for r in rows
-                        ],
-                        indent=2,
-                    )
-                )
-            else:
-                print(f"{'ID':36}  {'STATUS':8}  {'ASSET':10}  {'INT':4}  NAME")
-                for r in rows:
-                    print(f"{r.id:36}  {r.status:8}  {r.asset:10}  {r.interval:4}  {r.name}")
-                    if r.error_message:
-                        print(f"{'':36}  error: {r.error_message}")
-        elif command in ("start", "stop"):
-            sid = store.resolve_strategy_id(args.id)
-            store.update_strategy(sid, status="running" if command == "start" else "paused")
-            print(f"{sid} {'running' if command == 'start' else 'paused'}")
-        elif command == "logs":
-            sid = store.resolve_strategy_id(args.id)
-            return _print_logs(store, sid, follow=args.follow, as_json=args.json)
-        return 0
-    finally:
-        store.close()
-
-
-def _print_logs(store: SqliteStore, strategy_id: str, *, follow: bool, as_json: bool) -> int:
-    after = 0
-    try:
-        while True:
-            for rowid, entry in store.logs_after(strategy_id, after):
-                after = rowid
-                if as_json:
-                    print(
-                        json.dumps(
-                            {
-                                "created_at": entry.created_at,
-                                "level": entry.level,
-                                "message": entry.message,
-                                "data": entry.data,
-                            }
-                        ),
-                        flush=True,
-                    )
-                else:
-                    data = f"  {json.dumps(entry.data)}" if entry.data else ""
-                    print(f"{entry.created_at}  {entry.level:6}  {entry.message}{data}", flush=True)
-            if not follow:
-                return 0
-            time.sleep(0.5)  # polling a local file; a follow is interactive
-    except KeyboardInterrupt:
-        return 0
 
 
 def cmd_run(settings: Settings) -> int:
@@ -357,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "strategy" and args.strategy_command == "check":
             return int(_module("tradebotd.check").run(args))
         if args.command == "strategy":
-            return cmd_strategy(args, settings)
+            return strategy_commands.run(args, settings)
+        if args.command == "positions":
+            return portfolio_commands.run_positions(args, settings)
+        if args.command == "portfolio":
+            return portfolio_commands.run_portfolio(args, settings)
         if args.command == "backtest":
             return int(_module("tradebotd.backtest.cli").run(args, settings))
         if args.command == "data":

@@ -2,9 +2,9 @@
 
 Start-up: open and migrate the store, restore the paper account and strategy cursors, start the
 supervised tasks (market feed, store writer, strategy control loop). The control loop re-reads the
-``strategies`` table every ``daemon.poll_interval_s`` (and at once when the engine disables a
-strategy), so ``tradebotd strategy start|stop`` and edits made while the daemon runs take effect
-within seconds.
+``strategies`` and ``close_requests`` tables every ``daemon.poll_interval_s`` (and at once when the
+engine disables a strategy or a waiting close gets a price), so ``tradebotd strategy start|stop``,
+``--close-position`` and edits made while the daemon runs take effect within seconds.
 
 Shutdown (SIGTERM / SIGINT): stop taking candles, let the in-flight candle finish, flush every
 queued write, close the sandboxes and the store, exit 0.
@@ -245,6 +245,9 @@ class Daemon:
         interval = self.settings.daemon.poll_interval_s
         settle_gc = False
         while True:
+            # Close requests first: a strategy stopped with --close-position still has its
+            # stream's latest price then (sync forgets the stream of a strategy that stops).
+            await self.engine.close_positions(self.store.close_requests())
             rows = self.store.running_strategies()
             if self.sync is not None:
                 rows = self.sync.filter(rows)

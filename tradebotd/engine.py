@@ -36,7 +36,7 @@ from .errors import StrategyError
 from .history import CandleHistory
 from .ids import trade_uuid
 from .model import Candle, Decision, Position, StreamKey, interval_ms, normalize_symbol
-from .store.base import LogEntry, StrategyRow, TradeRow, WriteBatch
+from .store.base import CloseRequest, LogEntry, StrategyRow, TradeRow, WriteBatch
 from .store.sqlite import utc_now
 
 __all__ = [
@@ -221,6 +221,11 @@ class Engine:
         self._failed: dict[str, str] = {}
         self._last_inputs: _CandleInputs | None = None
         self._pool = sandbox_pool(config.eval_threads - 1) if config.eval_threads > 1 else None
+        # Close requests from the store (close_positions) waiting for a fresh price, the ids
+        # carried out but maybe not committed yet, and the newest price seen per stream.
+        self._closes: dict[int, CloseRequest] = {}
+        self._closes_done: set[int] = set()
+        self._last_price: dict[StreamKey, Candle] = {}
         # Log lines about decisions and fills, written after the batch is handed over (see _submit).
         self._narration: list[tuple[str, dict[str, Any]]] = []
         # Control-plane changes and candle processing never interleave mid-candle.
@@ -229,8 +234,9 @@ class Engine:
     # -- control plane -----------------------------------------------------------------------
 
     def streams(self) -> set[StreamKey]:
-        """Streams the feed must deliver: running strategies' and open protected positions'."""
-        return set(self._by_key) | set(self.broker.protected_keys())
+        """Streams the feed must deliver: running strategies', open protected positions' and
+        those of positions waiting to be closed."""
+        return set(self._by_key) | set(self.broker.protected_keys()) | {r.key for r in self._closes.values()}
 
     def strategy_ids(self) -> set[str]:
         return set(self._slots)
@@ -264,6 +270,79 @@ class Engine:
             self._submit(batch)
         self._on_streams_changed()
         return changed
+
+    async def close_positions(self, requests: Sequence[CloseRequest]) -> None:
+        """Carry out the store's pending close requests (``strategy stop|remove --close-position``):
+        sell the whole position through the normal order path at the newest fresh price of its
+        stream (an in-progress kline's close, or a closed candle's; fresh = within
+        ``max_candle_lag_ms`` of that candle's end, as for trading). The client order id is that
+        candle's ``sell`` id, the one the strategy's own sell on it would carry, so a close and a
+        strategy sell can never both trade, and a close re-done after a crash reuses its id. The
+        request row is deleted in the sell's batch. Without a fresh price it waits (its stream is
+        in :meth:`streams`; the first price wakes the control loop); for a flat strategy it is
+        dropped with a log row."""
+        async with self._lock:
+            wanted = {r.id: r for r in requests}
+            self._closes_done &= set(wanted)  # committed and gone from the store: forget them
+            batch = WriteBatch()
+            for rid, request in wanted.items():
+                if rid in self._closes_done:
+                    continue
+                sid = request.strategy_id
+                if self.broker.position(sid) is None:
+                    batch.logs.append(_entry(sid, "info", "close requested: no open position", {"request": rid}))
+                elif (candle := self._fresh_price(request.key)) is None:
+                    continue  # stays pending
+                else:
+                    await self._close(request, candle, batch)
+                batch.closes_done.append(rid)
+                self._closes_done.add(rid)
+            self._closes = {rid: r for rid, r in wanted.items() if rid not in self._closes_done}
+            self._submit(batch)
+
+    async def _close(self, request: CloseRequest, candle: Candle, batch: WriteBatch) -> None:
+        sid = request.strategy_id
+        intent = order_intent_at(
+            Decision(signal="sell", reason=request.reason),
+            strategy_id=sid,
+            portfolio_id=request.portfolio_id,
+            key=request.key,
+            candle_time=candle.open_time,
+            close=candle.close,
+        )
+        log.info("closing position on request", strategy_id=sid, client_order_id=intent.client_order_id)
+        await self._place(intent, batch)
+
+    def _fresh_price(self, key: StreamKey) -> Candle | None:
+        candle = self._last_price.get(key)
+        if candle is None:
+            return None
+        lag_ms = self._now_ms() - (candle.open_time + key.interval_ms)
+        if self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms:
+            return None
+        return candle
+
+    def _saw_price(self, candle: Candle) -> None:
+        """Remember the newest price of a stream; wake the control loop for a waiting close."""
+        key = candle.key
+        first = key not in self._last_price
+        self._last_price[key] = candle
+        if self._closes and any(r.key == key for r in self._closes.values()):
+            if first or self._fresh_price(key) is candle:
+                self._on_streams_changed()
+
+    async def on_refused(self, key: StreamKey, reason: str) -> None:
+        """The exchange refused this stream's market data for good (Binance -1121 "Invalid
+        symbol."): its strategies can never be evaluated, so they go to status ``error`` with
+        the exchange's message, instead of staying ``running`` without candles."""
+        async with self._lock:
+            batch = WriteBatch()
+            for slot in list(self._by_key.get(key, [])):
+                self._failed[slot.row.id] = slot.row.updated_at
+                self._fail(slot.row.id, f"the exchange refused {key.symbol} {key.interval}: {reason}", batch)
+            self._submit(batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
 
     async def _start(self, row: StrategyRow, batch: WriteBatch, *, reload: bool) -> None:
         try:
@@ -315,6 +394,8 @@ class Engine:
             # The feed warms a stream up again when it is next subscribed, so forget it.
             if not keep_history and slot.key not in set(self.broker.protected_keys()):
                 self._history.pop(slot.key, None)
+                if all(r.key != slot.key for r in self._closes.values()):
+                    self._last_price.pop(slot.key, None)  # no longer fed: would only go stale
         if slot.cursor is not None:
             self._cursors[strategy_id] = slot.cursor
         try:
@@ -378,6 +459,8 @@ class Engine:
                 history = self._history[key] = CandleHistory(self.config.history)
             known_last = history.last_open_time
             history.extend(candles)
+            if candles:
+                self._saw_price(candles[-1])
             batch = WriteBatch()
             if self.config.record_candles:
                 batch.candles.extend(candles)
@@ -405,6 +488,7 @@ class Engine:
             if history is None:
                 history = self._history[key] = CandleHistory(self.config.history)
             history.append(candle)
+            self._saw_price(candle)
             batch = WriteBatch(enqueued_ns=received_ns)
             if self.config.record_candles:
                 batch.candles.append(candle)
@@ -425,7 +509,8 @@ class Engine:
             asyncio.get_running_loop().call_soon(_narrate, lines)
 
     def on_update(self, candle: Candle) -> None:
-        """An in-progress kline: only protective levels can react to it."""
+        """An in-progress kline: only protective levels (and a waiting close) can react to it."""
+        self._saw_price(candle)
         fills = self.broker.on_candle(candle)
         if fills:
             batch = WriteBatch()
@@ -566,6 +651,11 @@ class Engine:
             batch.logs.append(_entry(sid, "info", message, {"candle_time": candle.open_time, "lag_ms": lag_ms}))
             return
         intent = order_intent(decision, strategy_id=sid, portfolio_id=slot.row.portfolio_id, candle=candle)
+        await self._place(intent, batch)
+
+    async def _place(self, intent: OrderIntent, batch: WriteBatch) -> None:
+        """Send one order to the broker and record what came of it."""
+        sid = intent.strategy_id
         try:
             order = await self.broker.submit(intent)
         except Exception as exc:

@@ -45,6 +45,7 @@ class RecordingSink:
         self.history_calls: list[StreamKey] = []
         self.closed: list[Candle] = []
         self.updates: list[Candle] = []
+        self.refused: list[tuple[StreamKey, str]] = []
         self.fail_on_closed: Exception | None = None
         self._last_open: dict[StreamKey, int] = {}
         self._changed = asyncio.Event()
@@ -65,6 +66,10 @@ class RecordingSink:
         if self.fail_on_closed is not None:
             raise self.fail_on_closed
         self.closed.append(candle)
+        self._notify()
+
+    async def on_refused(self, key: StreamKey, reason: str) -> None:
+        self.refused.append((key, reason))
         self._notify()
 
     def on_update(self, candle: Candle) -> None:

@@ -343,3 +343,17 @@ def test_bad_urls_are_refused_up_front(sink: RecordingSink) -> None:
         MarketFeed(ws_url="http://example.com", rest_url="http://example.com", sink=sink)
     with pytest.raises(ValueError, match="rest_url"):
         MarketFeed(ws_url="ws://example.com", rest_url="example.com", sink=sink)
+
+
+async def test_a_symbol_the_exchange_refuses_reaches_the_sink_once_and_others_go_on(
+    server: ReplayServer, sink: RecordingSink, start_feed: FeedFactory
+) -> None:
+    feed = start_feed()
+    bogus = StreamKey("BTCUSD", "1m")  # what "BTC-USD" normalises to; Binance: -1121 Invalid symbol.
+    await feed.set_streams({BTC, bogus})
+    await sink.wait_for(lambda: bool(sink.refused) and BTC in sink.history)
+    assert sink.refused == [(bogus, "Invalid symbol. (code -1121)")]
+    assert bogus not in sink.history
+    await server.advance(1)  # both streams are named in the connection URL: no SUBSCRIBE to wait for
+    await sink.wait_for(lambda: len(sink.closed) == 1)
+    assert sink.refused == [(bogus, "Invalid symbol. (code -1121)")] and feed.stats.rest_failures == 1

@@ -10,8 +10,9 @@ import psycopg
 
 from tradebotd.store.sqlite import SqliteStore
 
-SQLITE_ONLY = {"schema_migrations", "outbox", "outbox_dead", "sync_state", "sync_strategy_base"}
-"""Bookkeeping of the embedded store (its ledger, the outbox and the sync's own state)."""
+SQLITE_ONLY = {"schema_migrations", "outbox", "outbox_dead", "sync_state", "sync_strategy_base", "close_requests"}
+"""Bookkeeping of the embedded store (its ledger, the outbox and the sync's own state), and
+``close_requests``: a local CLI's request to the daemon on the same store file, deleted when done."""
 POSTGRES_ONLY = {"strategy_leases"}
 """Which instance owns which strategy: only meaningful in the shared database."""
 PENDING_IN_SQLITE = {"orders": None, "order_fills": None, "trades": {"fee_asset"}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tradebotd.cliargs import argument
+from tradebotd.isotime import format_time
 
 __all__ = ["format_time", "parse_time", "time_argument"]
 
@@ -31,12 +32,3 @@ def parse_time(text: str) -> int:
 def time_argument(text: str) -> int:
     """:func:`parse_time` as an argparse type (``--since``, ``--until``)."""
     return argument(parse_time, text)
-
-
-def format_time(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC, ``2024-01-01T00:00:00Z``: every time a person reads
-    (terminal output, the ISO columns of CSVs); milliseconds only when not zero."""
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    if ms % 1000:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -52,7 +52,10 @@ class RestUnavailable(RestError):
 class RestRejected(RestError):
     """Binance rejected the request itself (HTTP 4xx with ``{"code": ..., "msg": ...}``)."""
 
-    def __init__(self, message: str, *, status: int, code: int | None) -> None:
+    def __init__(self, message: str, *, status: int, code: int | None, answer: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        # The exchange's own words, e.g. "Invalid symbol. (code -1121)" (for users; the message
+        # also names the request).
+        self.answer = answer if answer is not None else message

@@ -39,7 +39,7 @@ from websockets.exceptions import InvalidURI
 
 from tradebotd.market.backoff import Backoff
 from tradebotd.market.connection import Connected, Connection, Frame, Link, LinkSettings, Outcome
-from tradebotd.market.fetch import Fetcher, HistoryAnswer, RangeAnswer
+from tradebotd.market.fetch import Fetcher, HistoryAnswer, RangeAnswer, Refused
 from tradebotd.market.pacing import Clock, Pacer
 from tradebotd.market.plan import StreamPlan
 from tradebotd.market.rest import KlinesClient, ServerClock
@@ -93,6 +93,11 @@ class FeedSink(Protocol):
         """A closed candle, exactly once per (stream, open time), in increasing open time per
         stream. ``received_ns`` is ``time.monotonic_ns()`` when its frame (or REST page) arrived."""
 
+    async def on_refused(self, key: StreamKey, reason: str) -> None:
+        """The exchange refused the stream's market data (REST 4xx, e.g. ``Invalid symbol. (code
+        -1121)``): the same request would fail again, so the stream gets no candles until it is
+        removed and added again. ``reason`` is the exchange's answer."""
+
     def on_update(self, candle: Candle) -> None:
         """A non-final kline (``closed=False``), for take-profit / stop-loss watching. Keep it cheap.
 
@@ -111,7 +116,7 @@ class _Stop:
     pass
 
 
-_Item = Frame | Connected | _StreamsChanged | HistoryAnswer | RangeAnswer | _Stop
+_Item = Frame | Connected | _StreamsChanged | HistoryAnswer | RangeAnswer | Refused | _Stop
 
 
 class MarketFeed:
@@ -398,6 +403,9 @@ class MarketFeed:
                     await self._carry_out(self._tracker.receive_history(request, candles, now), None)
                 case RangeAnswer(request=request, candles=pairs, server_now_ms=now):
                     await self._carry_out(self._tracker.receive_range(request, pairs, now), None)
+                case Refused(key=key, reason=reason):
+                    if key.stream_name in self._desired:
+                        await self._sink.on_refused(key, reason)
 
     def _confirmed_on_its_link(self, key: StreamKey) -> bool:
         index = self._plan.link_of(key)

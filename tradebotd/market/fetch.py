@@ -3,7 +3,8 @@
 The tracker asks (``FetchHistory``, ``FetchRange``); a ``Fetcher`` task asks Binance through the
 ``KlinesClient`` (whose every request spends from the feed's request-weight budget), retries what
 is retryable with backoff (at least as long as a ``Retry-After`` says), gives up on what the
-server rejected, and hands the answer to the feed's processor through ``put``. A fetch whose
+server rejected (handing the processor a ``Refused`` with the server's answer, for the sink), and
+hands the answer to the feed's processor through ``put``. A fetch whose
 answer the tracker no longer wants (the stream was removed, or its connection replaced) stops
 retrying.
 """
@@ -22,9 +23,9 @@ from tradebotd.market.errors import MalformedMessage, RestRejected, RestUnavaila
 from tradebotd.market.rest import KlinesClient
 from tradebotd.market.stats import FeedStats
 from tradebotd.market.tracker import FetchHistory, FetchRange
-from tradebotd.model import Candle
+from tradebotd.model import Candle, StreamKey
 
-__all__ = ["Fetcher", "HistoryAnswer", "RangeAnswer"]
+__all__ = ["Fetcher", "HistoryAnswer", "RangeAnswer", "Refused"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,16 @@ class RangeAnswer:
     server_now_ms: int
 
 
-Answer = HistoryAnswer | RangeAnswer
+@dataclass(slots=True)
+class Refused:
+    """The exchange rejected the stream's request (e.g. ``Invalid symbol. (code -1121)``): the
+    same request would fail again."""
+
+    key: StreamKey
+    reason: str
+
+
+Answer = HistoryAnswer | RangeAnswer | Refused
 
 
 class Fetcher:
@@ -92,6 +102,7 @@ class Fetcher:
             except RestRejected as exc:
                 self._stats.rest_failures += 1
                 log.error("market data request rejected", stream=str(request.key), error=describe(exc))
+                self._put(Refused(request.key, exc.answer))
                 return
             except (RestUnavailable, MalformedMessage) as exc:
                 self._stats.rest_failures += 1

@@ -1,4 +1,5 @@
-"""REST market data for warm-up and backfill: ``/api/v3/klines`` and ``/api/v3/time`` over aiohttp.
+"""REST market data for warm-up and backfill: ``/api/v3/klines`` and ``/api/v3/time`` over aiohttp,
+and ``/api/v3/exchangeInfo`` for one symbol (``strategy add`` checks the asset with it).
 
 Whether the newest kline row is closed is decided against the *server's* clock, read before the
 rows are fetched (see ``wire.closed_candles``). A warm-up of many streams is a burst of requests,
@@ -33,7 +34,13 @@ import structlog
 
 from tradebotd.market.errors import MalformedMessage, RestRejected, RestUnavailable, describe
 from tradebotd.market.pacing import Pacer
-from tradebotd.market.wire import closed_candles, parse_kline_rows, parse_rest_error, parse_server_time
+from tradebotd.market.wire import (
+    closed_candles,
+    parse_kline_rows,
+    parse_rest_error,
+    parse_server_time,
+    parse_symbol_status,
+)
 from tradebotd.model import Candle, StreamKey
 
 __all__ = ["MAX_LIMIT", "WEIGHTS", "KlinesClient", "ServerClock"]
@@ -42,7 +49,7 @@ log = structlog.get_logger(__name__)
 
 MAX_LIMIT = 1000  # Binance's maximum rows per klines request
 # Binance spot request weights (rest-api.md): klines 2 whatever the limit, time 1.
-WEIGHTS: Mapping[str, int] = {"/api/v3/klines": 2, "/api/v3/time": 1}
+WEIGHTS: Mapping[str, int] = {"/api/v3/klines": 2, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20}
 SERVER_TIME_REUSE_S = 1.0  # a server-time reading serves the requests of the next second
 
 
@@ -91,6 +98,11 @@ class KlinesClient:
         if clock is not None and now_ns - clock.answered_ns < SERVER_TIME_REUSE_S * 1e9:
             return clock.lower_bound_ms(now_ns)
         return await self.server_time()
+
+    async def symbol_status(self, symbol: str) -> str:
+        """``/api/v3/exchangeInfo`` for one symbol: its status (``TRADING`` when it trades).
+        An unknown symbol is ``RestRejected`` (Binance: -1121 "Invalid symbol.")."""
+        return parse_symbol_status(await self._get("/api/v3/exchangeInfo", {"symbol": symbol}), symbol)
 
     async def klines(
         self,
@@ -165,7 +177,8 @@ class KlinesClient:
         text = f"GET {path}: HTTP {status}" + (f" code {code}" if code is not None else "") + f": {msg}"
         if status in (418, 429) or status >= 500:
             raise RestUnavailable(text, retry_after_s=_seconds(retry_after))
-        raise RestRejected(text, status=status, code=code)
+        answer = msg + (f" (code {code})" if code is not None else f" (HTTP {status})")
+        raise RestRejected(text, status=status, code=code, answer=answer)
 
 
 def _seconds(header: str | None) -> float | None:

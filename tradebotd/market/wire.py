@@ -8,8 +8,9 @@ WebSocket frames (Binance ``web-socket-streams.md``, "Kline/Candlestick Streams"
     error      {"code":2,"msg":"Invalid request: ...","id":1}   (``id`` is not always present)
     shutdown   {"e":"serverShutdown","E":...}        (combined: stream ``!serverShutdown``): reconnect now
 
-REST: ``/api/v3/klines`` rows ``[openTime,"o","h","l","c","v",closeTime,...]`` and
-``/api/v3/time`` ``{"serverTime": ms}``.
+REST: ``/api/v3/klines`` rows ``[openTime,"o","h","l","c","v",closeTime,...]``,
+``/api/v3/time`` ``{"serverTime": ms}`` and ``/api/v3/exchangeInfo?symbol=S``
+``{"symbols": [{"symbol": S, "status": "TRADING", ...}], ...}``.
 
 Prices arrive as strings and become ``Decimal`` without passing through float. Every ``parse_*``
 function returns a value or raises ``MalformedMessage``; nothing here does I/O or reads a clock.
@@ -47,6 +48,7 @@ __all__ = [
     "parse_kline_rows",
     "parse_rest_error",
     "parse_server_time",
+    "parse_symbol_status",
     "stream_key",
 ]
 
@@ -186,6 +188,16 @@ def parse_server_time(body: object) -> int:
     if not isinstance(body, dict):
         raise MalformedMessage("time: expected a JSON object")
     return _get_int(body, "serverTime")
+
+
+def parse_symbol_status(body: object, symbol: str) -> str:
+    """``/api/v3/exchangeInfo?symbol=S`` → S's ``status`` (``TRADING``, ``BREAK``, ...)."""
+    if not isinstance(body, dict) or not isinstance(body.get("symbols"), list):
+        raise MalformedMessage("exchangeInfo: expected an object with a symbols list")
+    for entry in body["symbols"]:
+        if isinstance(entry, dict) and entry.get("symbol") == symbol:
+            return _get(entry, "status", str)
+    raise MalformedMessage(f"exchangeInfo: {symbol} is not in the answer")
 
 
 def parse_rest_error(body: object) -> tuple[int | None, str]:

@@ -28,6 +28,7 @@ from ..errors import StoreError
 from ..model import Candle, Position, StreamKey
 
 __all__ = [
+    "CloseRequest",
     "LogLevel",
     "NotFound",
     "PortfolioRow",
@@ -115,6 +116,20 @@ class LogEntry:
     created_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    """A pending request to close a strategy's position (``close_requests``): the daemon sells
+    it through the normal order path at the next fresh price of ``key`` and deletes the row in
+    the sell's batch (``WriteBatch.closes_done``)."""
+
+    id: int
+    strategy_id: str
+    portfolio_id: str | None
+    key: StreamKey
+    reason: str
+    requested_at: str
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Everything one candle (or one control-plane event) changes, applied atomically."""
@@ -132,6 +147,8 @@ class WriteBatch:
     strategy_errors: dict[str, str] = field(default_factory=dict)
     """strategy id -> error message; sets status 'error'"""
     candles: list[Candle] = field(default_factory=list)
+    closes_done: list[int] = field(default_factory=list)
+    """close request ids carried out (or found moot) by this batch: deleted with it"""
     enqueued_ns: int = 0
     """monotonic time at which the batch's triggering message arrived (for latency metrics)"""
 
@@ -145,6 +162,7 @@ class WriteBatch:
             or self.strategy_runs
             or self.strategy_errors
             or self.candles
+            or self.closes_done
         )
 
 
@@ -161,6 +179,8 @@ class Store(Protocol):
     def portfolios(self) -> list[PortfolioRow]: ...
 
     def positions(self) -> dict[str, tuple[str | None, StreamKey, Position]]: ...
+
+    def close_requests(self) -> list[CloseRequest]: ...
 
     # trading path (called by the writer only) ---------------------------------------------
     def apply(self, batches: Sequence[WriteBatch]) -> None: ...

@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 
 from ..ids import uuid7
-from ..model import Position, StreamKey
+from ..model import Position, StreamKey, normalize_symbol
 from .base import (
+    CloseRequest,
     LogEntry,
     NotFound,
     PortfolioRow,
@@ -140,6 +141,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX trades_strategy;
     """,
+    # 4: requests to close a strategy's position (`tradebotd strategy stop|remove --close-position`),
+    # written by the CLI, consumed by the daemon: it sells through the normal order path and
+    # deletes the row in the same transaction as the sell. A row is a pending request.
+    """
+    CREATE TABLE close_requests (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        strategy_id  TEXT NOT NULL REFERENCES strategies(id),
+        reason       TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -235,6 +247,23 @@ class SqliteStore:
             )
         return pid
 
+    def add_portfolio(
+        self, *, name: str, user_id: str, type: Literal["paper", "live"], cash: Decimal, currency: str
+    ) -> str:
+        """A new portfolio (``tradebotd portfolio add``); returns its id."""
+        pid = str(uuid.uuid4())
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO portfolios (id, user_id, name, type, cash, currency, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (pid, user_id, name, type, str(cash), currency, utc_now()),
+            )
+        return pid
+
+    def resolve_portfolio_id(self, id_or_prefix: str) -> str:
+        """A full portfolio id or a unique prefix; ``NotFound`` otherwise."""
+        return self._resolve("portfolios", "portfolio", id_or_prefix)
+
     # -- strategies (CLI and control plane) --------------------------------------------------
 
     def add_strategy(
@@ -249,14 +278,15 @@ class SqliteStore:
         parameters: Mapping[str, Any],
         portfolio_id: str | None,
         status: StrategyStatus = "draft",
+        error_message: str | None = None,
     ) -> str:
         sid = str(uuid.uuid4())
         now = utc_now()
         with self._tx():
             self._db.execute(
                 "INSERT INTO strategies (id, user_id, name, typescript_code, asset, interval, status, "
-                "portfolio_id, parameters, created_at, updated_at, kind) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "portfolio_id, parameters, created_at, updated_at, kind, error_message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sid,
                     user_id,
@@ -270,6 +300,7 @@ class SqliteStore:
                     now,
                     now,
                     kind,
+                    error_message,
                 ),
             )
         return sid
@@ -281,38 +312,102 @@ class SqliteStore:
         code: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         status: StrategyStatus | None = None,
+        name: str | None = None,
+        kind: StrategyKind | None = None,
+        asset: str | None = None,
+        interval: str | None = None,
+        portfolio_id: str | None = None,
+        error_message: str | None = None,
+        close_position: str | None = None,
     ) -> None:
+        """Change the given columns (``updated_at`` too, which makes the daemon reload it).
+        ``error_message`` is set with status ``error``; status ``running`` clears it.
+        ``close_position``: also ask the daemon to close the position, with this reason, in the
+        same transaction (see :meth:`request_close`)."""
         sets, args = ["updated_at = ?"], [utc_now()]
-        if code is not None:
-            sets.append("typescript_code = ?")
-            args.append(code)
-        if parameters is not None:
-            sets.append("parameters = ?")
-            args.append(json.dumps(dict(parameters)))
-        if status is not None:
-            sets.append("status = ?")
-            args.append(status)
-            if status == "running":
-                sets.append("error_message = NULL")
+        columns: dict[str, str | None] = {
+            "typescript_code": code,
+            "parameters": None if parameters is None else json.dumps(dict(parameters)),
+            "status": status,
+            "name": name,
+            "kind": kind,
+            "asset": asset,
+            "interval": interval,
+            "portfolio_id": portfolio_id,
+            "error_message": error_message,
+        }
+        for column, value in columns.items():
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if status == "running":
+            sets.append("error_message = NULL")
         with self._tx():
             cur = self._db.execute(f"UPDATE strategies SET {', '.join(sets)} WHERE id = ?", (*args, strategy_id))
-        if cur.rowcount == 0:
-            raise NotFound(f"no strategy with id {strategy_id}")
+            if cur.rowcount == 0:
+                raise NotFound(f"no strategy with id {strategy_id}")
+            if close_position is not None:
+                self._request_close(strategy_id, close_position)
+
+    def request_close(self, strategy_id: str, reason: str) -> int:
+        """Ask the daemon to close ``strategy_id``'s position: a ``close_requests`` row, which the
+        daemon's control loop turns into a sell (see ``Engine.close_positions``). Returns its id."""
+        with self._tx():
+            return self._request_close(strategy_id, reason)
+
+    def _request_close(self, strategy_id: str, reason: str) -> int:
+        cur = self._db.execute(
+            "INSERT INTO close_requests (strategy_id, reason, requested_at) VALUES (?, ?, ?)",
+            (strategy_id, reason, utc_now()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def close_requests(self) -> list[CloseRequest]:
+        """Pending requests, oldest first, with the stream the position is on (the strategy's
+        asset and interval when the store has no position row)."""
+        rows = self._db.execute(
+            "SELECT r.id, r.strategy_id, r.reason, r.requested_at, "
+            "coalesce(p.portfolio_id, s.portfolio_id) AS portfolio_id, "
+            "coalesce(p.symbol, s.asset) AS symbol, coalesce(p.interval, s.interval) AS interval "
+            "FROM close_requests r JOIN strategies s ON s.id = r.strategy_id "
+            "LEFT JOIN positions p ON p.strategy_id = r.strategy_id ORDER BY r.id"
+        ).fetchall()
+        requests = []
+        for r in rows:
+            try:
+                key = StreamKey(normalize_symbol(r["symbol"]), r["interval"])
+            except ValueError:
+                continue  # a strategy whose asset is not a symbol cannot hold a position
+            requests.append(
+                CloseRequest(
+                    id=int(r["id"]),
+                    strategy_id=r["strategy_id"],
+                    portfolio_id=r["portfolio_id"],
+                    key=key,
+                    reason=r["reason"],
+                    requested_at=r["requested_at"],
+                )
+            )
+        return requests
 
     def resolve_strategy_id(self, id_or_prefix: str) -> str:
         """Accept a full id or a unique prefix (like git and docker do)."""
+        return self._resolve("strategies", "strategy", id_or_prefix)
+
+    def _resolve(self, table: str, what: str, id_or_prefix: str) -> str:
         rows = self._db.execute(
-            "SELECT id FROM strategies WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
+            f"SELECT id FROM {table} WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2",
             (id_or_prefix.replace("%", "\\%").replace("_", "\\_"),),
         ).fetchall()
         if not rows or not id_or_prefix:
-            raise NotFound(f"no strategy with id {id_or_prefix!r}")
+            raise NotFound(f"no {what} with id {id_or_prefix!r}")
         if len(rows) > 1:
-            raise NotFound(f"strategy id prefix {id_or_prefix!r} is ambiguous")
+            raise NotFound(f"{what} id prefix {id_or_prefix!r} is ambiguous")
         return str(rows[0]["id"])
 
-    def list_strategies(self) -> list[StrategyRow]:
-        rows = self._db.execute("SELECT * FROM strategies ORDER BY created_at").fetchall()
+    def list_strategies(self, *, archived: bool = True) -> list[StrategyRow]:
+        where = "" if archived else " WHERE status != 'archived'"
+        rows = self._db.execute(f"SELECT * FROM strategies{where} ORDER BY created_at").fetchall()
         return [self._strategy(r) for r in rows]
 
     def find_strategy_by_name(self, name: str) -> StrategyRow | None:
@@ -425,19 +520,35 @@ class SqliteStore:
             "SELECT rowid, * FROM strategy_logs WHERE strategy_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
             (strategy_id, after_rowid, limit),
         ).fetchall()
-        return [
-            (
-                int(r["rowid"]),
-                LogEntry(
-                    strategy_id=r["strategy_id"],
-                    level=r["level"],
-                    message=r["message"],
-                    data=json.loads(r["data"]) if r["data"] else None,
-                    created_at=r["created_at"],
-                ),
-            )
-            for r in rows
-        ]
+        return [(int(r["rowid"]), self._log_entry(r)) for r in rows]
+
+    def last_close(self, symbol: str, interval: str) -> tuple[int, Decimal] | None:
+        """(open time, close) of the newest stored candle of a stream: what positions are marked to."""
+        row = self._db.execute(
+            "SELECT open_time, close FROM market_data WHERE symbol = ? AND interval = ? "
+            "ORDER BY open_time DESC LIMIT 1",
+            (symbol, interval),
+        ).fetchone()
+        return None if row is None else (int(row["open_time"]), Decimal(row["close"]))
+
+    def recent_logs(self, strategy_id: str, *, levels: Sequence[str], limit: int = 10) -> list[LogEntry]:
+        """The newest ``limit`` log rows of these levels, oldest first (``strategy show``)."""
+        marks = ", ".join("?" for _ in levels)
+        rows = self._db.execute(
+            f"SELECT * FROM strategy_logs WHERE strategy_id = ? AND level IN ({marks}) ORDER BY rowid DESC LIMIT ?",
+            (strategy_id, *levels, limit),
+        ).fetchall()
+        return [self._log_entry(r) for r in reversed(rows)]
+
+    @staticmethod
+    def _log_entry(r: sqlite3.Row) -> LogEntry:
+        return LogEntry(
+            strategy_id=r["strategy_id"],
+            level=r["level"],
+            message=r["message"],
+            data=json.loads(r["data"]) if r["data"] else None,
+            created_at=r["created_at"],
+        )
 
     def candle_count(self, symbol: str, interval: str) -> int:
         return int(
@@ -555,11 +666,14 @@ class SqliteStore:
                 ],
             )
         if b.cursors:
+            # Never backwards on one stream (a re-done batch); a strategy moved to another stream
+            # (strategy update --asset/--interval) starts that stream's time line afresh.
             db.executemany(
                 "INSERT INTO strategy_cursors (strategy_id, symbol, interval, last_candle_time, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (strategy_id) DO UPDATE SET symbol = excluded.symbol, "
-                "interval = excluded.interval, last_candle_time = max(last_candle_time, excluded.last_candle_time), "
-                "updated_at = excluded.updated_at",
+                "interval = excluded.interval, last_candle_time = CASE WHEN symbol = excluded.symbol AND "
+                "interval = excluded.interval THEN max(last_candle_time, excluded.last_candle_time) "
+                "ELSE excluded.last_candle_time END, updated_at = excluded.updated_at",
                 [(sid, symbol, interval, open_time, now) for sid, (symbol, interval, open_time) in b.cursors.items()],
             )
         if b.strategy_runs:
@@ -567,6 +681,8 @@ class SqliteStore:
                 "UPDATE strategies SET last_run_at = ?, last_signal_at = coalesce(?, last_signal_at) WHERE id = ?",
                 [(run_at, signal_at, sid) for sid, (run_at, signal_at) in b.strategy_runs.items()],
             )
+        if b.closes_done:
+            db.executemany("DELETE FROM close_requests WHERE id = ?", [(rid,) for rid in b.closes_done])
         for sid, message in b.strategy_errors.items():
             db.execute(
                 "UPDATE strategies SET status = 'error', error_message = ?, updated_at = ? WHERE id = ?",
