@@ -223,3 +223,15 @@ def test_a_parameter_the_strategy_never_reads_is_warned_about(
     dynamic = write(tmp_path, "dyn.js", "function evaluate(c) { return {signal: c.parameters[c.parameters.k]} }")
     assert strategy_check(tmp_path, dynamic, "--param", "zzz=1", "--json") == 1  # returns an invalid signal
     assert json.loads(capsys.readouterr().out)["unread_parameters"] == []
+
+
+def test_a_csv_whose_name_says_nothing_is_read_at_its_spacing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candles = [
+        Candle("BTCUSDT", "4h", T0 + i * 14_400_000, *(Decimal(c) for c in ("100", "101", "99", "100")), Decimal(1))
+        for i in range(6)
+    ]
+    data = write(tmp_path, "export.csv", format_csv(candles))
+    assert strategy_check(tmp_path, write(tmp_path, "ok.js", THRESHOLDS), "--data", data) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"check ok.js (js): 6 candles of {data} (CHECK 4h)"

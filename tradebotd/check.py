@@ -9,7 +9,8 @@ levels are watched, as in the daemon. Like the daemon, it stops after
 ``sandbox.max_consecutive_errors`` failed evaluations in a row.
 
 Candles: ``--data CSV`` (header ``time,open,high,low,close,volume``, time = open time in ms UTC;
-the symbol and interval come from a file name like ``BTCUSDT_1m.csv``, ``--interval`` overrides),
+the symbol and interval come from a file name like ``BTCUSDT_1m.csv``, ``--interval`` overrides;
+without either, the interval is the candles' spacing),
 else a built-in synthetic series (a seeded random walk around 42,000; not market data).
 
 Text output (``--json``: the same as one JSON object)::
@@ -98,7 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cliargs.add_parameter_option(parser)
     parser.add_argument(
-        "--interval", type=cliargs.interval, help="kline interval (default: from the CSV's file name, else 1m)"
+        "--interval",
+        type=cliargs.interval,
+        help="kline interval (default: from the CSV's file name, else its spacing; synthetic series: 1m)",
     )
     parser.add_argument(
         "--warmup",
@@ -389,8 +392,8 @@ def _candles(data: Path | None, interval: str | None) -> tuple[list[Candle], str
     if data is None:
         candles = generate(SYNTHETIC_CANDLES, interval=interval or "1m", symbol=SYNTHETIC_SYMBOL)
         return candles, "the built-in synthetic series"
-    named_symbol, named_interval = names_from_path(data)
-    series = load_csv(data, symbol=named_symbol or CSV_SYMBOL, interval=interval or named_interval or "1m")
+    named_symbol, _ = names_from_path(data)
+    series = load_csv(data, symbol=named_symbol or CSV_SYMBOL, interval=interval)
     if not series.candles:
         raise UsageError(f"{data}: no candles")
     return list(series.candles), str(data)

@@ -60,7 +60,8 @@ def test_outputs_and_summary(files: tuple[Path, Path], tmp_path: Path, capsys: p
     assert "total return" in printed and "open position" in printed and f"outputs in {out}/" in printed
     with (out / "fills.csv").open() as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["side", "candle_time", "price", "amount", "fee", "reason"]
+    assert rows[0] == ["side", "candle_time", "price", "amount", "fee", "reason", "candle_time_iso"]
+    assert rows[1][6] == "2023-11-14T22:15:00Z"  # T0 + 1 min, for people
     assert [(r[0], int(r[1]), r[2]) for r in rows[1:]] == [
         ("buy", T0 + MIN, "100.00000000"),
         ("sell", T0 + 2 * MIN, "110.0"),
@@ -75,6 +76,7 @@ def test_outputs_and_summary(files: tuple[Path, Path], tmp_path: Path, capsys: p
         ("take-profit", "9.79000000", "1"),  # 110 - 100 - 0.1 - 0.11
         ("signal", "0.78900000", "1"),  # 106 - 105 - 0.105 - 0.106
     ]
+    assert (trades[0]["entry_time_iso"], trades[0]["exit_time_iso"]) == ("2023-11-14T22:15:00Z", "2023-11-14T22:16:00Z")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trades"] == 2 and summary["open_position"]["entry_time"] == T0 + 5 * MIN
     assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -98,6 +100,26 @@ def test_declared_lookback_is_the_default_warmup(
     assert summary["warmup"] == 4 and summary["candles_evaluated"] == 3  # candles 3, 4, 5
     assert main(["--strategy", str(strategy), "--data", str(data), "--warmup", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["candles_evaluated"] == 6
+
+
+def test_a_file_whose_name_says_nothing(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, strategy = files
+    hourly = tmp_path / "prices.csv"
+    lines = data.read_text().splitlines()
+    # the same candles an hour apart, with a hole: the interval is the smallest spacing
+    rows = [line.split(",", 1) for line in lines[1:]]
+    hours = [f"{T0 + i * 60 * MIN},{rest}" for i, (_, rest) in enumerate(rows) if i != 3]
+    hourly.write_text("\n".join([lines[0], *hours]) + "\n")
+    assert main(["--strategy", str(strategy), "--data", str(hourly), "--param", "amount=1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["symbol"], summary["interval"], summary["interval_inferred"]) == (None, "1h", True)
+    assert summary["candles"] == 5 and summary["missing_candles"] == 1
+    assert main(["--strategy", str(strategy), "--data", str(hourly), "--symbol", "ethusdt", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["symbol"] == "ETHUSDT"
+    assert main(["--strategy", str(strategy), "--data", str(hourly)]) == 0
+    assert capsys.readouterr().out.startswith("market           1h (from the candles' spacing; no symbol given)")
 
 
 def test_candles_from_the_store_between_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +164,9 @@ def test_candles_from_the_store_between_dates(tmp_path: Path, capsys: pytest.Cap
     ("argv", "code", "message"),
     [
         (["--data", "{tmp}/missing.csv", "--symbol", "BTCUSDT", "--interval", "1m"], 2, "cannot read"),
-        (["--data", "{tmp}/prices.csv"], 2, "cannot tell the symbol and interval"),
+        (["--data", "{tmp}/BTCUSDT_1h.csv"], 2, "the interval is 1h, but candles are only 1m (60000 ms) apart"),
+        (["--data", "{tmp}/header.csv"], 2, "header.csv:1: expected the header time,open,high,low,close,volume"),
+        (["--data", "{tmp}/prices.csv", "--symbol", "b?t"], 2, "not a Binance spot symbol"),
         ([], 2, "give --data CSV, or --symbol and --interval"),
         (["--symbol", "BTCUSDT", "--interval", "1m"], 2, "no store here"),
         (["--data", "{data}", "--interval", "7m"], 2, "unsupported kline interval"),
@@ -162,6 +186,8 @@ def test_usage_and_data_errors(
     monkeypatch.chdir(tmp_path)  # the default store path is relative
     data, strategy = files
     (tmp_path / "prices.csv").write_text(data.read_text())
+    (tmp_path / "BTCUSDT_1h.csv").write_text(data.read_text())  # named wrong
+    (tmp_path / "header.csv").write_text("Date,Open,High,Low,Close,Volume\n" + data.read_text().split("\n", 1)[1])
     argv = [a.format(tmp=tmp_path, data=data) for a in argv]
     assert main(["--strategy", str(strategy), *argv]) == code
     assert message in capsys.readouterr().err

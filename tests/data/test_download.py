@@ -14,7 +14,7 @@ import pytest
 from tradebotd.data import download
 from tradebotd.data.candles import read_csv, read_store
 from tradebotd.data.download import CcxtKlines, CsvSink, StoreSink
-from tradebotd.data.errors import DownloadUnavailable
+from tradebotd.data.errors import CandleDataError, DownloadUnavailable
 from tradebotd.model import Candle, StreamKey
 from tradebotd.replay.demo import generate
 from tradebotd.replay.series import Series
@@ -59,9 +59,11 @@ async def test_csv_holds_the_exchanges_exact_strings_paged_from_since(
     out = tmp_path / "BTCUSDT_1m.csv"
     assert await command(server, tmp_path, "btc/usdt", "1m", "--since", str(T0), "--out", str(out)) == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "time,open,high,low,close,volume"
-    # Binance's strings as sent (8 decimals), not floats printed back
-    assert lines[1] == "1700000040000,42000.00000000,42038.27000000,41987.66000000,42034.36000000,3.44399000"
+    assert lines[0] == "time,open,high,low,close,volume,time_iso"
+    # Binance's strings as sent (8 decimals), not floats printed back; the open time for people
+    assert lines[1] == (
+        "1700000040000,42000.00000000,42038.27000000,41987.66000000,42034.36000000,3.44399000,2023-11-14T22:14:00Z"
+    )
     table = read_csv(out, KEY)
     expected = candles()
     assert len(table) == len(expected) == COUNT - len(OUTAGE)
@@ -96,6 +98,31 @@ async def test_a_rerun_resumes_after_the_last_candle_and_repairs_a_torn_line(
     server.rest_requests.clear()
     assert await command(server, tmp_path, "BTCUSDT", "1m", "--since", str(T0), "--out", str(out)) == 0
     assert klines_requests(server) == []  # up to date: nothing to fetch
+
+
+async def test_a_file_begun_without_the_iso_column_is_continued_without_it(
+    server: ReplayServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "old.csv"  # as an older tradebotd wrote it
+    first = candles()[0]
+    out.write_text(
+        f"time,open,high,low,close,volume\n{first.open_time},{first.open},{first.high},{first.low},{first.close},"
+        f"{first.volume}\n"
+    )
+    until = T0 + 10 * MIN
+    argv = ["BTCUSDT", "1m", "--since", str(T0), "--until", str(until), "--out", str(out)]
+    assert await command(server, tmp_path, *argv) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 11 and all(line.count(",") == 5 for line in lines)
+    assert len(read_csv(out, KEY)) == 10
+
+
+def test_a_file_that_is_not_a_candle_csv_is_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "notes.csv"
+    out.write_text("name,price\nbtc,1\n")
+    with pytest.raises(CandleDataError, match=r"notes.csv:1: expected the header .* found 'name,price'; not appending"):
+        CsvSink(out, KEY)
+    assert out.read_text() == "name,price\nbtc,1\n"
 
 
 async def test_store_download_fetches_only_its_holes(server: ReplayServer, tmp_path: Path) -> None:

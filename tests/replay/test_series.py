@@ -41,10 +41,22 @@ def test_flags_override_the_file_name(tmp_path: Path) -> None:
     assert series.key == StreamKey("BTCUSDT", "5m")
 
 
+def test_the_interval_from_the_spacing_and_the_iso_column_ignored(tmp_path: Path) -> None:
+    candles = generate(4, interval="5m", start_ms=1_704_067_200_000)
+    path = tmp_path / "prices.csv"
+    lines = format_csv(candles).splitlines()
+    path.write_text("\n".join([lines[0] + ",time_iso", *(f"{line},2024" for line in lines[1:])]) + "\n")
+    series = load_csv(path, symbol="BTCUSDT")
+    assert series.key == StreamKey("BTCUSDT", "5m") and list(series.candles) == candles
+    with pytest.raises(ReplayDataError, match="the interval is 1m, but no two candles are closer than 5m"):
+        load_csv(path, symbol="BTCUSDT", interval="1m")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("time,open,high,low,close\n", ":1: expected the header"),
+        ("", ":1: the file is empty"),
+        ("time,open,high,low,close\n", ":1: expected the header .* found 'time,open,high,low,close'"),
         ("time,open,high,low,close,volume\n1,2,3,1,2\n", ":2: expected 6 columns"),
         ("time,open,high,low,close,volume\nsoon,2,3,1,2,1\n", ":2: not a number"),
         ("time,open,high,low,close,volume\n60000,2,3,1,NaN,1\n", ":2: prices and volume must be finite"),

@@ -4,9 +4,10 @@
                        [--param K=V ...] [--fee 0.001] [--slippage-bps 0] [--cash 10000] [--amount A]
                        [--warmup N] [--out DIR] [--no-plot] [--json]
 
-Candles come from a CSV (``time,open,high,low,close,volume``; symbol and interval from
-``--symbol``/``--interval`` or a file name like ``BTCUSDT_1m.csv``) or from the store's
-``market_data`` (``tradebotd data download``). Fee, slippage, cash and the default buy amount
+Candles come from a CSV (``time,open,high,low,close,volume``, see ``tradebotd.candle_csv``;
+symbol and interval from ``--symbol``/``--interval`` or a file name like ``BTCUSDT_1m.csv``, else
+the interval from the candles' spacing and no symbol: a backtest does not need one) or from the
+store's ``market_data`` (``tradebotd data download``). Fee, slippage, cash and the default buy amount
 default to the ``[paper]`` config, so a backtest matches what paper trading would do.
 
 ``--warmup N``: evaluation starts once N candles are available: the first evaluation is on the N-th
@@ -27,6 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,11 @@ from tradebotd.backtest.runner import BacktestError, BacktestResult, BacktestSet
 from tradebotd.backtest.strategy import load_strategy
 from tradebotd.cliargs import UsageError
 from tradebotd.config import Settings, load_settings
-from tradebotd.data.candles import CandleTable, read_csv, read_store
+from tradebotd.data.candles import UNNAMED_SYMBOL, CandleTable, read_csv, read_store
 from tradebotd.data.errors import CandleDataError
 from tradebotd.data.times import time_argument
 from tradebotd.errors import ConfigError, StrategyError
-from tradebotd.model import StreamKey
+from tradebotd.model import normalize_symbol
 from tradebotd.replay.series import names_from_path
 from tradebotd.strategy_files import StrategyFileError, strategy_kind
 
@@ -98,30 +100,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
-def _key(args: argparse.Namespace) -> StreamKey:
-    named_symbol, named_interval = names_from_path(args.data) if args.data else (None, None)
-    symbol = args.symbol or named_symbol
-    interval = args.interval or named_interval
-    if args.data is None and (symbol is None or interval is None):
-        raise UsageError("give --data CSV, or --symbol and --interval to read candles from the store")
-    if symbol is None or interval is None:
-        raise UsageError(
-            f"{args.data}: cannot tell the symbol and interval from the file name; pass --symbol/--interval"
-        )
-    return cliargs.stream_key(symbol, interval)
+@dataclass(frozen=True, slots=True)
+class _Candles:
+    table: CandleTable
+    symbol_given: bool  # False: a file read without a symbol (the table's is a placeholder)
+    interval_inferred: bool  # True: from the candles' spacing
 
 
-def _candles(args: argparse.Namespace, settings: Settings) -> CandleTable:
-    key = _key(args)
+def _candles(args: argparse.Namespace, settings: Settings) -> _Candles:
     if args.since is not None and args.until is not None and args.until <= args.since:
         raise UsageError("--until must be after --since")
-    if args.data is not None:
-        table = read_csv(args.data, key).between(args.since, args.until)
+    if args.data is None:
+        if args.symbol is None or args.interval is None:
+            raise UsageError("give --data CSV, or --symbol and --interval to read candles from the store")
+        key = cliargs.stream_key(args.symbol, args.interval)
+        return _Candles(read_store(settings.store.path, key, args.since, args.until), True, False)
+    named_symbol, named_interval = names_from_path(args.data)
+    symbol = args.symbol or named_symbol
+    interval = args.interval or named_interval
+    if interval is not None:
+        table = read_csv(args.data, cliargs.stream_key(symbol or UNNAMED_SYMBOL, interval))
     else:
-        table = read_store(settings.store.path, key, args.since, args.until)
+        try:
+            name = normalize_symbol(symbol or UNNAMED_SYMBOL)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        table = read_csv(args.data, symbol=name)
+    table = table.between(args.since, args.until)
     if not len(table):
         raise CandleDataError(f"{args.data}: no candles between --since and --until")
-    return table
+    return _Candles(table, symbol is not None, interval is None)
 
 
 def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResult, dict[str, Any]]:
@@ -130,7 +138,8 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         strategy_kind(args.strategy)  # before the candles: a wrong file is the quicker fix
     except StrategyFileError as exc:
         raise UsageError(str(exc)) from None
-    table = _candles(args, settings)
+    candles = _candles(args, settings)
+    table = candles.table
     paper = settings.paper
     loaded = load_strategy(args.strategy, key=table.key, parameters=dict(args.param), sandbox=settings.sandbox)
     try:
@@ -151,6 +160,9 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         loaded.runtime.close()
     trips, open_trip = round_trips(result)
     summary = summarize(result, trips, open_trip)
+    if not candles.symbol_given:
+        summary["symbol"] = None
+    summary["interval_inferred"] = candles.interval_inferred
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_fills(args.out / "fills.csv", result.fills)
@@ -159,7 +171,8 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         if not args.no_plot:
             from tradebotd.backtest.plot import write_equity_png
 
-            title = f"{args.strategy.name} on {table.key} ({len(trips)} trades)"
+            market = str(table.key) if candles.symbol_given else f"{args.data.name} ({table.key.interval})"
+            title = f"{args.strategy.name} on {market} ({len(trips)} trades)"
             write_equity_png(args.out / "equity.png", result, equity_curve(result), title)
     return result, summary
 

@@ -1,12 +1,15 @@
 """Backtest outputs: ``fills.csv``, ``trades.csv``, ``summary.json`` (figures defined in
 ``tradebotd.backtest.metrics``), the terminal table, and ``equity.png`` via ``plot``.
 
-``fills.csv``: ``side,candle_time,price,amount,fee,reason``, one row per fill, in order;
-``candle_time`` is the open time (ms) of the candle whose close filled the order, or of the candle
-that touched the take-profit / stop-loss.
+``fills.csv``: ``side,candle_time,price,amount,fee,reason,candle_time_iso``, one row per fill, in
+order; ``candle_time`` is the open time (ms) of the candle whose close filled the order, or of the
+candle that touched the take-profit / stop-loss.
 
-``trades.csv``: ``entry_time,exit_time,entry_price,exit_price,amount,pnl,return,fees,exit,candles,reason``,
-one row per closed round trip.
+``trades.csv``: ``entry_time,exit_time,entry_price,exit_price,amount,pnl,return,fees,exit,candles,reason,
+entry_time_iso,exit_time_iso``, one row per closed round trip.
+
+Times are epoch milliseconds (machine-readable, exact); each has an ``*_iso`` column after the
+others (ISO-8601 UTC, for people), at the end so that columns read by position keep their place.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any
 
 from tradebotd.backtest.metrics import RoundTrip
 from tradebotd.broker.base import Fill
-from tradebotd.data.times import format_time
+from tradebotd.isotime import format_time
 
 __all__ = ["FILLS_HEADER", "TRADES_HEADER", "format_summary", "write_fills", "write_summary", "write_trades"]
 
-FILLS_HEADER = ("side", "candle_time", "price", "amount", "fee", "reason")
+FILLS_HEADER = ("side", "candle_time", "price", "amount", "fee", "reason", "candle_time_iso")
 TRADES_HEADER = (
     "entry_time",
     "exit_time",
@@ -37,6 +40,8 @@ TRADES_HEADER = (
     "exit",
     "candles",
     "reason",
+    "entry_time_iso",
+    "exit_time_iso",
 )
 _RETURN_DP = Decimal("0.00000001")
 
@@ -46,7 +51,17 @@ def write_fills(path: Path, fills: Sequence[Fill]) -> None:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(FILLS_HEADER)
         for fill in fills:
-            out.writerow((fill.side, fill.candle_time, fill.price, fill.amount, fill.fee, fill.reason or ""))
+            out.writerow(
+                (
+                    fill.side,
+                    fill.candle_time,
+                    fill.price,
+                    fill.amount,
+                    fill.fee,
+                    fill.reason or "",
+                    format_time(fill.candle_time),
+                )
+            )
 
 
 def write_trades(path: Path, trips: Sequence[RoundTrip]) -> None:
@@ -67,6 +82,8 @@ def write_trades(path: Path, trips: Sequence[RoundTrip]) -> None:
                     t.exit,
                     t.candles,
                     t.reason or "",
+                    format_time(t.entry_time),
+                    "" if t.exit_time is None else format_time(t.exit_time),
                 )
             )
 
@@ -83,10 +100,18 @@ def _num(value: float | str | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{float(value):,.{digits}f}"
 
 
+def _market(summary: dict[str, Any]) -> str:
+    notes = ["from the candles' spacing"] if summary.get("interval_inferred") else []
+    if summary["symbol"] is None:
+        notes.append("no symbol given")
+    market = summary["interval"] if summary["symbol"] is None else f"{summary['symbol']} {summary['interval']}"
+    return market + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as an aligned two-column table for the terminal."""
     rows = [
-        ("market", f"{summary['symbol']} {summary['interval']}"),
+        ("market", _market(summary)),
         (
             "period",
             f"{format_time(summary['first_candle_time'])} → {format_time(summary['last_candle_time'])} (opens)",

@@ -7,8 +7,10 @@ correctly rounded conversions of the same decimal strings -- plus those decimal 
 bytes. Only a candle that fills an order or touches a protective level becomes a
 :class:`~tradebotd.model.Candle` with exact ``Decimal`` prices (:meth:`CandleTable.candle`).
 
-Sources: a CSV file with the header ``time,open,high,low,close,volume`` (what ``tradebotd data
-download --out`` writes and the replay server reads), or the store's ``market_data`` table.
+Sources: a CSV file with the header ``time,open,high,low,close,volume`` (the format of
+``tradebotd.candle_csv``: what ``tradebotd data download --out`` writes and the replay server
+reads; the interval inferred from the spacing when nobody says it), or the store's
+``market_data`` table.
 
 Missing candles (exchange outages) stay missing: open times must increase by whole intervals,
 and :attr:`CandleTable.missing` counts the holes. Nothing is ever filled in.
@@ -27,12 +29,13 @@ from typing import NoReturn
 import numpy as np
 import numpy.typing as npt
 
+from tradebotd.candle_csv import HEADER, header_problem, infer_interval, spacing_problem
 from tradebotd.data.errors import CandleDataError
 from tradebotd.model import Candle, StreamKey
 
-__all__ = ["HEADER", "CandleTable", "read_csv", "read_store", "stored_open_times"]
+__all__ = ["HEADER", "UNNAMED_SYMBOL", "CandleTable", "read_csv", "read_store", "stored_open_times"]
 
-HEADER = "time,open,high,low,close,volume"
+UNNAMED_SYMBOL = "UNNAMED"  # a file read without a symbol (backtests do not need one)
 _FIELDS = 6
 TIME, OPEN, HIGH, LOW, CLOSE, VOLUME = range(_FIELDS)
 
@@ -108,8 +111,9 @@ class CandleTable:
         return CandleTable(self.key, self.values[lo:hi], text)
 
 
-def _problem(values: npt.NDArray[np.float64], step: int) -> tuple[int, str] | None:
-    """The first row that breaks a rule, vectorised (None if all is well)."""
+def _problem(values: npt.NDArray[np.float64], step: int | None) -> tuple[int, str] | None:
+    """The first row that breaks a rule, vectorised (None if all is well); ``step`` None: the
+    rows' own rules only, not their spacing."""
     if not len(values):
         return None
     checks: list[tuple[npt.NDArray[np.bool_], str]] = [
@@ -119,9 +123,10 @@ def _problem(values: npt.NDArray[np.float64], step: int) -> tuple[int, str] | No
         (values[:, LOW] > np.minimum(values[:, OPEN], values[:, CLOSE]), "low is above open or close"),
         (values[:, HIGH] < np.maximum(values[:, OPEN], values[:, CLOSE]), "high is below open or close"),
     ]
-    steps = np.diff(values[:, TIME])
-    bad_step = np.concatenate(([False], (steps <= 0) | (steps % step != 0)))
-    checks.append((bad_step, f"open times must increase by whole intervals of {step} ms"))
+    if step is not None:
+        steps = np.diff(values[:, TIME])
+        bad_step = np.concatenate(([False], (steps <= 0) | (steps % step != 0)))
+        checks.append((bad_step, f"open times must increase by whole intervals of {step} ms"))
     first: tuple[int, str] | None = None
     for mask, what in checks:
         hits = np.flatnonzero(mask)
@@ -130,41 +135,64 @@ def _problem(values: npt.NDArray[np.float64], step: int) -> tuple[int, str] | No
     return first
 
 
-def read_csv(path: Path, key: StreamKey) -> CandleTable:
-    """Read ``time,open,high,low,close,volume`` rows (a header line first)."""
+def read_csv(path: Path, key: StreamKey | None = None, *, symbol: str = UNNAMED_SYMBOL) -> CandleTable:
+    """Read a candle CSV (``tradebotd.candle_csv``: ``time,open,high,low,close,volume``, further
+    columns ignored) as ``key``'s candles; ``key`` None: ``symbol``'s, at the interval the
+    candles' spacing shows."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CandleDataError(f"{path}: cannot read: {exc.strerror}") from None
     header, _, body = data.partition(b"\n")
-    if header.strip().lower().replace(b" ", b"") != HEADER.encode():
-        raise CandleDataError(f"{path}:1: expected the header {HEADER}")
-    # Fast path: one split and two numpy conversions for the whole file. Any irregularity sends
-    # us to the line-by-line parser, which exists to name the offending line.
-    lines = body.replace(b"\r", b"").strip(b"\n")
-    cells = lines.replace(b"\n", b",").split(b",") if lines else []
+    columns = header.decode("utf-8-sig", errors="replace").split(",")  # -sig: a BOM from a spreadsheet
+    if (problem := header_problem(columns)) is not None:
+        raise CandleDataError(f"{path}:1: {problem}")
+    raw = _cells(path, body, len(columns))
     try:
-        if len(cells) % _FIELDS or b"" in cells:
-            raise ValueError("ragged")
-        raw = np.array(cells, dtype=np.bytes_).reshape(-1, _FIELDS)
         values = raw.astype(np.float64)
     except ValueError:
-        _raise_first_bad_line(path, body)
-    problem = _problem(values, key.interval_ms)
-    if problem is not None:
-        row, what = problem
+        _raise_first_bad_line(path, body, len(columns))
+    if (row_problem := _problem(values, None)) is not None:
+        row, what = row_problem
+        raise CandleDataError(f"{path}:{row + 2}: {what}")
+    steps = np.diff(values[:, TIME])
+    positive = steps[steps > 0]
+    smallest = int(positive.min()) if len(positive) else None
+    if key is None:
+        try:
+            key = StreamKey(symbol, infer_interval(smallest, str(path)))
+        except ValueError as exc:
+            raise CandleDataError(str(exc)) from None
+    elif (spacing := spacing_problem(key.interval, smallest, len(steps))) is not None:
+        raise CandleDataError(f"{path}: {spacing}")
+    if (row_problem := _problem(values, key.interval_ms)) is not None:
+        row, what = row_problem
         raise CandleDataError(f"{path}:{row + 2}: {what}")
     return CandleTable(key, values, raw[:, OPEN:])
 
 
-def _raise_first_bad_line(path: Path, body: bytes) -> NoReturn:
+def _cells(path: Path, body: bytes, width: int) -> npt.NDArray[np.bytes_]:
+    """The body's first six columns as an ``(n, 6)`` bytes array (of ``width`` per line).
+
+    Fast path: one split and one reshape for the whole file. Any irregularity sends us to the
+    line-by-line parser, which exists to name the offending line."""
+    lines = body.replace(b"\r", b"").strip(b"\n")
+    cells = lines.replace(b"\n", b",").split(b",") if lines else []
+    if len(cells) % width == 0:
+        table = np.array(cells, dtype=np.bytes_).reshape(-1, width)[:, :_FIELDS]
+        if not (table == b"").any():
+            return table
+    _raise_first_bad_line(path, body, width)
+
+
+def _raise_first_bad_line(path: Path, body: bytes, width: int) -> NoReturn:
     for number, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), start=2):
         cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) != _FIELDS:
-            raise CandleDataError(f"{path}:{number}: expected {_FIELDS} columns, got {len(cells)}")
+        if len(cells) != width:
+            raise CandleDataError(f"{path}:{number}: expected {width} columns, got {len(cells)}")
         try:
             int(cells[0])
-            decimals = [Decimal(cell) for cell in cells[1:]]
+            decimals = [Decimal(cell) for cell in cells[1:_FIELDS]]
         except (ValueError, InvalidOperation):
             raise CandleDataError(f"{path}:{number}: not a number in {line!r}") from None
         if not all(d.is_finite() for d in decimals):

@@ -1,5 +1,6 @@
 """``tradebotd data download``: historical klines from Binance's REST API through ccxt, into the
-store's ``market_data`` and/or a CSV (``time,open,high,low,close,volume``, time = open time in ms).
+store's ``market_data`` and/or a CSV (``time,open,high,low,close,volume,time_iso``, time = open time
+in ms, time_iso the same for people; see ``tradebotd.candle_csv``).
 
     tradebotd data download SYMBOL INTERVAL --since DATE [--until DATE] [--out CSV] [--store]
 
@@ -43,9 +44,10 @@ import ccxt.async_support as ccxt
 import orjson
 from tqdm import tqdm
 
+from tradebotd.candle_csv import COLUMNS, ISO_COLUMN, WRITTEN_HEADER, header_problem
 from tradebotd.cliargs import UsageError, standalone_parser, stream_key
 from tradebotd.config import Settings, load_settings
-from tradebotd.data.candles import HEADER, stored_open_times
+from tradebotd.data.candles import stored_open_times
 from tradebotd.data.errors import CandleDataError, DownloadError, DownloadRejected, DownloadUnavailable
 from tradebotd.data.times import format_time, time_argument
 from tradebotd.errors import ConfigError
@@ -201,15 +203,19 @@ def _merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 class CsvSink:
-    """Append-only CSV; resumes after its last candle. A torn last line (an interrupted write) is cut off."""
+    """Append-only CSV; resumes after its last candle. A torn last line (an interrupted write) is cut off.
+
+    A new file gets the ``time_iso`` column; a file begun without it (an older tradebotd) is
+    continued in its own six columns, so every line of a file has the same columns."""
 
     def __init__(self, path: Path, key: StreamKey) -> None:
         self.path = path
         self.key = key
+        self.iso = True
         self.last = self._prepare()
         self._file = path.open("a", encoding="utf-8", newline="")
         if self.last is None and path.stat().st_size == 0:
-            self._file.write(HEADER + "\n")
+            self._file.write(WRITTEN_HEADER + "\n")
             self._file.flush()
 
     def __str__(self) -> str:
@@ -237,10 +243,13 @@ class CsvSink:
             return None
         except OSError as exc:
             raise CandleDataError(f"{self.path}: {exc.strerror}") from None
-        if header.replace(" ", "").lower() != HEADER:
-            raise CandleDataError(f"{self.path}:1: expected the header {HEADER}; not overwriting it")
+        columns = [cell.strip().lower() for cell in header.split(",")]
+        if (problem := header_problem(columns)) is not None or columns[len(COLUMNS) :] not in ([], [ISO_COLUMN]):
+            found = problem or f"expected the header {WRITTEN_HEADER}, found {header!r}"
+            raise CandleDataError(f"{self.path}:1: {found}; not appending to it")
+        self.iso = len(columns) > len(COLUMNS)
         last_line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
-        if last_line.replace(" ", "").lower() == HEADER:
+        if last_line.strip().lower() == header.lower():
             return None
         try:
             return int(last_line.split(",", 1)[0])
@@ -255,7 +264,11 @@ class CsvSink:
         fresh = [r for r in rows if self.last is None or r.time > self.last]
         if not fresh:
             return
-        self._file.write("".join(f"{r.time},{r.open},{r.high},{r.low},{r.close},{r.volume}\n" for r in fresh))
+        if self.iso:
+            lines = (f"{r.time},{r.open},{r.high},{r.low},{r.close},{r.volume},{format_time(r.time)}\n" for r in fresh)
+        else:
+            lines = (f"{r.time},{r.open},{r.high},{r.low},{r.close},{r.volume}\n" for r in fresh)
+        self._file.write("".join(lines))
         self._file.flush()
         self.last = fresh[-1].time
 
@@ -412,7 +425,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DATE",
         help="stop before this open time (default: the last closed candle)",
     )
-    parser.add_argument("--out", type=Path, metavar="CSV", help="write a CSV (time,open,high,low,close,volume)")
+    parser.add_argument("--out", type=Path, metavar="CSV", help="write a CSV (time,open,...,volume,time_iso)")
     parser.add_argument("--store", action="store_true", help="with --out: also write the store's market_data")
 
 

@@ -1,8 +1,9 @@
-"""Candle series for replay, read from CSV: ``time,open,high,low,close,volume``.
+"""Candle series for replay, read from CSV: ``time,open,high,low,close,volume`` (the format of
+``tradebotd.candle_csv``; further columns such as ``time_iso`` are ignored).
 
 ``time`` is the candle's open time in ms UTC; prices and volume are decimal strings kept exact.
 The symbol and interval come from the file name (``BTCUSDT_1m.csv``, ``DEMO_BTCUSDT_1m.csv``) or
-are given explicitly.
+are given explicitly; without either, the interval is the candles' spacing.
 
 Errors:
 
@@ -14,18 +15,19 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from tradebotd.candle_csv import COLUMNS, HEADER, header_problem, infer_interval, spacing_problem
 from tradebotd.errors import MarketDataError
-from tradebotd.model import INTERVAL_MS, Candle, StreamKey, normalize_symbol
+from tradebotd.model import INTERVAL_MS, Candle, StreamKey, interval_ms, normalize_symbol
 
 __all__ = ["HEADER", "ReplayDataError", "Series", "demo_csv", "format_csv", "load_csv", "names_from_path"]
 
-HEADER = ("time", "open", "high", "low", "close", "volume")
 _FILE_NAME = re.compile(r"(?:.*_)?([A-Za-z0-9]+)_([0-9]+[smhdw])\.csv")
 
 
@@ -68,47 +70,67 @@ def names_from_path(path: Path) -> tuple[str | None, str | None]:
 
 
 def load_csv(path: Path, *, symbol: str | None = None, interval: str | None = None) -> Series:
-    """Read a series; ``symbol`` / ``interval`` override what the file name says."""
+    """Read a series; ``symbol`` / ``interval`` override what the file name says. Without an
+    interval from either, it is the candles' spacing (``tradebotd.candle_csv``)."""
     named_symbol, named_interval = names_from_path(path)
     symbol = symbol or named_symbol
     interval = interval or named_interval
-    if symbol is None or interval is None:
+    if symbol is None:
         raise ReplayDataError(
-            f"{path}: cannot tell the symbol and interval from the file name; "
-            "name it like BTCUSDT_1m.csv or pass them explicitly"
+            f"{path}: cannot tell the symbol from the file name; name it like BTCUSDT_1m.csv or pass it explicitly"
         )
     try:
-        key = StreamKey(normalize_symbol(symbol), interval)
-        text = path.read_text(encoding="utf-8")
+        symbol = normalize_symbol(symbol)
+        if interval is not None:
+            interval_ms(interval)
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from a spreadsheet
     except (ValueError, OSError) as exc:
         raise ReplayDataError(f"{path}: {exc}") from None
-    return Series(key, tuple(_parse(text, key, str(path))))
+    rows = list(_parse(text, str(path)))
+    times = [row[0] for row in rows]
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    smallest = min((s for s in steps if s > 0), default=None)
+    try:
+        if interval is None:
+            interval = infer_interval(smallest, str(path))
+        elif (problem := spacing_problem(interval, smallest, len(steps))) is not None:
+            raise ValueError(f"{path}: {problem}")
+    except ValueError as exc:
+        raise ReplayDataError(str(exc)) from None
+    key = StreamKey(symbol, interval)
+    return Series(key, tuple(Candle(key.symbol, key.interval, *row, closed=True) for row in rows))
 
 
-def _parse(text: str, key: StreamKey, where: str) -> Iterable[Candle]:
+_Row = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]
+
+
+def _parse(text: str, where: str) -> Iterable[_Row]:
     rows = csv.reader(io.StringIO(text))
     header = next(rows, None)
-    if header is None or tuple(cell.strip().lower() for cell in header) != HEADER:
-        raise ReplayDataError(f"{where}:1: expected the header {','.join(HEADER)}")
+    if header is None:
+        raise ReplayDataError(f"{where}:1: the file is empty; expected the header {HEADER}")
+    if (problem := header_problem(header)) is not None:
+        raise ReplayDataError(f"{where}:1: {problem}")
+    width = len(header)
     for line, row in enumerate(rows, start=2):
         if not row:
             continue
-        if len(row) != len(HEADER):
-            raise ReplayDataError(f"{where}:{line}: expected {len(HEADER)} columns, got {len(row)}")
+        if len(row) != width:
+            raise ReplayDataError(f"{where}:{line}: expected {width} columns, got {len(row)}")
         try:
             open_time = int(row[0])
-            o, h, lo, c, v = (Decimal(cell.strip()) for cell in row[1:])
+            o, h, lo, c, v = (Decimal(cell.strip()) for cell in row[1 : len(COLUMNS)])
         except (ValueError, InvalidOperation):
             raise ReplayDataError(f"{where}:{line}: not a number in {','.join(row)}") from None
         if not all(value.is_finite() and value >= 0 for value in (o, h, lo, c, v)):
             raise ReplayDataError(f"{where}:{line}: prices and volume must be finite and >= 0")
         if not lo <= min(o, c) <= max(o, c) <= h:
             raise ReplayDataError(f"{where}:{line}: need low <= open, close <= high")
-        yield Candle(key.symbol, key.interval, open_time, o, h, lo, c, v, closed=True)
+        yield open_time, o, h, lo, c, v
 
 
 def format_csv(candles: Sequence[Candle]) -> str:
     """The CSV text for ``candles`` (the inverse of ``load_csv``)."""
-    lines = [",".join(HEADER)]
+    lines = [HEADER]
     lines += (f"{c.open_time},{c.open},{c.high},{c.low},{c.close},{c.volume}" for c in candles)
     return "\n".join(lines) + "\n"
