@@ -128,3 +128,21 @@ def test_example_config_is_valid_and_complete() -> None:
         assert f"[{section}]" in text, section
         for key in values:
             assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} missing from config.example.toml"
+
+
+def test_exchange_defaults_and_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = load_settings(None)
+    exchange = settings.exchange
+    assert (exchange.id, exchange.mode, exchange.rest_url) == ("binance", "testnet", None)
+    assert exchange.max_order_quote == Decimal("1000") and isinstance(exchange.max_order_quote, Decimal)
+    assert (exchange.poll_s, exchange.reconcile_s) == (5.0, 60.0)
+    text = '[exchange]\nmode = "live"\nrest_url = "http://127.0.0.1:9/exchange/"\nmax_order_quote = "250.5"\n'
+    path = write(tmp_path, text)
+    monkeypatch.setenv("TRADEBOTD_EXCHANGE__POLL_S", "2")
+    settings, _ = load_settings(path)
+    assert settings.exchange.mode == "live" and settings.exchange.rest_url == "http://127.0.0.1:9/exchange"
+    assert settings.exchange.max_order_quote == Decimal("250.5") and settings.exchange.poll_s == 2.0
+    for bad in ('mode = "paper"', 'rest_url = "ftp://x"', "max_order_quote = 0"):
+        with pytest.raises(ConfigError) as err:
+            load_settings(write(tmp_path, f"[exchange]\n{bad}\n"))
+        assert "exchange." in str(err.value)

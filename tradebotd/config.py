@@ -205,10 +205,27 @@ class LogSettings(_Section):
 
 
 class ExchangeSettings(_Section):
-    """Credentials for live trading (not available yet); environment only."""
+    """The exchange a ``live`` portfolio trades on. Credentials come from the environment only."""
 
+    id: str = Field("binance", description="ccxt exchange id")
+    mode: Literal["testnet", "live"] = Field("testnet", description="testnet: the exchange's sandbox; live: real money")
+    rest_url: str | None = Field(None, description="replaces the exchange's REST base URL in both modes")
+    max_order_quote: Decimal = Field(
+        Decimal("1000"), gt=0, description="largest order notional in the quote currency; larger ones are refused"
+    )
+    poll_s: float = Field(5.0, gt=0, description="how often open orders and order lists are polled")
+    reconcile_s: float = Field(60.0, gt=0, description="how often orders, fills and balances are reconciled")
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
+
+    @field_validator("rest_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return v.rstrip("/")
 
 
 class Settings(BaseSettings):

@@ -66,7 +66,10 @@ class ExchangeServer:
         limits_clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
         port: int = 0,
+        keep_alive: bool = True,
     ) -> None:
+        """``keep_alive=False`` closes every connection after its answer (as some proxies do), so
+        a client never reuses one: its next request opens a new connection."""
         self.account = Account(
             specs, balances=balances, clock=clock, fee_rate=fee_rate, fee_mode=fee_mode, prices=prices
         )
@@ -77,6 +80,7 @@ class ExchangeServer:
         self.prefix = ""
         self._host = host
         self._requested_port = port
+        self._keep_alive = keep_alive
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._changed = asyncio.Event()
@@ -209,13 +213,17 @@ class ExchangeServer:
                 request.transport.abort()
             raise asyncio.CancelledError  # nothing more to say on a dead connection
         if response.body is None:
-            return web.Response(status=response.status, headers=response.headers)
-        return web.Response(
-            body=orjson.dumps(response.body),
-            status=response.status,
-            content_type="application/json",
-            headers=response.headers,
-        )
+            answer = web.Response(status=response.status, headers=response.headers)
+        else:
+            answer = web.Response(
+                body=orjson.dumps(response.body),
+                status=response.status,
+                content_type="application/json",
+                headers=response.headers,
+            )
+        if not self._keep_alive:
+            answer.force_close()
+        return answer
 
 
 def _current_close(tape: ReplayTape, symbol: str) -> Decimal | None:

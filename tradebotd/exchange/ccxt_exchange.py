@@ -1,0 +1,594 @@
+"""``CcxtExchange``: the :class:`~tradebotd.exchange.model.ExchangePort` on ``ccxt.async_support``
+(pinned 4.5.90), spot only. With ``data/download.py`` the only module that imports ccxt.
+
+How ccxt is set up, and why:
+
+* ``options.fetchMarkets = {'types': ['spot']}`` (without it ``load_markets`` calls the futures
+  hosts), ``fetchCurrencies``/``fetchMargins`` off (sapi calls we never need),
+  ``adjustForTimeDifference`` (timestamps on the server's clock; re-measured after a -1021);
+  ``recvWindow`` 5000, Binance's recommendation.
+* ``mode = "testnet"``: ``set_sandbox_mode(True)`` (testnet.binance.vision); ``rest_url`` replaces
+  the spot REST base in both modes (``urls['test']`` before sandbox mode, ``urls['api']`` in live
+  mode; only the spot families remain, so nothing can leak to another host).
+* ccxt's own rate limiter is off: every call first spends from our :class:`RequestBudget` (Binance
+  request weights below), and every answer's headers go back to it (a ``on_rest_response`` hook).
+* ``number = str``: ccxt parses amounts and prices into exact strings, not floats; we pass
+  strings in (``format(Decimal, 'f')``) after rounding to the market's step and tick, so the
+  digits on the wire are exactly ours. Market orders never get a price (ccxt would turn a market
+  buy with a price into ``quoteOrderQty``).
+* ccxt's ``decimal_to_precision`` sets the thread's decimal context to ROUND_HALF_UP and traps
+  Underflow, for good; every ccxt call here runs in a ``decimal.localcontext()`` so the rest of
+  the daemon keeps the default context.
+* OCO goes through the implicit ``private_post_orderlist_oco`` (ccxt's unified ``create_order``
+  silently drops one leg when given both levels); its raw reports are parsed with ccxt's
+  ``parse_order``.
+
+Errors: only those of ``tradebotd.exchange.errors`` (translated once, in ``_call``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import decimal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal, TypeVar, cast
+
+import aiohttp
+import ccxt
+import ccxt.async_support as ccxt_async
+import orjson
+import structlog
+
+from tradebotd.exchange.errors import (
+    BadSymbol,
+    ClockSkew,
+    ExchangeError,
+    InvalidOrder,
+    NotSupported,
+    translate,
+)
+from tradebotd.exchange.model import (
+    Balance,
+    ExchangeOrder,
+    ExchangePort,
+    ExchangeTrade,
+    MarketRules,
+    OcoRequest,
+    OrderKind,
+    OrderList,
+    OrderRef,
+    OrderState,
+    Side,
+)
+from tradebotd.exchange.throttle import RequestBudget, retry_after_s
+from tradebotd.logs import register_secret
+
+__all__ = ["WEIGHTS", "CcxtExchange"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Mode = Literal["testnet", "live"]
+
+# Binance spot request weights (rest-api.md) per port operation; other exchanges count 1.
+WEIGHTS: Mapping[str, int] = {
+    "load_markets": 20,  # GET /api/v3/exchangeInfo
+    "server_time": 1,  # GET /api/v3/time
+    "create_order": 1,  # POST /api/v3/order (+1 order)
+    "fetch_order": 4,  # GET /api/v3/order
+    "cancel_order": 1,  # DELETE /api/v3/order
+    "open_orders": 6,  # GET /api/v3/openOrders?symbol= (80 without a symbol)
+    "create_oco": 1,  # POST /api/v3/orderList/oco (+2 orders)
+    "cancel_oco": 1,  # DELETE /api/v3/orderList
+    "fetch_oco": 4,  # GET /api/v3/orderList
+    "open_ocos": 6,  # GET /api/v3/openOrderList
+    "balances": 20,  # GET /api/v3/account
+    "my_trades": 20,  # GET /api/v3/myTrades
+}
+_STATES: Mapping[str, OrderState] = {
+    "closed": "filled",
+    "canceled": "cancelled",
+    "cancelled": "cancelled",
+    "expired": "expired",
+    "rejected": "rejected",
+}
+
+
+@dataclass(eq=False)
+class _Answer:
+    """The HTTP status and headers of the request a call made (set by the response hook)."""
+
+    status: int | None = None
+    headers: Mapping[str, str] | None = None
+    body: str | None = None  # error answers only (Binance's {"code":..,"msg":..})
+
+
+_ANSWER: contextvars.ContextVar[_Answer | None] = contextvars.ContextVar("tradebotd_exchange_answer", default=None)
+
+
+class _Observed:
+    """Mixed in front of a ccxt exchange class: every HTTP answer goes to the request budget and
+    to the call that made it; ``exchangeInfo``'s ``rateLimits`` size the budget."""
+
+    tb_budget: RequestBudget | None = None
+
+    def on_rest_response(
+        self,
+        code: int,
+        reason: str,
+        url: str,
+        method: str,
+        response_headers: Mapping[str, str],
+        response_body: str,
+        request_headers: Any,
+        request_body: Any,
+    ) -> Any:
+        answer = _ANSWER.get()
+        if answer is not None:
+            answer.status, answer.headers = code, response_headers
+            answer.body = response_body[:1000] if code >= 400 else None
+        if self.tb_budget is not None:
+            self.tb_budget.observe(code, response_headers)
+            if code == 200 and url.split("?")[0].endswith("/exchangeInfo"):
+                try:
+                    limits = orjson.loads(response_body).get("rateLimits")
+                except (orjson.JSONDecodeError, AttributeError):
+                    limits = None
+                if isinstance(limits, list) and limits:
+                    self.tb_budget.configure(limits)
+        return super().on_rest_response(  # type: ignore[misc]
+            code, reason, url, method, response_headers, response_body, request_headers, request_body
+        )
+
+
+def _client_class(exchange_id: str) -> type[Any]:
+    base = getattr(ccxt_async, exchange_id, None)
+    if not isinstance(base, type) or not issubclass(base, ccxt_async.Exchange):
+        raise NotSupported(f"ccxt has no exchange {exchange_id!r}")
+    return type(f"Tradebotd{base.__name__}", (_Observed, base), {})
+
+
+class CcxtExchange:
+    """The exchange port on ccxt; one instance per exchange account (see the module docstring).
+
+    ``budget``: the account's request budget (shared with the market feed's REST calls when
+    wired so); ``max_wait_s``: how long a call may wait for the budget before it fails with
+    ``RateLimited`` unsent; ``timeout_s``: per HTTP request."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_secret: str,
+        exchange_id: str = "binance",
+        mode: Mode = "testnet",
+        rest_url: str | None = None,
+        budget: RequestBudget | None = None,
+        timeout_s: float = 10.0,
+        max_wait_s: float = 5.0,
+        recv_window_ms: int = 5000,
+    ) -> None:
+        register_secret(api_key)
+        register_secret(api_secret)
+        self.id = exchange_id
+        self.mode = mode
+        self.budget = budget or RequestBudget(name=exchange_id)
+        self._max_wait_s = max_wait_s
+        self._binance = exchange_id == "binance"
+        client = _client_class(exchange_id)(
+            {
+                "apiKey": api_key,
+                "secret": api_secret,
+                "enableRateLimit": False,
+                "timeout": int(timeout_s * 1000),
+                "options": {
+                    "defaultType": "spot",
+                    "fetchMarkets": {"types": ["spot"]},
+                    "fetchCurrencies": False,
+                    "fetchMargins": False,
+                    "adjustForTimeDifference": True,
+                    "recvWindow": recv_window_ms,
+                    "fetchOpenOrders": {"warnWithoutSymbol": False},
+                },
+            }
+        )
+        client.number = str
+        client.tb_budget = self.budget
+        if rest_url is not None and not self._binance:
+            raise NotSupported("exchange.rest_url is supported for binance only")
+        base = rest_url.rstrip("/") if rest_url is not None else None
+        urls = {"public": f"{base}/api/v3", "private": f"{base}/api/v3", "v1": f"{base}/api/v1"} if base else None
+        if mode == "testnet":
+            if urls is not None:
+                client.urls["test"] = urls
+            client.set_sandbox_mode(True)
+        elif urls is not None:
+            client.urls["api"] = urls
+        self._client = client
+        self._rules: dict[str, MarketRules] = {}
+        self._unified: dict[str, str] = {}  # BTCUSDT -> BTC/USDT
+
+    # -- the one place ccxt is called --------------------------------------------------------
+
+    async def _call(
+        self,
+        operation: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        cost: int | None = None,
+        orders: int = 0,
+        order_request: bool = False,
+    ) -> T:
+        weight = cost if cost is not None else (WEIGHTS.get(operation, 1) if self._binance else 1)
+        await self.budget.acquire(weight, orders=orders, max_wait_s=self._max_wait_s)
+        answer = _Answer()
+        token = _ANSWER.set(answer)
+        try:
+            with decimal.localcontext():
+                return await fn()
+        except (ccxt.BaseError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            retry_after = retry_after_s(answer.headers)
+            error = translate(
+                exc,
+                operation=operation,
+                order_request=order_request,
+                status=answer.status,
+                retry_after_s=retry_after,
+                body=answer.body,
+            )
+        finally:
+            _ANSWER.reset(token)
+        if isinstance(error, ClockSkew):
+            await self._resync_clock()
+        log.debug("exchange call failed", operation=operation, error=str(error))
+        raise error  # not chained: ccxt's message and URL stay out of tracebacks
+
+    async def _resync_clock(self) -> None:
+        try:
+            with decimal.localcontext():
+                await self.budget.acquire(WEIGHTS["server_time"], max_wait_s=self._max_wait_s)
+                await self._client.load_time_difference()
+        except (ccxt.BaseError, ExchangeError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("could not re-measure the exchange clock offset", error=type(exc).__name__)
+
+    # -- markets -----------------------------------------------------------------------------
+
+    async def load_markets(self, *, reload: bool = False) -> Mapping[str, MarketRules]:
+        cost = WEIGHTS["load_markets"] + WEIGHTS["server_time"] if self._binance else 1
+        markets = await self._call("load_markets", lambda: self._client.load_markets(reload), cost=cost)
+        rules = {}
+        for market in cast(Mapping[str, Mapping[str, Any]], markets).values():
+            if market.get("spot"):
+                parsed = _rules(market)
+                rules[parsed.symbol] = parsed
+                self._unified[parsed.symbol] = str(market["symbol"])
+        self._rules = rules
+        return dict(rules)
+
+    def rules(self, symbol: str) -> MarketRules:
+        try:
+            return self._rules[symbol]
+        except KeyError:
+            raise BadSymbol(f"{self.id} has no spot market {symbol!r} (or markets are not loaded)") from None
+
+    def _market(self, symbol: str) -> tuple[str, MarketRules]:
+        rules = self.rules(symbol)
+        return self._unified[symbol], rules
+
+    async def server_time(self) -> int:
+        return int(await self._call("server_time", self._client.fetch_time))
+
+    # -- orders ------------------------------------------------------------------------------
+
+    async def create_order(
+        self,
+        symbol: str,
+        side: Side,
+        kind: OrderKind,
+        amount: Decimal,
+        *,
+        client_order_id: str,
+        price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+    ) -> ExchangeOrder:
+        unified, rules = self._market(symbol)
+        quantity = rules.round_amount(amount)
+        if quantity <= 0:
+            raise InvalidOrder(f"amount {amount} rounds to 0 at the step {rules.amount_step}")
+        params: dict[str, str] = {"newClientOrderId": client_order_id}
+        limit: str | None = None
+        if kind in ("limit", "stop_loss_limit"):
+            if price is None:
+                raise InvalidOrder(f"a {kind} order needs a price")
+            limit = _text(rules.round_price(price))
+            params["timeInForce"] = "GTC"
+        elif price is not None:
+            raise InvalidOrder("a market order takes no price (ccxt would send quoteOrderQty)")
+        if kind in ("stop_loss", "stop_loss_limit"):
+            if stop_price is None:
+                raise InvalidOrder(f"a {kind} order needs a stop price")
+            params["stopLossPrice"] = _text(rules.round_price(stop_price))
+        ccxt_type = "limit" if limit is not None else "market"
+        order = await self._call(
+            "create_order",
+            lambda: self._client.create_order(unified, ccxt_type, side, _text(quantity), limit, params),
+            orders=1,
+            order_request=True,
+        )
+        return _order(order, symbol)
+
+    async def fetch_order(self, symbol: str, client_order_id: str) -> ExchangeOrder:
+        unified, _ = self._market(symbol)
+        order = await self._call(
+            "fetch_order", lambda: self._client.fetch_order(None, unified, {"origClientOrderId": client_order_id})
+        )
+        return _order(order, symbol)
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> ExchangeOrder:
+        unified, _ = self._market(symbol)
+        order = await self._call(
+            "cancel_order", lambda: self._client.cancel_order(None, unified, {"origClientOrderId": client_order_id})
+        )
+        return _order(order, symbol)
+
+    async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
+        unified = self._market(symbol)[0] if symbol is not None else None
+        cost = None if symbol is not None or not self._binance else 80
+        orders = await self._call("open_orders", lambda: self._client.fetch_open_orders(unified), cost=cost)
+        return [_order(order, self._id_of(order)) for order in cast(list[Mapping[str, Any]], orders)]
+
+    def _id_of(self, parsed: Mapping[str, Any]) -> str:
+        info = parsed.get("info") or {}
+        symbol = info.get("symbol") if isinstance(info, Mapping) else None
+        if isinstance(symbol, str):
+            return symbol
+        return next((sid for sid, unified in self._unified.items() if unified == parsed.get("symbol")), "")
+
+    # -- OCO (Binance) -----------------------------------------------------------------------
+
+    def _need_oco(self) -> None:
+        if not self._binance:
+            raise NotSupported(f"{self.id}: exchange-native OCO is implemented for binance only")
+
+    async def create_oco(self, request: OcoRequest) -> OrderList:
+        self._need_oco()
+        _, rules = self._market(request.symbol)
+        quantity = rules.round_amount(request.amount)
+        if quantity <= 0:
+            raise InvalidOrder(f"amount {request.amount} rounds to 0 at the step {rules.amount_step}")
+        take = {"Type": "LIMIT_MAKER", "Price": _text(rules.round_price(request.take_profit))}
+        take["ClientOrderId"] = request.tp_client_order_id
+        stop = {"StopPrice": _text(rules.round_price(request.stop_price)), "ClientOrderId": request.sl_client_order_id}
+        if request.stop_limit_price is None:
+            stop["Type"] = "STOP_LOSS"
+        else:
+            stop |= {"Type": "STOP_LOSS_LIMIT", "Price": _text(rules.round_price(request.stop_limit_price))}
+            stop["TimeInForce"] = "GTC"
+        # Selling, the take-profit is above the market and the stop below; buying, the reverse.
+        above, below = (take, stop) if request.side == "sell" else (stop, take)
+        params = {
+            "symbol": request.symbol,
+            "side": request.side.upper(),
+            "quantity": _text(quantity),
+            "listClientOrderId": request.list_client_order_id,
+            "newOrderRespType": "FULL",
+            **{"above" + key: value for key, value in above.items()},
+            **{"below" + key: value for key, value in below.items()},
+        }
+        raw = await self._call(
+            "create_oco", lambda: self._client.private_post_orderlist_oco(params), orders=2, order_request=True
+        )
+        return self._order_list(raw)
+
+    async def cancel_oco(self, symbol: str, list_client_order_id: str) -> OrderList:
+        self._need_oco()
+        self._market(symbol)
+        params = {"symbol": symbol, "listClientOrderId": list_client_order_id}
+        raw = await self._call("cancel_oco", lambda: self._client.private_delete_orderlist(params))
+        return self._order_list(raw)
+
+    async def fetch_oco(self, list_client_order_id: str) -> OrderList:
+        self._need_oco()
+        params = {"origClientOrderId": list_client_order_id}
+        raw = await self._call("fetch_oco", lambda: self._client.private_get_orderlist(params))
+        return self._order_list(raw)
+
+    async def open_ocos(self) -> list[OrderList]:
+        self._need_oco()
+        raw = await self._call("open_ocos", lambda: self._client.private_get_openorderlist())
+        return [self._order_list(entry) for entry in cast(list[Mapping[str, Any]], raw)]
+
+    def _order_list(self, raw: object) -> OrderList:
+        doc = cast(Mapping[str, Any], raw)
+        symbol = str(doc["symbol"])
+        reports = doc.get("orderReports") or []
+        orders: tuple[ExchangeOrder, ...] = ()
+        if reports:
+            unified, _ = self._market(symbol)
+            market = self._client.market(unified)
+            with decimal.localcontext():
+                orders = tuple(_order(self._client.parse_order(report, market), symbol) for report in reports)
+        status_type, order_status = str(doc.get("listStatusType")), str(doc.get("listOrderStatus"))
+        return OrderList(
+            symbol=symbol,
+            list_id=str(doc["orderListId"]),
+            list_client_order_id=str(doc["listClientOrderId"]),
+            is_open=order_status == "EXECUTING",
+            status=f"{status_type}/{order_status}",
+            legs=tuple(OrderRef(str(o["orderId"]), str(o["clientOrderId"])) for o in doc.get("orders") or []),
+            orders=orders,
+            raw=dict(doc),
+        )
+
+    # -- account -----------------------------------------------------------------------------
+
+    async def balances(self) -> dict[str, Balance]:
+        balance = cast(Mapping[str, Any], await self._call("balances", self._client.fetch_balance))
+        info = balance.get("info")
+        raw = info.get("balances") if isinstance(info, Mapping) else None
+        if isinstance(raw, list):  # Binance: the exact strings
+            return {
+                str(b["asset"]): Balance(str(b["asset"]), Decimal(str(b["free"])), Decimal(str(b["locked"])))
+                for b in raw
+            }
+        free, used = balance.get("free") or {}, balance.get("used") or {}
+        return {
+            asset: Balance(asset, _dec(free.get(asset)) or Decimal(0), _dec(used.get(asset)) or Decimal(0))
+            for asset in free
+        }
+
+    async def my_trades(
+        self, symbol: str, *, from_id: str | None = None, since_ms: int | None = None, limit: int = 1000
+    ) -> list[ExchangeTrade]:
+        unified, _ = self._market(symbol)
+        params = {"fromId": from_id} if from_id is not None else {}
+        since = since_ms if from_id is None else None
+        trades = await self._call("my_trades", lambda: self._client.fetch_my_trades(unified, since, limit, params))
+        parsed = [_trade(t, symbol) for t in cast(list[Mapping[str, Any]], trades)]
+        return sorted(parsed, key=lambda t: (t.at_ms or 0, _numeric(t.trade_id)))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+# -- parsing ccxt's unified structures (number = str) into ours ---------------------------------
+
+
+def _text(value: Decimal) -> str:
+    return format(value, "f")  # never an exponent: "0.00000001", not "1E-8"
+
+
+def _dec(value: object) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return Decimal(str(value))
+
+
+def _numeric(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _filters(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(f.get("filterType")): f for f in info.get("filters") or [] if isinstance(f, Mapping)}
+
+
+def _rules(market: Mapping[str, Any]) -> MarketRules:
+    """Binance: exact values from the symbol's filters; others: ccxt's precision and limits."""
+    info = market.get("info") or {}
+    filters = _filters(info)
+    lot, price_filter = filters.get("LOT_SIZE"), filters.get("PRICE_FILTER")
+    notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL")
+    limits = market.get("limits") or {}
+    if lot is not None and price_filter is not None:
+        step, min_amount = Decimal(str(lot["stepSize"])), Decimal(str(lot["minQty"]))
+        max_amount, tick = _dec(lot.get("maxQty")), Decimal(str(price_filter["tickSize"]))
+        min_price, max_price = _dec(price_filter.get("minPrice")), _dec(price_filter.get("maxPrice"))
+    else:
+        precision = market.get("precision") or {}
+        step, tick = _dec(precision.get("amount")) or Decimal(1), _dec(precision.get("price")) or Decimal("0.00000001")
+        min_amount = _dec((limits.get("amount") or {}).get("min")) or step
+        max_amount = _dec((limits.get("amount") or {}).get("max"))
+        min_price, max_price = (
+            _dec((limits.get("price") or {}).get("min")),
+            _dec((limits.get("price") or {}).get("max")),
+        )
+    if notional is not None:
+        min_notional = _dec(notional.get("minNotional"))
+        max_notional = _dec(notional.get("maxNotional"))
+        for_market = bool(notional.get("applyMinToMarket", notional.get("applyToMarket", True)))
+    else:
+        min_notional, max_notional = _dec((limits.get("cost") or {}).get("min")), None
+        for_market = True
+    status = str(info.get("status") or ("TRADING" if market.get("active") else "UNKNOWN"))
+    order_types = frozenset(str(t) for t in info.get("orderTypes") or [])
+    return MarketRules(
+        symbol=str(market["id"]),
+        base=str(market["base"]),
+        quote=str(market["quote"]),
+        status=status,
+        trading=bool(market.get("active")) and status in ("TRADING", "UNKNOWN"),
+        amount_step=step,
+        min_amount=min_amount,
+        max_amount=max_amount if max_amount else None,
+        price_tick=tick,
+        min_price=min_price if min_price else None,
+        max_price=max_price if max_price else None,
+        min_notional=min_notional if min_notional else None,
+        max_notional=max_notional if max_notional else None,
+        min_notional_for_market=for_market,
+        order_types=order_types,
+        oco=bool(info.get("ocoAllowed", False)),
+    )
+
+
+def _order(parsed: object, symbol: str) -> ExchangeOrder:
+    o = cast(Mapping[str, Any], parsed)
+    info = o.get("info") if isinstance(o.get("info"), Mapping) else {}
+    assert isinstance(info, Mapping)
+    filled = _dec(o.get("filled")) or Decimal(0)
+    status = o.get("status")
+    state: OrderState = _STATES.get(str(status), "partially_filled" if filled > 0 else "open")
+    if status == "open" and filled > 0:
+        state = "partially_filled"
+    raw_type = info.get("type")
+    type_ = str(raw_type).lower() if raw_type else str(o.get("type") or "")
+    side = str(o.get("side") or str(info.get("side") or "").lower())
+    # The cancel answer's clientOrderId is the *cancel request's* id; the order's is origClientOrderId.
+    client_id = info.get("origClientOrderId") or o.get("clientOrderId") or ""
+    limit = _dec(info.get("price")) if "price" in info else (_dec(o.get("price")) if o.get("type") == "limit" else None)
+    stop = _dec(o.get("triggerPrice")) or _dec(o.get("stopPrice"))
+    list_id = info.get("orderListId")
+    timestamp, updated = o.get("timestamp"), o.get("lastUpdateTimestamp")
+    exchange_id = str(o.get("id") or "")
+    trades = tuple(_fill(t, symbol, exchange_id, side) for t in o.get("trades") or [])
+    return ExchangeOrder(
+        symbol=symbol,
+        exchange_order_id=exchange_id,
+        client_order_id=str(client_id),
+        side=cast(Side, side),
+        type=type_,
+        state=state,
+        amount=_dec(o.get("amount")) or Decimal(0),
+        filled=filled,
+        cost=_dec(o.get("cost")) or Decimal(0),
+        average=_dec(o.get("average")),
+        price=limit if limit else None,
+        stop_price=stop if stop else None,
+        list_id=str(list_id) if list_id not in (None, -1, "-1") else None,
+        created_ms=int(timestamp) if isinstance(timestamp, int) and timestamp > 0 else None,
+        updated_ms=int(updated) if isinstance(updated, int) and updated > 0 else None,
+        trades=trades,
+        raw=dict(info),
+    )
+
+
+def _fee(t: Mapping[str, Any]) -> tuple[Decimal, str | None]:
+    fee = t.get("fee") or {}
+    return _dec(fee.get("cost")) or Decimal(0), (str(fee["currency"]) if fee.get("currency") else None)
+
+
+def _fill(t: Mapping[str, Any], symbol: str, order_id: str, side: str) -> ExchangeTrade:
+    fee, fee_asset = _fee(t)
+    timestamp = t.get("timestamp")
+    return ExchangeTrade(
+        symbol=symbol,
+        trade_id=str(t.get("id")),
+        order_id=str(t.get("order") or order_id),
+        side=cast(Side, side) if side in ("buy", "sell") else None,
+        amount=_dec(t.get("amount")) or Decimal(0),
+        price=_dec(t.get("price")) or Decimal(0),
+        fee=fee,
+        fee_asset=fee_asset,
+        at_ms=int(timestamp) if isinstance(timestamp, int) else None,
+        maker=None if t.get("takerOrMaker") is None else t.get("takerOrMaker") == "maker",
+    )
+
+
+def _trade(t: Mapping[str, Any], symbol: str) -> ExchangeTrade:
+    return _fill(t, symbol, str(t.get("order") or ""), str(t.get("side") or ""))
+
+
+def _is_a_port(exchange: CcxtExchange) -> ExchangePort:
+    return exchange  # mypy checks here that CcxtExchange implements the whole ExchangePort

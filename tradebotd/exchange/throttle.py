@@ -1,0 +1,233 @@
+"""One request budget per exchange account, in front of ccxt (whose own limiter is off): Binance's
+limits, what the server says about them, and what to do when it says stop.
+
+Binance (``rest-api.md`` LIMITS) counts request weight per IP (REQUEST_WEIGHT, 6000 per minute)
+and new orders per account (ORDERS, 50 per 10 s and 160 000 per day here; ``exchangeInfo``'s
+``rateLimits`` gives the real numbers, which :meth:`RequestBudget.configure` applies). Beyond the
+weight limit come 429s with ``Retry-After``; a client that keeps sending is banned (418, 2 minutes
+to 3 days).
+
+* Sliding windows (asyncio-throttle's ``Throttler``, one per limit, a booked unit per weight)
+  pace requests under ``share`` of each limit.
+* Every answer's ``X-MBX-USED-WEIGHT-1M`` is observed: when other clients on the IP have used
+  the minute's weight, requests wait for the next minute instead of running into a 429.
+* A 429 blocks every request for its ``Retry-After`` (10 s without one: Binance's order-count
+  429s carry none). A 418 blocks every request until the ban ends and says so in one log line.
+  While blocked, :meth:`acquire` waits if the block ends within ``max_wait_s``, else raises
+  ``RateLimited`` / ``Banned`` at once: nothing is sent.
+
+The market feed's REST client can be given the same object (``acquire(cost)`` like its
+``Pacer``, ``observe(status, headers)`` for each answer), so klines and orders draw on one budget.
+
+Errors: ``RateLimited`` and ``Banned`` from ``tradebotd.exchange.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from asyncio_throttle.throttler import Throttler
+
+from tradebotd.exchange.errors import Banned, RateLimited
+
+__all__ = ["BudgetStatus", "Limits", "RequestBudget", "retry_after_s"]
+
+log = structlog.get_logger(__name__)
+
+_DEFAULT_429_BACKOFF_S = 10.0  # a 429 without Retry-After (order count): Binance's shortest window
+_DEFAULT_BAN_S = 120.0  # a 418 without Retry-After: Binance's shortest ban
+_INTERVAL_S = {"SECOND": 1.0, "MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86_400.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request weight per ``weight_window_s`` and new orders per two windows. The defaults are
+    Binance spot's (per minute, per 10 s, per day); ``from_rate_limits`` reads ``exchangeInfo``."""
+
+    weight: int = 6000
+    orders_short: int = 50
+    orders_long: int = 160_000
+    weight_window_s: float = 60.0
+    orders_short_window_s: float = 10.0
+    orders_long_window_s: float = 86_400.0
+
+    @classmethod
+    def from_rate_limits(cls, rate_limits: Sequence[Mapping[str, object]], default: Limits | None = None) -> Limits:
+        """The REQUEST_WEIGHT and ORDERS entries of ``rateLimits``; what is missing stays ``default``."""
+        base = default or cls()
+        weight = (base.weight, base.weight_window_s)
+        orders: list[tuple[int, float]] = []
+        for entry in rate_limits:
+            kind, number, limit = entry.get("rateLimitType"), entry.get("intervalNum"), entry.get("limit")
+            unit = _INTERVAL_S.get(str(entry.get("interval")))
+            if not isinstance(number, int) or not isinstance(limit, int) or limit <= 0 or unit is None:
+                continue
+            if kind == "REQUEST_WEIGHT":
+                weight = (limit, unit * number)
+            elif kind == "ORDERS":
+                orders.append((limit, unit * number))
+        orders.sort(key=lambda pair: pair[1])
+        short = orders[0] if orders else (base.orders_short, base.orders_short_window_s)
+        long = orders[-1] if len(orders) > 1 else (base.orders_long, base.orders_long_window_s)
+        return cls(weight[0], short[0], long[0], weight[1], short[1], long[1])
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """For health and metrics."""
+
+    limits: Limits
+    server_used_weight: int | None  # the last X-MBX-USED-WEIGHT-1M seen (this minute), if any
+    blocked_for_s: float  # 0 when requests may go
+    banned: bool
+
+
+class RequestBudget:
+    """The request budget of one exchange account (see the module docstring).
+
+    ``monotonic`` times blocks and waits; ``wall`` (Unix seconds) finds Binance's minute
+    boundaries. Both are injectable for tests."""
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        *,
+        share: float = 0.9,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        name: str = "binance",
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        self.share = share
+        self.name = name
+        self._monotonic = monotonic
+        self._wall = wall
+        self._blocked_until = -math.inf
+        self._banned = False
+        self._server_used: int | None = None
+        self._server_minute = -1
+        self.configure(limits)
+
+    def configure(self, limits: Limits | Sequence[Mapping[str, object]]) -> None:
+        """Size the windows from ``limits`` or an ``exchangeInfo`` ``rateLimits`` list."""
+        if not isinstance(limits, Limits):
+            limits = Limits.from_rate_limits(limits, getattr(self, "limits", None))
+        self.limits = limits
+        self._weight = Throttler(max(1, int(limits.weight * self.share)), period=limits.weight_window_s)
+        self._orders_short = Throttler(
+            max(1, int(limits.orders_short * self.share)), period=limits.orders_short_window_s
+        )
+        self._orders_long = Throttler(max(1, int(limits.orders_long * self.share)), period=limits.orders_long_window_s)
+
+    # -- spending --------------------------------------------------------------------------------
+
+    async def acquire(self, cost: float = 1.0, *, orders: int = 0, max_wait_s: float | None = None) -> bool:
+        """Return when a request of weight ``cost`` (adding ``orders`` new orders) may be sent;
+        True if it had to wait. With ``max_wait_s``, raise ``RateLimited``/``Banned`` instead of
+        waiting longer than that; nothing is spent then."""
+        waited = await self._wait_unblocked(max_wait_s)
+        if self._server_used is not None and self.limits.weight_window_s == 60.0:  # the header counts per minute
+            minute = int(self._wall() // 60)
+            if minute == self._server_minute and self._server_used + cost > self.limits.weight:
+                delay = 60 - self._wall() % 60  # the server's counter resets with the minute
+                if max_wait_s is not None and delay > max_wait_s:
+                    raise RateLimited(
+                        f"{self.name}: the IP's request weight for this minute is used up "
+                        f"({self._server_used}/{self.limits.weight})",
+                        retry_after_s=delay,
+                    )
+                await asyncio.sleep(delay)
+                waited = True
+        try:
+            async with asyncio.timeout(max_wait_s):
+                started = self._monotonic()
+                for _ in range(math.ceil(cost)):
+                    async with self._weight:
+                        pass
+                for _ in range(orders):
+                    async with self._orders_short, self._orders_long:
+                        pass
+                waited = waited or self._monotonic() - started > 0.005
+        except TimeoutError:
+            raise RateLimited(
+                f"{self.name}: request budget exhausted (weight {self.limits.weight} per "
+                f"{self.limits.weight_window_s:g} s, orders {self.limits.orders_short} per "
+                f"{self.limits.orders_short_window_s:g} s)",
+                retry_after_s=None,
+            ) from None
+        return waited
+
+    async def _wait_unblocked(self, max_wait_s: float | None) -> bool:
+        remaining = self._blocked_until - self._monotonic()
+        if remaining <= 0:
+            if self._banned:
+                self._banned = False
+                log.info("exchange ban over; requests resume", exchange=self.name)
+            return False
+        if max_wait_s is not None and remaining > max_wait_s:
+            error = Banned if self._banned else RateLimited
+            what = "banned (HTTP 418)" if self._banned else "rate limited (HTTP 429)"
+            raise error(f"{self.name}: {what} for {remaining:.0f} s more; not sent", retry_after_s=remaining)
+        await asyncio.sleep(remaining)
+        return True
+
+    # -- listening -------------------------------------------------------------------------------
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from one answer: the IP's used weight, and 429 / 418 with ``Retry-After``."""
+        used = _header(headers, "X-MBX-USED-WEIGHT-1M")
+        if used is not None and used.isdigit():
+            self._server_used, self._server_minute = int(used), int(self._wall() // 60)
+        if status not in (418, 429):
+            return
+        retry_after = retry_after_s(headers)
+        now = self._monotonic()
+        if status == 429:
+            until = now + (retry_after if retry_after is not None else _DEFAULT_429_BACKOFF_S)
+            if until > self._blocked_until:
+                self._blocked_until = until
+                log.warning("exchange rate limit hit (HTTP 429); backing off", exchange=self.name, seconds=until - now)
+            return
+        seconds = retry_after if retry_after is not None else _DEFAULT_BAN_S
+        until = now + seconds
+        if until > self._blocked_until + 1 or not self._banned:
+            ends = datetime.fromtimestamp(self._wall() + seconds, UTC).isoformat(timespec="seconds")
+            log.error(
+                f"exchange banned this IP (HTTP 418) for {seconds:.0f} s, until {ends}: "
+                "no orders or other requests are sent until then",
+                exchange=self.name,
+                seconds=seconds,
+                until=ends,
+            )
+        self._blocked_until = max(self._blocked_until, until)
+        self._banned = True
+
+    def status(self) -> BudgetStatus:
+        minute = int(self._wall() // 60)
+        used = self._server_used if minute == self._server_minute else None
+        blocked = max(0.0, self._blocked_until - self._monotonic())
+        return BudgetStatus(self.limits, used, blocked, self._banned and blocked > 0)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """The ``Retry-After`` header in seconds, if the answer had one."""
+    value = _header(headers, "Retry-After") if headers else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
