@@ -26,6 +26,7 @@ import structlog
 from .broker.paper import PaperBroker, PaperPosition
 from .config import Settings
 from .engine import Engine, EngineConfig, RuntimeFactory
+from .exchange.throttle import RequestBudgets
 from .market.feed import MarketFeed
 from .model import Position, StreamKey
 from .runtimes import make_runtime_factory
@@ -104,6 +105,9 @@ class Daemon:
             self.eval_pool = EvalPool(settings.sandbox, local, processes, log_level=settings.log.level)
             self.runtimes = self.eval_pool
         market = settings.market
+        # One request budget per REST host (Binance counts weight per IP): the feed's klines and,
+        # through CcxtExchange(budgets=...), the exchange port's orders when they call one host.
+        self.request_budgets = RequestBudgets()
         self.engine = Engine(
             broker=self.broker,
             sink=self.writer.submit,
@@ -127,6 +131,7 @@ class Daemon:
             streams_per_connection=market.streams_per_connection,
             rest_weight_per_minute=market.rest_weight_per_minute,
             connects_per_5min=market.connects_per_5min,
+            rest_budget=self.request_budgets.for_url(market.rest_url),
             rotate_after_s=market.rotate_after_s,
             backoff_initial_s=market.reconnect_min_s,
             backoff_max_s=market.reconnect_max_s,

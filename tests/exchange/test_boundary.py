@@ -21,7 +21,11 @@ def test_only_the_port_imports_ccxt() -> None:
     assert "exchange/ccxt_exchange.py" in importing
 
 
-def test_the_model_loads_without_ccxt() -> None:
-    code = "import sys, tradebotd.exchange; from tradebotd.exchange import MarketRules; print('ccxt' in sys.modules)"
+def test_the_model_the_errors_and_the_budget_load_without_ccxt() -> None:
+    """The market feed shares the request budget in paper mode too: it must not pay for ccxt."""
+    code = (
+        "import sys, tradebotd.exchange, tradebotd.exchange.errors, tradebotd.exchange.throttle, tradebotd.daemon; "
+        "from tradebotd.exchange import MarketRules; print('ccxt' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -302,7 +302,7 @@ async def test_duplicate_client_order_id_and_not_found(server: ExchangeServer, p
     assert err.value.code == -2011
 
 
-@pytest.mark.parametrize("fault", ["timeout", "disconnect", "5xx"])
+@pytest.mark.parametrize("fault", ["timeout", "disconnect", "truncated", "5xx"])
 async def test_a_lost_answer_to_an_order_is_ambiguous_and_resolved_by_asking(
     server: ExchangeServer, fault: str
 ) -> None:
@@ -313,6 +313,8 @@ async def test_a_lost_answer_to_an_order_is_ambiguous_and_resolved_by_asking(
             server.faults.timeout_after_accept()
         elif fault == "disconnect":
             server.faults.disconnect_after_accept()
+        elif fault == "truncated":  # a 200 cut short: ccxt says plain ExchangeError, caused by aiohttp
+            server.faults.truncate_after_accept()
         else:
             server.faults.server_error(503, after_accept=True, path="/api/v3/order")
         with pytest.raises(errors.Ambiguous):
@@ -322,6 +324,15 @@ async def test_a_lost_answer_to_an_order_is_ambiguous_and_resolved_by_asking(
         await port.close()
     assert resolved.state == "filled"
     assert len(server.requests_to("/api/v3/order", "POST")) == 1
+
+
+async def test_a_lost_answer_to_an_oco_is_ambiguous(server: ExchangeServer, port: CcxtExchange) -> None:
+    await buy(port)
+    server.faults.truncate_after_accept(path="/api/v3/orderList/oco")
+    with pytest.raises(errors.Ambiguous):
+        await port.create_oco(oco())
+    assert (await port.fetch_oco("tb-1-oco")).is_open  # placed: asked, not sent again
+    assert len(server.requests_to("/api/v3/orderList/oco", "POST")) == 1
 
 
 async def test_a_lost_answer_to_a_read_or_a_cancel_is_retryable(server: ExchangeServer, port: CcxtExchange) -> None:

@@ -59,6 +59,17 @@ def caused(exc: Exception, cause: BaseException) -> Exception:
         (ccxt.OperationFailed('binance {"code":-1001,"msg":"Internal error"}'), False, 503, errors.Unavailable),
         (ccxt.ExchangeNotAvailable("binance GET http://x 502"), False, 502, errors.Unavailable),
         (caused(ccxt.ExchangeNotAvailable("x"), aiohttp.ServerDisconnectedError()), True, None, errors.Ambiguous),
+        # A body cut short: ccxt raises a plain ExchangeError, the network only in its cause.
+        (caused(ccxt.ExchangeError("binance POST x"), aiohttp.ClientPayloadError("cut")), True, None, errors.Ambiguous),
+        (
+            caused(ccxt.ExchangeError("binance GET x"), aiohttp.ClientPayloadError("cut")),
+            False,
+            None,
+            errors.Unavailable,
+        ),
+        # A surprise while parsing an answer (ccxt's or ours): the order may exist.
+        (KeyError("orderId"), True, 200, errors.Ambiguous),
+        (KeyError("orderId"), False, 200, errors.Unavailable),
         (ccxt.ExchangeError("binance 500 {}"), True, 500, errors.Ambiguous),
         (ccxt.ExchangeError('binance {"code":-9999,"msg":"new"}'), True, 400, errors.Rejected),
     ],

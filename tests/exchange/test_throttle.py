@@ -104,3 +104,20 @@ async def test_our_own_windows_refuse_what_cannot_fit_in_time() -> None:
 def test_share_leaves_room_for_others() -> None:
     with pytest.raises(ValueError, match="share"):
         RequestBudget(share=0)
+
+
+async def test_new_limits_resize_the_windows_and_keep_what_they_booked() -> None:
+    budget = RequestBudget(Limits(weight=10), share=1.0)
+    await budget.acquire(8)
+    budget.configure(Limits(weight=12))  # e.g. exchangeInfo's rateLimits, read after requests went out
+    await budget.acquire(4, max_wait_s=0)  # 8 + 4 = 12
+    budget.configure(Limits(weight=13))
+    with pytest.raises(RateLimited):
+        await budget.acquire(2, max_wait_s=0)  # 12 + 2 > 13: what was booked still counts
+
+
+async def test_a_cost_above_the_whole_window_waits_for_an_empty_window_not_forever() -> None:
+    budget = RequestBudget(Limits(weight=5), share=1.0)
+    assert await budget.acquire(20, max_wait_s=0) is False  # the window is empty: it may go
+    with pytest.raises(RateLimited):
+        await budget.acquire(1, max_wait_s=0)

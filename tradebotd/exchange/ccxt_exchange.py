@@ -11,7 +11,8 @@ How ccxt is set up, and why:
   the spot REST base in both modes (``urls['test']`` before sandbox mode, ``urls['api']`` in live
   mode; only the spot families remain, so nothing can leak to another host).
 * ccxt's own rate limiter is off: every call first spends from our :class:`RequestBudget` (Binance
-  request weights below), and every answer's headers go back to it (a ``on_rest_response`` hook).
+  request weights below) — the one of the port's REST host, which the market feed shares when it
+  calls the same host — and every answer's headers go back to it (an ``on_rest_response`` hook).
 * ``number = str``: ccxt parses amounts and prices into exact strings, not floats; we pass
   strings in (``format(Decimal, 'f')``) after rounding to the market's step and tick, so the
   digits on the wire are exactly ours. Market orders never get a price (ccxt would turn a market
@@ -23,7 +24,8 @@ How ccxt is set up, and why:
   silently drops one leg when given both levels); its raw reports are parsed with ccxt's
   ``parse_order``.
 
-Errors: only those of ``tradebotd.exchange.errors`` (translated once, in ``_call``).
+Errors: only those of ``tradebotd.exchange.errors`` (translated once, in ``_call``, which also
+parses the answer: a surprise in an order's answer is ``Ambiguous``, never a stray exception).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import ccxt
@@ -47,6 +50,7 @@ from tradebotd.exchange.errors import (
     ExchangeError,
     InvalidOrder,
     NotSupported,
+    redact,
     translate,
 )
 from tradebotd.exchange.model import (
@@ -62,7 +66,7 @@ from tradebotd.exchange.model import (
     OrderState,
     Side,
 )
-from tradebotd.exchange.throttle import RequestBudget, retry_after_s
+from tradebotd.exchange.throttle import RequestBudget, RequestBudgets, retry_after_s
 from tradebotd.logs import register_secret
 
 __all__ = ["WEIGHTS", "CcxtExchange"]
@@ -143,6 +147,22 @@ class _Observed:
         )
 
 
+def _rest_base(api_urls: object) -> str:
+    """``scheme://host`` of the REST API ccxt will call (Binance: the spot ``private`` family)."""
+    if isinstance(api_urls, Mapping):
+        preferred = api_urls.get("private") or api_urls.get("rest")
+        candidates = [preferred, *api_urls.values()] if preferred else list(api_urls.values())
+        for url in candidates:
+            found = _rest_base(url) if isinstance(url, Mapping) else url
+            if isinstance(found, str) and found.startswith(("http://", "https://")):
+                parts = urlsplit(found)
+                return f"{parts.scheme}://{parts.netloc}"
+    elif isinstance(api_urls, str) and api_urls.startswith(("http://", "https://")):
+        parts = urlsplit(api_urls)
+        return f"{parts.scheme}://{parts.netloc}"
+    raise NotSupported(f"cannot tell the REST host from ccxt's urls {api_urls!r}")
+
+
 def _client_class(exchange_id: str) -> type[Any]:
     base = getattr(ccxt_async, exchange_id, None)
     if not isinstance(base, type) or not issubclass(base, ccxt_async.Exchange):
@@ -153,8 +173,10 @@ def _client_class(exchange_id: str) -> type[Any]:
 class CcxtExchange:
     """The exchange port on ccxt; one instance per exchange account (see the module docstring).
 
-    ``budget``: the account's request budget (shared with the market feed's REST calls when
-    wired so); ``max_wait_s``: how long a call may wait for the budget before it fails with
+    ``budgets``: the daemon's per-host request budgets; the port spends from the one of its REST
+    host (``rest_base``), which the market feed shares when it calls the same host. ``budget``
+    instead names the budget itself (tests); with neither, the port has one of its own.
+    ``max_wait_s``: how long a call may wait for the budget before it fails with
     ``RateLimited`` unsent; ``timeout_s``: per HTTP request."""
 
     def __init__(
@@ -165,6 +187,7 @@ class CcxtExchange:
         exchange_id: str = "binance",
         mode: Mode = "testnet",
         rest_url: str | None = None,
+        budgets: RequestBudgets | None = None,
         budget: RequestBudget | None = None,
         timeout_s: float = 10.0,
         max_wait_s: float = 5.0,
@@ -174,7 +197,8 @@ class CcxtExchange:
         register_secret(api_secret)
         self.id = exchange_id
         self.mode = mode
-        self.budget = budget or RequestBudget(name=exchange_id)
+        if budget is not None and budgets is not None:
+            raise ValueError("pass budget or budgets, not both")
         self._max_wait_s = max_wait_s
         self._binance = exchange_id == "binance"
         client = _client_class(exchange_id)(
@@ -195,7 +219,6 @@ class CcxtExchange:
             }
         )
         client.number = str
-        client.tb_budget = self.budget
         if rest_url is not None and not self._binance:
             raise NotSupported("exchange.rest_url is supported for binance only")
         base = rest_url.rstrip("/") if rest_url is not None else None
@@ -203,9 +226,16 @@ class CcxtExchange:
         if mode == "testnet":
             if urls is not None:
                 client.urls["test"] = urls
+            if not client.urls.get("test"):
+                raise NotSupported(f"ccxt has no testnet (sandbox) URLs for {exchange_id}")
             client.set_sandbox_mode(True)
         elif urls is not None:
             client.urls["api"] = urls
+        self.rest_base = _rest_base(client.urls["api"]).replace("{hostname}", str(client.hostname or ""))
+        if budget is None:
+            budget = (budgets if budgets is not None else RequestBudgets()).for_url(self.rest_base)
+        self.budget = budget
+        client.tb_budget = self.budget
         self._client = client
         self._rules: dict[str, MarketRules] = {}
         self._unified: dict[str, str] = {}  # BTCUSDT -> BTC/USDT
@@ -215,20 +245,26 @@ class CcxtExchange:
     async def _call(
         self,
         operation: str,
-        fn: Callable[[], Awaitable[T]],
+        fn: Callable[[], Awaitable[Any]],
+        parse: Callable[[Any], T],
         *,
         cost: int | None = None,
         orders: int = 0,
         order_request: bool = False,
     ) -> T:
+        """Spend the budget, call ccxt, parse its answer, all failures translated. The answer is
+        parsed in here, so that a surprise in it after an order request is ``Ambiguous`` (the
+        order may exist) rather than an exception of no kind the broker knows."""
         weight = cost if cost is not None else (WEIGHTS.get(operation, 1) if self._binance else 1)
         await self.budget.acquire(weight, orders=orders, max_wait_s=self._max_wait_s)
         answer = _Answer()
         token = _ANSWER.set(answer)
         try:
             with decimal.localcontext():
-                return await fn()
-        except (ccxt.BaseError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                return parse(await fn())
+        except Exception as exc:  # every failure becomes one of ours, here and only here
+            if not isinstance(exc, ccxt.BaseError | aiohttp.ClientError | TimeoutError | OSError):
+                log.error("unexpected error in an exchange call", operation=operation, error=redact(repr(exc)))
             retry_after = retry_after_s(answer.headers)
             error = translate(
                 exc,
@@ -257,15 +293,10 @@ class CcxtExchange:
 
     async def load_markets(self, *, reload: bool = False) -> Mapping[str, MarketRules]:
         cost = WEIGHTS["load_markets"] + WEIGHTS["server_time"] if self._binance else 1
-        markets = await self._call("load_markets", lambda: self._client.load_markets(reload), cost=cost)
-        rules = {}
-        for market in cast(Mapping[str, Mapping[str, Any]], markets).values():
-            if market.get("spot"):
-                parsed = _rules(market)
-                rules[parsed.symbol] = parsed
-                self._unified[parsed.symbol] = str(market["symbol"])
-        self._rules = rules
-        return dict(rules)
+        markets = await self._call("load_markets", lambda: self._client.load_markets(reload), _markets, cost=cost)
+        self._rules = {rules.symbol: rules for rules, _ in markets}
+        self._unified = {rules.symbol: unified for rules, unified in markets}
+        return dict(self._rules)
 
     def rules(self, symbol: str) -> MarketRules:
         try:
@@ -278,7 +309,7 @@ class CcxtExchange:
         return self._unified[symbol], rules
 
     async def server_time(self) -> int:
-        return int(await self._call("server_time", self._client.fetch_time))
+        return await self._call("server_time", self._client.fetch_time, int)
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -311,33 +342,39 @@ class CcxtExchange:
                 raise InvalidOrder(f"a {kind} order needs a stop price")
             params["stopLossPrice"] = _text(rules.round_price(stop_price))
         ccxt_type = "limit" if limit is not None else "market"
-        order = await self._call(
+        return await self._call(
             "create_order",
             lambda: self._client.create_order(unified, ccxt_type, side, _text(quantity), limit, params),
+            lambda answer: _order(answer, symbol),
             orders=1,
             order_request=True,
         )
-        return _order(order, symbol)
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> ExchangeOrder:
         unified, _ = self._market(symbol)
-        order = await self._call(
-            "fetch_order", lambda: self._client.fetch_order(None, unified, {"origClientOrderId": client_order_id})
+        return await self._call(
+            "fetch_order",
+            lambda: self._client.fetch_order(None, unified, {"origClientOrderId": client_order_id}),
+            lambda answer: _order(answer, symbol),
         )
-        return _order(order, symbol)
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> ExchangeOrder:
         unified, _ = self._market(symbol)
-        order = await self._call(
-            "cancel_order", lambda: self._client.cancel_order(None, unified, {"origClientOrderId": client_order_id})
+        return await self._call(
+            "cancel_order",
+            lambda: self._client.cancel_order(None, unified, {"origClientOrderId": client_order_id}),
+            lambda answer: _order(answer, symbol),
         )
-        return _order(order, symbol)
 
     async def open_orders(self, symbol: str | None = None) -> list[ExchangeOrder]:
         unified = self._market(symbol)[0] if symbol is not None else None
         cost = None if symbol is not None or not self._binance else 80
-        orders = await self._call("open_orders", lambda: self._client.fetch_open_orders(unified), cost=cost)
-        return [_order(order, self._id_of(order)) for order in cast(list[Mapping[str, Any]], orders)]
+        return await self._call(
+            "open_orders",
+            lambda: self._client.fetch_open_orders(unified),
+            lambda answer: [_order(order, self._id_of(order)) for order in answer],
+            cost=cost,
+        )
 
     def _id_of(self, parsed: Mapping[str, Any]) -> str:
         info = parsed.get("info") or {}
@@ -377,28 +414,32 @@ class CcxtExchange:
             **{"above" + key: value for key, value in above.items()},
             **{"below" + key: value for key, value in below.items()},
         }
-        raw = await self._call(
-            "create_oco", lambda: self._client.private_post_orderlist_oco(params), orders=2, order_request=True
+        return await self._call(
+            "create_oco",
+            lambda: self._client.private_post_orderlist_oco(params),
+            self._order_list,
+            orders=2,
+            order_request=True,
         )
-        return self._order_list(raw)
 
     async def cancel_oco(self, symbol: str, list_client_order_id: str) -> OrderList:
         self._need_oco()
         self._market(symbol)
         params = {"symbol": symbol, "listClientOrderId": list_client_order_id}
-        raw = await self._call("cancel_oco", lambda: self._client.private_delete_orderlist(params))
-        return self._order_list(raw)
+        return await self._call("cancel_oco", lambda: self._client.private_delete_orderlist(params), self._order_list)
 
     async def fetch_oco(self, list_client_order_id: str) -> OrderList:
         self._need_oco()
         params = {"origClientOrderId": list_client_order_id}
-        raw = await self._call("fetch_oco", lambda: self._client.private_get_orderlist(params))
-        return self._order_list(raw)
+        return await self._call("fetch_oco", lambda: self._client.private_get_orderlist(params), self._order_list)
 
     async def open_ocos(self) -> list[OrderList]:
         self._need_oco()
-        raw = await self._call("open_ocos", lambda: self._client.private_get_openorderlist())
-        return [self._order_list(entry) for entry in cast(list[Mapping[str, Any]], raw)]
+        return await self._call(
+            "open_ocos",
+            lambda: self._client.private_get_openorderlist(),
+            lambda answer: [self._order_list(entry) for entry in answer],
+        )
 
     def _order_list(self, raw: object) -> OrderList:
         doc = cast(Mapping[str, Any], raw)
@@ -406,10 +447,8 @@ class CcxtExchange:
         reports = doc.get("orderReports") or []
         orders: tuple[ExchangeOrder, ...] = ()
         if reports:
-            unified, _ = self._market(symbol)
-            market = self._client.market(unified)
-            with decimal.localcontext():
-                orders = tuple(_order(self._client.parse_order(report, market), symbol) for report in reports)
+            market = self._client.market(self._market(symbol)[0])
+            orders = tuple(_order(self._client.parse_order(report, market), symbol) for report in reports)
         status_type, order_status = str(doc.get("listStatusType")), str(doc.get("listOrderStatus"))
         return OrderList(
             symbol=symbol,
@@ -425,19 +464,7 @@ class CcxtExchange:
     # -- account -----------------------------------------------------------------------------
 
     async def balances(self) -> dict[str, Balance]:
-        balance = cast(Mapping[str, Any], await self._call("balances", self._client.fetch_balance))
-        info = balance.get("info")
-        raw = info.get("balances") if isinstance(info, Mapping) else None
-        if isinstance(raw, list):  # Binance: the exact strings
-            return {
-                str(b["asset"]): Balance(str(b["asset"]), Decimal(str(b["free"])), Decimal(str(b["locked"])))
-                for b in raw
-            }
-        free, used = balance.get("free") or {}, balance.get("used") or {}
-        return {
-            asset: Balance(asset, _dec(free.get(asset)) or Decimal(0), _dec(used.get(asset)) or Decimal(0))
-            for asset in free
-        }
+        return await self._call("balances", self._client.fetch_balance, _balances)
 
     async def my_trades(
         self, symbol: str, *, from_id: str | None = None, since_ms: int | None = None, limit: int = 1000
@@ -445,9 +472,13 @@ class CcxtExchange:
         unified, _ = self._market(symbol)
         params = {"fromId": from_id} if from_id is not None else {}
         since = since_ms if from_id is None else None
-        trades = await self._call("my_trades", lambda: self._client.fetch_my_trades(unified, since, limit, params))
-        parsed = [_trade(t, symbol) for t in cast(list[Mapping[str, Any]], trades)]
-        return sorted(parsed, key=lambda t: (t.at_ms or 0, _numeric(t.trade_id)))
+        return await self._call(
+            "my_trades",
+            lambda: self._client.fetch_my_trades(unified, since, limit, params),
+            lambda answer: sorted(
+                (_trade(t, symbol) for t in answer), key=lambda t: (t.at_ms or 0, _numeric(t.trade_id))
+            ),
+        )
 
     async def close(self) -> None:
         await self._client.close()
@@ -472,6 +503,25 @@ def _numeric(text: str) -> int:
 
 def _filters(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {str(f.get("filterType")): f for f in info.get("filters") or [] if isinstance(f, Mapping)}
+
+
+def _balances(answer: Mapping[str, Any]) -> dict[str, Balance]:
+    info = answer.get("info")
+    raw = info.get("balances") if isinstance(info, Mapping) else None
+    if isinstance(raw, list):  # Binance: the exact strings
+        return {
+            str(b["asset"]): Balance(str(b["asset"]), Decimal(str(b["free"])), Decimal(str(b["locked"]))) for b in raw
+        }
+    free, used = answer.get("free") or {}, answer.get("used") or {}
+    return {
+        asset: Balance(asset, _dec(free.get(asset)) or Decimal(0), _dec(used.get(asset)) or Decimal(0))
+        for asset in free
+    }
+
+
+def _markets(answer: Mapping[str, Mapping[str, Any]]) -> list[tuple[MarketRules, str]]:
+    """Each spot market's rules and ccxt's unified symbol (BTC/USDT)."""
+    return [(_rules(market), str(market["symbol"])) for market in answer.values() if market.get("spot")]
 
 
 def _rules(market: Mapping[str, Any]) -> MarketRules:

@@ -12,9 +12,9 @@
         │       └── Banned       418: the IP is banned for ``retry_after_s``; no request is sent
         │                        (order traffic included) until it ends
         ├── Ambiguous            an order request (new order, OCO) was sent and its answer was lost:
-        │                        timeout, cut connection, 5xx / -1001 / -1006 / -1007. The order
-        │                        may exist: resolve by querying its client order id, never by
-        │                        sending it again
+        │                        timeout, cut connection or body, 5xx / -1001 / -1006 / -1007, or
+        │                        an answer that could not be parsed. The order may exist: resolve
+        │                        by querying its client order id, never by sending it again
         └── Permanent            the exchange refused; the same request will be refused again
             ├── InsufficientFunds
             ├── InvalidOrder     a filter (LOT_SIZE, PRICE_FILTER, NOTIONAL), an order type, an OCO
@@ -36,8 +36,17 @@ Binance's 5xx body ``{"code":-1001}`` reaches us as ``OperationFailed``, *not* a
 temporary ban); ``NOTIONAL`` failures are ``BadRequest`` while LOT_SIZE / PRICE_FILTER are
 ``InvalidOrder``; ``-2018`` is a plain ``ExchangeError``.
 
+A lost answer is told by the exception *and* its cause: ccxt turns a read error other than a
+connection error (a body cut short: ``aiohttp.ClientPayloadError``) into a plain ``ExchangeError``
+whose only trace of the network is ``__cause__``; after an order request that is ``Ambiguous``,
+never a refusal.
+
 Messages never carry secrets: ccxt's messages can echo request URLs, whose query string holds the
 signature and every parameter, so query strings are cut and registered secrets masked.
+
+ccxt is imported by :func:`translate` only (the exception it translates came from ccxt, so ccxt is
+loaded by then): the tree and the request budget (``throttle``) stay cheap to import for the
+market feed, which shares the budget.
 """
 
 from __future__ import annotations
@@ -46,7 +55,6 @@ import re
 import socket
 
 import aiohttp
-import ccxt
 
 from tradebotd.errors import BrokerError
 from tradebotd.logs import mask_secrets
@@ -166,10 +174,20 @@ def exchange_code(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_NETWORK = (aiohttp.ClientError, TimeoutError, OSError)
+
+
 def _never_left(exc: BaseException) -> bool:
     """The connection was never made, so the request cannot have reached the exchange."""
     cause = exc.__cause__
     return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | socket.gaierror)
+
+
+def _answer_lost(exc: BaseException) -> bool:
+    """The request may have left and no complete answer came back."""
+    import ccxt
+
+    return isinstance(exc, (ccxt.OperationFailed, *_NETWORK)) or isinstance(exc.__cause__, _NETWORK)
 
 
 def translate(
@@ -181,13 +199,16 @@ def translate(
     retry_after_s: float | None = None,
     body: str | None = None,
 ) -> ExchangeError:
-    """Our error for a ccxt (or aiohttp) exception raised by ``operation``.
+    """Our error for an exception raised while ``operation`` ran ccxt (ccxt's, aiohttp's, or an
+    unexpected one from parsing the answer).
 
     ``order_request``: the request creates something (new order, OCO), so a lost answer is
     ``Ambiguous``; for reads and cancels it is ``Unavailable`` (a cancel may simply be repeated:
     a second cancel answers "unknown order" if the first arrived). ``status``/``retry_after_s``:
     the HTTP answer, when there was one; ``body``: an error answer's body (where the exchange's
     code is when ccxt's message quotes only the text)."""
+    import ccxt  # loaded already: ``exc`` came from it (or from aiohttp underneath it)
+
     text = f"{operation}: {type(exc).__name__}: {redact(str(exc)).strip() or '(no message)'}"
     code = exchange_code(text)
     if code is None and body is not None:
@@ -214,9 +235,12 @@ def translate(
         return NotSupported(text, code=code)
     if isinstance(exc, ccxt.BadRequest):
         return (InvalidOrder if code == -1013 else Rejected)(text, code=code)
-    lost = isinstance(exc, ccxt.OperationFailed | aiohttp.ClientError | TimeoutError | OSError)
-    if lost or (status is not None and status >= 500):
+    if _answer_lost(exc) or (status is not None and status >= 500):
         if order_request and not _never_left(exc):
             return Ambiguous(text, code=code)
         return Unavailable(text, code=code)
+    if not isinstance(exc, ccxt.BaseError):
+        # Not the exchange's verdict but a surprise while reading its answer (a parsing bug in
+        # ccxt or in the port): after an order request, the order may well exist.
+        return (Ambiguous if order_request else Unavailable)(text, code=code)
     return Rejected(text, code=code)

@@ -266,7 +266,9 @@ class ExchangePort(Protocol):
         self, symbol: str, *, from_id: str | None = None, since_ms: int | None = None, limit: int = 1000
     ) -> Sequence[ExchangeTrade]:
         """Fills oldest first: from trade id ``from_id`` (inclusive), else from ``since_ms``, else
-        the most recent ``limit``."""
+        the most recent ``limit``. Binance answers a ``since_ms`` with at most the 24 hours that
+        follow it, so catching up over a longer gap pages by ``from_id`` (the last trade id + 1)
+        until a page is shorter than ``limit``."""
         ...
 
     async def close(self) -> None: ...

@@ -16,8 +16,19 @@ to 3 days).
   While blocked, :meth:`acquire` waits if the block ends within ``max_wait_s``, else raises
   ``RateLimited`` / ``Banned`` at once: nothing is sent.
 
-The market feed's REST client can be given the same object (``acquire(cost)`` like its
-``Pacer``, ``observe(status, headers)`` for each answer), so klines and orders draw on one budget.
+One budget per IP, shared: Binance counts request weight per IP, so everything the daemon sends
+to one host spends from one budget. :class:`RequestBudgets` hands out one ``RequestBudget`` per
+REST host: the exchange port takes the one for its host, and the market feed's REST client the
+one for its own (``tradebotd.market.pacing.SharedBudget``: ``acquire(cost)`` before each request,
+``observe(status, headers)`` after each answer). When both call ``api.binance.com`` (live mode),
+or one local replay server, klines and orders draw on the same windows, and a 429 or 418 that
+either one hears holds back both — order traffic included. The feed keeps its own, smaller cap
+(``market.rest_weight_per_minute``) on top, so a warm-up of many streams cannot take the whole
+minute from the orders. The testnet is another host with its own counters, so it gets its own
+budget. (Should two budgets still end up on one IP, through two host names, the used weight that
+every Binance answer reports keeps each of them within what the IP has left.)
+
+Imports no ccxt (the error classes do not need it), so the market feed can use it in paper mode.
 
 Errors: ``RateLimited`` and ``Banned`` from ``tradebotd.exchange.errors``.
 """
@@ -30,13 +41,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import structlog
 from asyncio_throttle.throttler import Throttler
 
 from tradebotd.exchange.errors import Banned, RateLimited
 
-__all__ = ["BudgetStatus", "Limits", "RequestBudget", "retry_after_s"]
+__all__ = ["BudgetStatus", "Limits", "RequestBudget", "RequestBudgets", "retry_after_s"]
 
 log = structlog.get_logger(__name__)
 
@@ -89,10 +101,12 @@ class BudgetStatus:
 
 
 class RequestBudget:
-    """The request budget of one exchange account (see the module docstring).
+    """The request budget of one REST host: the IP's request weight and the account's new
+    orders (see the module docstring).
 
-    ``monotonic`` times blocks and waits; ``wall`` (Unix seconds) finds Binance's minute
-    boundaries. Both are injectable for tests."""
+    ``monotonic`` times 429/418 blocks; ``wall`` (Unix seconds) finds Binance's minute
+    boundaries; both are injectable for tests. The sliding windows themselves run on
+    asyncio-throttle's clock (``time.monotonic``)."""
 
     def __init__(
         self,
@@ -113,25 +127,33 @@ class RequestBudget:
         self._banned = False
         self._server_used: int | None = None
         self._server_minute = -1
+        # One sliding window per limit, one booked unit per weight (or order); sized by configure.
+        self._weight, self._orders_short, self._orders_long = Throttler(1), Throttler(1), Throttler(1)
         self.configure(limits)
 
     def configure(self, limits: Limits | Sequence[Mapping[str, object]]) -> None:
-        """Size the windows from ``limits`` or an ``exchangeInfo`` ``rateLimits`` list."""
+        """Size the windows from ``limits`` or an ``exchangeInfo`` ``rateLimits`` list. Existing
+        windows are resized in place (``rate_limit`` and ``period`` are the throttler's public
+        settings), so what they have booked — the ``exchangeInfo`` request itself, the feed's
+        warm-up — still counts."""
         if not isinstance(limits, Limits):
             limits = Limits.from_rate_limits(limits, getattr(self, "limits", None))
         self.limits = limits
-        self._weight = Throttler(max(1, int(limits.weight * self.share)), period=limits.weight_window_s)
-        self._orders_short = Throttler(
-            max(1, int(limits.orders_short * self.share)), period=limits.orders_short_window_s
-        )
-        self._orders_long = Throttler(max(1, int(limits.orders_long * self.share)), period=limits.orders_long_window_s)
+        for throttler, limit, period in (
+            (self._weight, limits.weight, limits.weight_window_s),
+            (self._orders_short, limits.orders_short, limits.orders_short_window_s),
+            (self._orders_long, limits.orders_long, limits.orders_long_window_s),
+        ):
+            throttler.rate_limit, throttler.period = max(1, int(limit * self.share)), period
 
     # -- spending --------------------------------------------------------------------------------
 
     async def acquire(self, cost: float = 1.0, *, orders: int = 0, max_wait_s: float | None = None) -> bool:
         """Return when a request of weight ``cost`` (adding ``orders`` new orders) may be sent;
         True if it had to wait. With ``max_wait_s``, raise ``RateLimited``/``Banned`` instead of
-        waiting longer than that; nothing is spent then."""
+        waiting longer than that: the request must not be sent then (what was booked while
+        waiting stays booked, which only errs on the safe side). A cost above the whole window
+        waits for an empty window rather than forever."""
         waited = await self._wait_unblocked(max_wait_s)
         if self._server_used is not None and self.limits.weight_window_s == 60.0:  # the header counts per minute
             minute = int(self._wall() // 60)
@@ -148,7 +170,7 @@ class RequestBudget:
         try:
             async with asyncio.timeout(max_wait_s):
                 started = self._monotonic()
-                for _ in range(math.ceil(cost)):
+                for _ in range(min(math.ceil(cost), self._weight.rate_limit)):
                     async with self._weight:
                         pass
                 for _ in range(orders):
@@ -214,6 +236,36 @@ class RequestBudget:
         used = self._server_used if minute == self._server_minute else None
         blocked = max(0.0, self._blocked_until - self._monotonic())
         return BudgetStatus(self.limits, used, blocked, self._banned and blocked > 0)
+
+
+class RequestBudgets:
+    """One :class:`RequestBudget` per REST host (``scheme://host:port``), created on first use with
+    the options given here; see the module docstring for why per host."""
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        *,
+        share: float = 0.9,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._limits, self._share, self._monotonic, self._wall = limits, share, monotonic, wall
+        self._by_host: dict[str, RequestBudget] = {}
+
+    def for_url(self, url: str) -> RequestBudget:
+        """The budget of the host ``url`` names (any path)."""
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            raise ValueError(f"not an absolute URL: {url!r}")
+        host = f"{parts.scheme}://{parts.netloc}".lower()
+        budget = self._by_host.get(host)
+        if budget is None:
+            budget = RequestBudget(
+                self._limits, share=self._share, monotonic=self._monotonic, wall=self._wall, name=parts.netloc
+            )
+            self._by_host[host] = budget
+        return budget
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

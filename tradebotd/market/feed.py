@@ -40,7 +40,7 @@ from websockets.exceptions import InvalidURI
 from tradebotd.market.backoff import Backoff
 from tradebotd.market.connection import Connected, Connection, Frame, Link, LinkSettings, Outcome
 from tradebotd.market.fetch import Fetcher, HistoryAnswer, RangeAnswer, Refused
-from tradebotd.market.pacing import Clock, Pacer
+from tradebotd.market.pacing import Clock, Pacer, SharedBudget
 from tradebotd.market.plan import StreamPlan
 from tradebotd.market.rest import KlinesClient, ServerClock
 from tradebotd.market.stats import FeedStats
@@ -137,6 +137,7 @@ class MarketFeed:
         streams_per_connection: int = DEFAULT_STREAMS_PER_CONNECTION,
         rest_weight_per_minute: int = DEFAULT_REST_WEIGHT_PER_MINUTE,
         connects_per_5min: int = DEFAULT_CONNECTS_PER_5MIN,
+        rest_budget: SharedBudget | None = None,
         clock: Clock | None = None,
         rotate_after_s: float = 23.5 * 3600,
         backoff_initial_s: float = 1.0,
@@ -162,6 +163,10 @@ class MarketFeed:
         - ``rest_weight_per_minute`` / ``connects_per_5min``: the budgets every REST request and
           every connection attempt spend from, in sliding windows; ``clock`` is theirs (tests
           pass a manual one).
+        - ``rest_budget``: the REST host's whole request budget, shared with the exchange port
+          when it calls the same host (``tradebotd.exchange.throttle.RequestBudgets``): every REST
+          request spends from it too and reports its answer to it, so 429s and 418s hold back
+          both; ``rest_weight_per_minute`` then caps the feed's part of it.
         - ``rotate_after_s``: reconnect (and backfill) before Binance's 24 h disconnect; each
           connection rotates up to 2% earlier, at random, so connections opened together do not
           rotate together.
@@ -214,6 +219,7 @@ class MarketFeed:
         self._rng = rng or random.Random()
         self.stats = FeedStats()
         self.rest_pacer = Pacer(rest_weight_per_minute, 60.0, clock=clock)
+        self.rest_budget = rest_budget
         self.connect_pacer = Pacer(connects_per_5min, 300.0, clock=clock)
         self._attempt = asyncio.Event()  # replaced after every connection attempt (wait_until)
 
@@ -270,7 +276,11 @@ class MarketFeed:
                 if session is None:
                     session = await stack.enter_async_context(aiohttp.ClientSession())
                 self._rest = KlinesClient(
-                    session, self._rest_url, timeout_s=self._rest_timeout_s, pacer=self.rest_pacer
+                    session,
+                    self._rest_url,
+                    timeout_s=self._rest_timeout_s,
+                    pacer=self.rest_pacer,
+                    shared=self.rest_budget,
                 )
                 try:
                     async with asyncio.TaskGroup() as group:

@@ -15,6 +15,12 @@ has no clock: the time is passed in, so tests drive it with numbers.
 its ``Clock``. The clock is injected so that tests run on a manual clock and assert on the
 moments a stand-in recorded, never on wall-clock sleeps.
 
+``SharedBudget`` is the IP's whole REST budget, which the feed shares with the other clients of
+the same host (the exchange port's ``tradebotd.exchange.throttle.RequestBudget``): each request
+also spends from it, and each answer is reported to it, so that a 429 or 418 the feed hears
+holds back order traffic too, and the other way round. The feed's ``Pacer`` then caps only the
+feed's part of that budget.
+
 Errors: ``ValueError`` for a cost larger than the whole budget (it could never be granted).
 """
 
@@ -23,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Protocol
 
-__all__ = ["Clock", "MonotonicClock", "Pacer", "SlidingWindow"]
+__all__ = ["Clock", "MonotonicClock", "Pacer", "SharedBudget", "SlidingWindow"]
 
 
 class Clock(Protocol):
@@ -34,6 +41,18 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     async def sleep_until(self, deadline: float) -> None: ...
+
+
+class SharedBudget(Protocol):
+    """A host's request budget shared with other clients (see the module docstring)."""
+
+    async def acquire(self, cost: float = 1.0) -> bool:
+        """Wait until ``cost`` may be spent (also while the host has told us to stop)."""
+        ...
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from one answer: used weight, 429 / 418 with ``Retry-After``."""
+        ...
 
 
 class MonotonicClock:

@@ -10,7 +10,9 @@ is never taken for closed too early, for one request instead of two. Paging is e
 section 4).
 
 Every request first spends its Binance request weight from the ``Pacer`` given (klines 2, time 1),
-so a warm-up of hundreds of streams stays within the IP's budget instead of running into 429s.
+so a warm-up of hundreds of streams stays within the IP's budget instead of running into 429s,
+then from the ``SharedBudget`` given (the host's whole budget, shared with the exchange port),
+which also hears every answer's status and headers.
 
 Errors:
 
@@ -33,7 +35,7 @@ import orjson
 import structlog
 
 from tradebotd.market.errors import MalformedMessage, RestRejected, RestUnavailable, describe
-from tradebotd.market.pacing import Pacer
+from tradebotd.market.pacing import Pacer, SharedBudget
 from tradebotd.market.wire import (
     closed_candles,
     parse_kline_rows,
@@ -75,12 +77,19 @@ class KlinesClient:
     """Binance spot market-data REST calls on a caller-owned ``aiohttp.ClientSession``."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, *, timeout_s: float = 10.0, pacer: Pacer | None = None
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        pacer: Pacer | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._pacer = pacer
+        self._shared = shared
         self.clock: ServerClock | None = None  # the latest reading of /api/v3/time
 
     async def server_time(self) -> int:
@@ -155,13 +164,18 @@ class KlinesClient:
         return [(candle, rows[i][1]) for i, candle in enumerate(closed)], server_now
 
     async def _get(self, path: str, params: Mapping[str, str]) -> object:
+        weight = WEIGHTS.get(path, 1)
         if self._pacer is not None:
-            await self._pacer.acquire(WEIGHTS.get(path, 1))
+            await self._pacer.acquire(weight)
+        if self._shared is not None:
+            await self._shared.acquire(weight)
         url = self._base_url + path
         try:
             async with self._session.get(url, params=params, timeout=self._timeout) as response:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                if self._shared is not None:
+                    self._shared.observe(status, response.headers)
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RestUnavailable(f"GET {path}: {describe(exc)}") from exc

@@ -195,8 +195,11 @@ def test_faults_after_accept_leave_the_order_placed() -> None:
     api.faults.server_error(502)
     before = call(api, "POST", "/api/v3/order", {**ORDER, "newClientOrderId": "t3"})
     assert before.status == 502
+    api.faults.truncate_after_accept()
+    cut = call(api, "POST", "/api/v3/order", {**ORDER, "newClientOrderId": "t4"})
+    assert (cut.status, cut.action) == (200, "truncate") and isinstance(cut.body, dict)
     placed = [o.client_order_id for o in api.account.orders["BTCUSDT"]]
-    assert placed == ["t1", "t2"]  # the 502 came before processing
+    assert placed == ["t1", "t2", "t4"]  # the 502 came before processing
 
 
 def test_business_faults_apply_to_the_next_matching_request_only() -> None:

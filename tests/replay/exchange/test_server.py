@@ -165,7 +165,14 @@ async def test_how_ccxt_reports_each_fault(server: ExchangeServer) -> None:
         with pytest.raises(ccxt.OperationFailed) as failed:
             await client.create_order("BTC/USDT", "market", "buy", "0.001", None, {"newClientOrderId": "f3"})
         assert not isinstance(failed.value, ccxt.NetworkError)
-        assert [o.client_order_id for o in server.account.orders["BTCUSDT"]] == ["f1", "f2", "f3"]  # all placed
+        server.faults.truncate_after_accept()
+        # A 200 whose body is cut short: a plain ExchangeError, the network only in its cause.
+        with pytest.raises(ccxt.ExchangeError) as truncated:
+            await client.create_order("BTC/USDT", "market", "buy", "0.001", None, {"newClientOrderId": "f4"})
+        assert isinstance(truncated.value.__cause__, aiohttp.ClientPayloadError)
+        assert not isinstance(truncated.value, ccxt.NetworkError)
+        placed = [o.client_order_id for o in server.account.orders["BTCUSDT"]]
+        assert placed == ["f1", "f2", "f3", "f4"]  # all placed
         assert server.held == 1
 
         server.faults.order_not_found()

@@ -16,10 +16,11 @@ For each request, in Binance's order:
 4. Order rate limits per account: ``orders_10s`` / ``orders_1d`` (429 -1015, no ``Retry-After``);
    successful order answers carry ``X-MBX-ORDER-COUNT-10S`` / ``-1D``.
 
-Faults (:class:`Faults`) are armed by tests and consumed by the next matching request. Two of
+Faults (:class:`Faults`) are armed by tests and consumed by the next matching request. Three of
 them are not answers but instructions to the I/O shell (``RestResponse.action``): ``"hold"`` (the
-order was placed, the client never hears back) and ``"disconnect"`` (placed, then the connection
-is cut).
+order was placed, the client never hears back), ``"disconnect"`` (placed, then the connection
+is cut) and ``"truncate"`` (placed, the answer's headers and half its body sent, then the
+connection is cut: the client reads a 200 it cannot finish).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tradebotd.replay.exchange.matching import INSUFFICIENT, Account, Refusal
 
 __all__ = ["Action", "ExchangeApi", "Faults", "LoggedRequest", "RestRequest", "RestResponse"]
 
-Action = Literal["respond", "hold", "disconnect"]
+Action = Literal["respond", "hold", "disconnect", "truncate"]
 _PUBLIC = frozenset({"/api/v3/ping", "/api/v3/time", "/api/v3/exchangeInfo"})
 _INTERNAL = "Internal error; unable to process your request. Please try again."
 
@@ -108,6 +109,10 @@ class Faults:
     def disconnect_after_accept(self, *, method: str = "POST", path: str = "/api/v3/order", count: int = 1) -> None:
         """Process the request, then cut the connection without an answer."""
         self._arm(_Fault("disconnect", method, path, count))
+
+    def truncate_after_accept(self, *, method: str = "POST", path: str = "/api/v3/order", count: int = 1) -> None:
+        """Process the request, start a 200 answer, cut the connection half-way through its body."""
+        self._arm(_Fault("truncate", method, path, count))
 
     def server_error(
         self,
@@ -313,11 +318,13 @@ class ExchangeApi:
             now = self._limits_clock()
             self._orders.extend([now] * endpoint.orders)
             headers = headers | self._order_count_headers(now)
-        after = self.faults.take(("hold", "disconnect", "error_after"), method, path)
+        after = self.faults.take(("hold", "disconnect", "truncate", "error_after"), method, path)
         if after is None:
             return RestResponse(200, body, headers)
         if after.kind == "error_after":
             return self._error(after.status, -1001, _INTERNAL, headers)
+        if after.kind == "truncate":
+            return RestResponse(200, body, headers, action="truncate")
         return RestResponse(0, None, headers, action="hold" if after.kind == "hold" else "disconnect")
 
     # -- limits ----------------------------------------------------------------------------------

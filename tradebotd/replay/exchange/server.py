@@ -208,6 +208,12 @@ class ExchangeServer:
             self.held += 1
             self._notify()
             await self._release.wait()
+        if response.action == "truncate":
+            body = orjson.dumps(response.body)
+            started = web.StreamResponse(status=200, headers=response.headers)
+            started.content_type, started.content_length = "application/json", len(body)
+            await started.prepare(request)
+            await started.write(body[: len(body) // 2])
         if response.action != "respond":
             if request.transport is not None:
                 request.transport.abort()
