@@ -57,7 +57,16 @@ def test_outputs_and_summary(files: tuple[Path, Path], tmp_path: Path, capsys: p
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "total return" in printed and "open position" in printed and f"outputs in {out}/" in printed
+    # 904.473 cash + 1 x 106 (see the fills below) = 1010.473 / 1000; buy and hold 106 / 100
+    assert "total return     1.05 % (buy and hold 6.00 %)" in printed
+    assert "exits            1 signal, 1 take-profit, 0 stop-loss, 1 still open at the end" in printed
+    assert "profit factor    n/a" in printed  # no losing trade
+    assert "open position" in printed and f"outputs in {out}/" in printed
+    grid = printed.split("monthly returns (%)\n", 1)[1].splitlines()
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    assert grid[0].split() == [*months, "year"]
+    assert grid[1].split() == ["2023", "+1.05", "+1.05"]  # November only
+    assert grid[1].index("+1.05") + len("+1.05") == grid[0].index("Nov") + len("Nov")  # right under Nov
     with (out / "fills.csv").open() as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["side", "candle_time", "price", "amount", "fee", "reason", "candle_time_iso"]
@@ -80,6 +89,35 @@ def test_outputs_and_summary(files: tuple[Path, Path], tmp_path: Path, capsys: p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trades"] == 2 and summary["open_position"]["entry_time"] == T0 + 5 * MIN
     assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refused_orders_by_reason_in_the_table_and_in_rejected_csv(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, strategy = files
+    out = tmp_path / "out"
+    # 50 of cash never buys one unit at 100: every buy is refused, and the sell finds nothing to sell
+    argv = ["--strategy", str(strategy), "--data", str(data), "--param", "amount=1", "--cash", "50", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "orders           0 fills, 3 rejected, 1 ignored" in printed
+    assert printed[printed.index("orders           0 fills, 3 rejected, 1 ignored") + 1 :][:2] == [
+        "  rejected       3 × insufficient cash",
+        "  ignored        1 × sell while flat",
+    ]
+    assert "exits            0 signal, 0 take-profit, 0 stop-loss" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["orders_rejected_by_reason"] == {"insufficient cash": 3}
+    with (out / "rejected.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["candle_time"]), r["side"], r["outcome"]) for r in rows] == [
+        (T0 + MIN, "buy", "rejected"),
+        (T0 + 3 * MIN, "buy", "rejected"),
+        (T0 + 4 * MIN, "sell", "ignored"),
+        (T0 + 5 * MIN, "buy", "rejected"),
+    ]
+    assert rows[0]["reason"] == "insufficient cash: need 100.10000000, have 50"
+    assert rows[0]["candle_time_iso"] == "2023-11-14T22:15:00Z"
 
 
 def test_json_summary_on_stdout(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tradebotd.backtest.metrics import RoundTrip, equity_curve, round_trips, summarize
+from tradebotd.backtest.metrics import (
+    EquityCurve,
+    RoundTrip,
+    equity_curve,
+    monthly_returns,
+    reason_kind,
+    round_trips,
+    summarize,
+)
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
 
 from .conftest import T0, at, fills_of, scripted, table
@@ -57,6 +66,13 @@ EQUITY = [
 SHARPE_PER_CANDLE = 0.000729284074451047 / 0.0029666802543209074  # = 0.2458249666
 # 1m candles per year: 365 x 1440 = 525600
 SHARPE_ANNUALISED = SHARPE_PER_CANDLE * math.sqrt(525_600)  # = 178.2188624
+# Downside deviation: the negative returns squared, summed over all 10 returns:
+#   1e-8 + 1.0812e-8 + 2.55134e-5 + 1.0108e-8 + 1.0679e-8 = 2.555501170210034e-05; / 10, square root
+SORTINO_PER_CANDLE = 0.000729284074451047 / math.sqrt(2.555501170210034e-05 / 10)  # = 0.4562035787
+SORTINO_ANNUALISED = SORTINO_PER_CANDLE * math.sqrt(525_600)  # = 330.7397289
+# CAGR: 1007.277 / 1000 over 11 minutes (the open of candle 1 to the close of candle 11), in
+# 365-day years: 1.007277 ^ (525600 / 11) - 1 (huge: an 11-minute backtest annualises badly)
+CAGR = 1.007277 ** (525_600 / 11) - 1
 
 
 @dataclass(frozen=True)
@@ -171,20 +187,34 @@ def test_every_summary_number(outcome: Outcome) -> None:
         "final_cash": "902.27700000",
         "final_equity": "1007.27700000",  # 902.277 + 1 x 105
         "total_return": pytest.approx(0.007277),  # 1007.277 / 1000 - 1
+        "buy_and_hold_return": pytest.approx(0.05),  # 105 (last close) / 100 (candle 1's close) - 1
+        "period_days": pytest.approx(11 / 1440),
+        "cagr": pytest.approx(CAGR),
         "trades": 3,
         "wins": 2,
         "win_rate": pytest.approx(2 / 3),
+        # wins 9.79 + 1.796 = 11.586, losses -5.205
+        "profit_factor": pytest.approx(11.586 / 5.205),
+        "expectancy": "2.12700000",  # (9.79 - 5.205 + 1.796) / 3
+        "average_win": "5.79300000",  # 11.586 / 2
+        "average_loss": "-5.20500000",
+        "exits": {"signal": 1, "take-profit": 1, "stop-loss": 1, "end": 1},
         # peak 1009.79 (after candle 3), trough 1004.484 (candle 7): 5.306 / 1009.79
         "max_drawdown": pytest.approx(0.00525455787837075),
         "sharpe_per_candle": pytest.approx(SHARPE_PER_CANDLE),
         "sharpe_annualised": pytest.approx(SHARPE_ANNUALISED),
+        "sortino_per_candle": pytest.approx(SORTINO_PER_CANDLE),
+        "sortino_annualised": pytest.approx(SORTINO_ANNUALISED),
         # long at the close of candles 1, 2, 4, 7, 8, 10, 11: 7 of 10
         "exposure": pytest.approx(0.7),
         "fees_paid": "0.72300000",  # 0.1 + 0.11 + 0.105 + 0.1 + 0.101 + 0.103 + 0.104
         "fills": 7,
         "orders_rejected": 0,
+        "orders_rejected_by_reason": {},
         "orders_ignored": 0,
+        "orders_ignored_by_reason": {},
         "strategy_errors": 0,
+        "monthly_returns": [{"month": "2023-11", "return": pytest.approx(0.007277)}],  # all on 2023-11-14
         "open_position": {
             "amount": "1.00000000",
             "entry_price": "104.00000000",
@@ -198,3 +228,54 @@ def test_every_summary_number(outcome: Outcome) -> None:
     }
     assert SHARPE_PER_CANDLE == pytest.approx(0.2458249666)
     assert SHARPE_ANNUALISED == pytest.approx(178.2188624)
+    assert SORTINO_PER_CANDLE == pytest.approx(0.4562035787)
+
+
+def _ms(day: str) -> int:
+    return int(np.datetime64(day, "ms").astype(np.int64))
+
+
+def test_monthly_returns_chain_month_ends_and_skip_months_without_candles() -> None:
+    curve = EquityCurve(
+        times=np.array([_ms(d) for d in ("2024-01-30", "2024-01-30", "2024-01-31T23:59", "2024-03-01", "2024-03-02")]),
+        equity=np.array([100.0, 101.0, 110.0, 99.0, 121.0]),
+        amount=np.zeros(5),
+    )
+    # January: 110 (its last point) / 100 (the start) - 1; no February; March: 121 / 110 - 1
+    assert monthly_returns(curve) == [("2024-01", pytest.approx(0.1)), ("2024-03", pytest.approx(0.1))]
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("insufficient cash: need 105.10000000, have 3.2", "insufficient cash"),
+        ("sell while flat: nothing to close", "sell while flat"),
+        ("amount 1E+10 is not a plausible quantity (limit 1000000)", "amount … is not a plausible quantity (limit …)"),
+        ("amount rounds to zero at 8 decimals", "amount rounds to zero at … decimals"),
+    ],
+)
+def test_refusals_count_by_the_kind_of_message(message: str, kind: str) -> None:
+    assert reason_kind(message) == kind
+
+
+def test_rejections_by_reason_and_figures_without_losing_trades() -> None:
+    # cash 150: one unit at a time fits, a second one does not
+    series = table(
+        "0  100 100 100 100 5",
+        "1  100 101  99 100 1",  # buy @100, fee 0.1: cash 49.9
+        "2  100 101  99 100 1",  # refused: need 100.1, have 49.9
+        "3  100 111  99 110 2",  # sell @110, fee 0.11: cash 159.79; pnl 9.79
+        "4  110 111 109 110 2",  # ignored: flat
+        "5  110 111 109 110 1",  # buy @110, fee 0.11: cash 49.68; open at the end
+        "6  110 111 109 110 1",  # refused: need 110.11, have 49.68
+    )
+    runtime = scripted(amount=1)
+    result = run_backtest(runtime, series, BacktestSettings(cash=Decimal(150), fee_rate=Decimal("0.001"), warmup=2))
+    runtime.close()
+    trips, open_trip = round_trips(result)
+    summary = summarize(result, trips, open_trip)
+    assert summary["orders_rejected"] == 2 and summary["orders_rejected_by_reason"] == {"insufficient cash": 2}
+    assert summary["orders_ignored_by_reason"] == {"sell while flat": 1}
+    assert summary["profit_factor"] is None and summary["average_loss"] is None  # no losing trade
+    assert summary["average_win"] == summary["expectancy"] == "9.79000000"
+    assert summary["exits"] == {"signal": 1, "take-profit": 0, "stop-loss": 0, "end": 1}

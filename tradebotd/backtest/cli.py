@@ -14,9 +14,9 @@ default to the ``[paper]`` config, so a backtest matches what paper trading woul
 candle and sees N candles (the N − 1 before it are pushed as history only); 0 evaluates every
 candle. Default: the strategy's declared lookback (see ``tradebotd.backtest.strategy``), else 0.
 
-Outputs (``--out DIR``): ``fills.csv``, ``trades.csv``, ``summary.json``, ``equity.png`` (see
-``report`` and ``metrics`` for columns and definitions). The summary is printed as a table, or as
-JSON on stdout with ``--json``.
+Outputs (``--out DIR``): ``fills.csv``, ``trades.csv``, ``rejected.csv``, ``summary.json``,
+``equity.png`` (see ``report`` and ``metrics`` for columns and definitions). The summary is
+printed as a table with the monthly returns below it, or as JSON on stdout with ``--json``.
 
 Exit codes: 0 done, 1 the strategy failed (did not load, or an error streak stopped it),
 2 bad usage, configuration or data.
@@ -35,7 +35,7 @@ from typing import Any
 
 from tradebotd import cliargs
 from tradebotd.backtest.metrics import equity_curve, round_trips, summarize
-from tradebotd.backtest.report import format_summary, write_fills, write_summary, write_trades
+from tradebotd.backtest.report import format_summary, write_fills, write_rejected, write_summary, write_trades
 from tradebotd.backtest.runner import BacktestError, BacktestResult, BacktestSettings, run_backtest
 from tradebotd.backtest.strategy import load_strategy
 from tradebotd.cliargs import UsageError
@@ -95,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="evaluate from the N-th candle on (default: declared lookback, else 0)",
     )
-    parser.add_argument("--out", type=Path, metavar="DIR", help="write fills.csv, trades.csv, summary.json, equity.png")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write fills.csv, trades.csv, rejected.csv, summary.json, equity.png"
+    )
     parser.add_argument("--no-plot", action="store_true", help="with --out: skip equity.png")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -167,6 +169,7 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         args.out.mkdir(parents=True, exist_ok=True)
         write_fills(args.out / "fills.csv", result.fills)
         write_trades(args.out / "trades.csv", trips)
+        write_rejected(args.out / "rejected.csv", result.refusals)
         write_summary(args.out / "summary.json", summary)
         if not args.no_plot:
             from tradebotd.backtest.plot import write_equity_png

@@ -8,6 +8,10 @@ candle that touched the take-profit / stop-loss.
 ``trades.csv``: ``entry_time,exit_time,entry_price,exit_price,amount,pnl,return,fees,exit,candles,reason,
 entry_time_iso,exit_time_iso``, one row per closed round trip.
 
+``rejected.csv``: ``candle_time,side,outcome,reason,candle_time_iso``, one row per buy or sell the
+paper broker did not fill: ``rejected`` (not enough cash, an implausible amount) or ``ignored``
+(a sell while flat), with the broker's whole message (``summary.json`` counts them by reason).
+
 Times are epoch milliseconds (machine-readable, exact); each has an ``*_iso`` column after the
 others (ISO-8601 UTC, for people), at the end so that columns read by position keep their place.
 """
@@ -22,10 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from tradebotd.backtest.metrics import RoundTrip
+from tradebotd.backtest.runner import Refusal
 from tradebotd.broker.base import Fill
 from tradebotd.isotime import format_time
 
-__all__ = ["FILLS_HEADER", "TRADES_HEADER", "format_summary", "write_fills", "write_summary", "write_trades"]
+__all__ = [
+    "FILLS_HEADER",
+    "REJECTED_HEADER",
+    "TRADES_HEADER",
+    "format_monthly",
+    "format_summary",
+    "write_fills",
+    "write_rejected",
+    "write_summary",
+    "write_trades",
+]
 
 FILLS_HEADER = ("side", "candle_time", "price", "amount", "fee", "reason", "candle_time_iso")
 TRADES_HEADER = (
@@ -43,7 +58,9 @@ TRADES_HEADER = (
     "entry_time_iso",
     "exit_time_iso",
 )
+REJECTED_HEADER = ("candle_time", "side", "outcome", "reason", "candle_time_iso")
 _RETURN_DP = Decimal("0.00000001")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def write_fills(path: Path, fills: Sequence[Fill]) -> None:
@@ -88,12 +105,20 @@ def write_trades(path: Path, trips: Sequence[RoundTrip]) -> None:
             )
 
 
+def write_rejected(path: Path, refusals: Sequence[Refusal]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(REJECTED_HEADER)
+        for r in refusals:
+            out.writerow((r.candle_time, r.side, r.outcome, r.reason, format_time(r.candle_time)))
+
+
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.2f} %"
+    return "n/a" if value is None else f"{value * 100:,.2f} %"
 
 
 def _num(value: float | str | None, digits: int = 2) -> str:
@@ -108,8 +133,28 @@ def _market(summary: dict[str, Any]) -> str:
     return market + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def _ratio_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.2f}"
+
+
+def _money_text(value: str | None) -> str:
+    return "n/a" if value is None else f"{float(value):+,.4f}"
+
+
+def _exits(summary: dict[str, Any]) -> str:
+    exits = summary["exits"]
+    parts = [f"{exits[kind]} {kind}" for kind in ("signal", "take-profit", "stop-loss")]
+    if exits["end"]:
+        parts.append("1 still open at the end")
+    return ", ".join(parts)
+
+
+def _reasons(name: str, counts: dict[str, int]) -> list[tuple[str, str]]:
+    return [(f"  {name}" if i == 0 else "", f"{n:,} × {reason}") for i, (reason, n) in enumerate(counts.items())]
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as an aligned two-column table for the terminal."""
+    """The summary as an aligned two-column table for the terminal, then the monthly returns."""
     rows = [
         ("market", _market(summary)),
         (
@@ -123,12 +168,24 @@ def format_summary(summary: dict[str, Any]) -> str:
         ),
         ("initial cash", _num(summary["initial_cash"])),
         ("final equity", _num(summary["final_equity"])),
-        ("total return", _pct(summary["total_return"])),
+        ("total return", f"{_pct(summary['total_return'])} (buy and hold {_pct(summary['buy_and_hold_return'])})"),
+        ("CAGR", f"{_pct(summary['cagr'])} (over {summary['period_days']:,.1f} days)"),
         ("trades", f"{summary['trades']} ({summary['wins']} won, win rate {_pct(summary['win_rate'])})"),
+        ("profit factor", _ratio_text(summary["profit_factor"])),
+        (
+            "expectancy",
+            f"{_money_text(summary['expectancy'])} per trade (average win {_money_text(summary['average_win'])}, "
+            f"average loss {_money_text(summary['average_loss'])})",
+        ),
+        ("exits", _exits(summary)),
         ("max drawdown", _pct(summary["max_drawdown"])),
         (
             "sharpe",
             f"{_num(summary['sharpe_annualised'])} annualised ({_num(summary['sharpe_per_candle'], 4)} per candle)",
+        ),
+        (
+            "sortino",
+            f"{_num(summary['sortino_annualised'])} annualised ({_num(summary['sortino_per_candle'], 4)} per candle)",
         ),
         ("exposure", _pct(summary["exposure"])),
         ("fees paid", _num(summary["fees_paid"], 4)),
@@ -136,6 +193,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             "orders",
             f"{summary['fills']} fills, {summary['orders_rejected']} rejected, {summary['orders_ignored']} ignored",
         ),
+        *_reasons("rejected", summary["orders_rejected_by_reason"]),
+        *_reasons("ignored", summary["orders_ignored_by_reason"]),
         ("strategy errors", str(summary["strategy_errors"])),
         (
             "evaluation",
@@ -152,4 +211,24 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
         )
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    monthly = format_monthly(summary["monthly_returns"])
+    return table if not monthly else f"{table}\n\n{monthly}"
+
+
+def format_monthly(months: Sequence[dict[str, Any]]) -> str:
+    """Monthly returns (%) as a year × month grid, with each year's compounded return."""
+    by_year: dict[int, dict[int, float]] = {}
+    for entry in months:
+        year, month = (int(part) for part in entry["month"].split("-"))
+        by_year.setdefault(year, {})[month] = entry["return"]
+    if not by_year:
+        return ""
+    lines = ["monthly returns (%)", "      " + " ".join(f"{m:>6}" for m in (*_MONTHS, "year"))]
+    for year, returns in by_year.items():
+        compounded = 1.0
+        for r in returns.values():
+            compounded *= 1.0 + r
+        cells = [f"{returns[m] * 100:+6.2f}" if m in returns else f"{'':6}" for m in range(1, 13)]
+        lines.append(f"{year:<5} " + " ".join([*cells, f"{(compounded - 1.0) * 100:+6.2f}"]))
+    return "\n".join(lines)
