@@ -3,12 +3,14 @@ daemon's own sandboxes do, and what happens when a child dies or hangs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from tradebotd.sandbox.errors import (
 from tradebotd.sandbox.sandboxed import EvalInfo
 from tradebotd.store.base import StrategyRow
 from tradebotd.workers import protocol as p
-from tradebotd.workers.pool import EvalPool, EvalProcess, ProcessDied, RemoteRuntime
+from tradebotd.workers.pool import EvalPool, EvalProcess, ProcessDied, ProcessHung, RemoteRuntime
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
 KEY = StreamKey("BTCUSDT", "1m")
@@ -175,16 +177,16 @@ def test_when_no_process_can_start_a_candle_tries_once_not_once_per_strategy(
 ) -> None:
     remotes = [RemoteRuntime(process, row(HOLD, f"s{i}"), KEY, 100) for i in range(3)]
     signal_child(process, signal.SIGKILL)
-    import tradebotd.workers.pool as pool_module
+    import tradebotd.workers.process as process_module
 
     spawns: list[object] = []
-    real_popen = pool_module.subprocess.Popen
+    real_popen = process_module.subprocess.Popen
 
     def counting_popen(*args: Any, **kwargs: Any) -> Any:
         spawns.append(args)
         return real_popen(*args, **kwargs)
 
-    monkeypatch.setattr(pool_module.subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(process_module.subprocess, "Popen", counting_popen)
     monkeypatch.setattr("sys.executable", "/nonexistent/python3")
     outcomes = process.begin([(r, None) for r in remotes], floats(0))()
     assert all(isinstance(o, ProcessDied) for o in outcomes)
@@ -262,3 +264,62 @@ def test_by_default_one_process_per_cpu_beyond_the_first_at_most_four(
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     assert default_eval_processes() == expected
     assert SandboxSettings().eval_processes == expected and SandboxSettings(eval_processes=0).eval_processes == 0
+
+
+# -- pipelined requests ------------------------------------------------------------------------
+
+
+def test_many_candles_can_be_on_their_way_before_the_first_answer_is_read(process: EvalProcess) -> None:
+    """Three candles' requests sent back to back; the answers come in order, to their tickets,
+    whichever ticket is waited for first."""
+    remotes = [RemoteRuntime(process, row(COUNT, f"s{i}"), KEY, SETTINGS.max_candles) for i in range(2)]
+    tickets = [process.begin([(r, None) for r in remotes], floats(i)) for i in range(3)]
+    assert process.queued == 3
+    last = tickets[2]()  # reads the first two answers on its way and hands them over
+    assert process.queued == 0
+    assert [[o[0].indicators for o in t()] for t in tickets[:2]] == [[{"n": 1}, {"n": 1}], [{"n": 2}, {"n": 2}]]
+    assert [o[0].indicators for o in last] == [{"n": 3}, {"n": 3}]
+
+
+async def test_awaiting_answers_leaves_the_event_loop_free() -> None:
+    slow = "function tradingStrategy(c) { let x = 0; for (let i = 0; i < 3e6; i++) x += i; return {signal: 'hold'}; }"
+    proc = EvalProcess(SandboxSettings(timeout_ms=5000, max_candles=100), 0, margin_s=5.0)
+    try:
+        remote = RemoteRuntime(proc, row(slow), KEY, 100)
+        ticket = proc.begin([(remote, None)], floats(0))
+        seen: list[int] = []
+
+        async def meanwhile() -> None:
+            seen.append(proc.queued)  # runs while the answer is still outstanding
+
+        other = asyncio.create_task(meanwhile())
+        outcomes = await ticket.wait()
+        await other
+        assert seen == [1]
+        assert outcomes[0] == (Decision("hold"), ANY)
+    finally:
+        proc.close()
+
+
+async def test_a_death_with_several_candles_in_flight_sends_each_again_in_order(process: EvalProcess) -> None:
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
+    remote.push_history(CANDLES[:10])
+    pid = signal_child(process, signal.SIGKILL)
+    tickets = [process.begin([(remote, None)], floats(10 + i)) for i in range(3)]
+    got = [(await t.wait())[0] for t in tickets]
+    # Each was sent again to the new process, where the strategy was reloaded with its history
+    # as it stood: every candle evaluated once, in order.
+    assert [o[0].indicators for o in got if not isinstance(o, BaseException)] == [{"n": 11}, {"n": 12}, {"n": 13}]
+    assert process.pid not in (None, pid)
+
+
+async def test_a_hang_fails_every_candle_waiting_on_it_and_the_next_request_starts_afresh(
+    process: EvalProcess,
+) -> None:
+    remote = RemoteRuntime(process, row(HOLD), KEY, SETTINGS.max_candles)
+    pid = signal_child(process, signal.SIGSTOP)
+    tickets = [process.begin([(remote, None)], floats(i)) for i in range(2)]
+    outcomes = [(await t.wait())[0] for t in tickets]
+    assert all(isinstance(o, ProcessHung) and "no answer" in str(o) for o in outcomes)
+    assert (await process.begin([(remote, None)], floats(2)).wait())[0] == (Decision("hold"), ANY)
+    assert process.pid != pid

@@ -3,7 +3,10 @@
 :class:`EvalPool` is a runtime factory: it places each strategy on the daemon itself or on one
 of its evaluation processes, whichever holds the fewest, and returns a local runtime or a
 :class:`RemoteRuntime`. Remote runtimes are evaluated per candle in one request per process
-(:meth:`EvalProcess.begin`), while the daemon evaluates its own share.
+(:meth:`EvalProcess.begin`), while the daemon evaluates its own share. Requests are pipelined
+(:mod:`tradebotd.workers.process`): the work of many candles can be on its way to a process
+before the first answer is read, and ``StepTicket.wait`` awaits an answer without blocking the
+event loop.
 
 A new process takes over from one that died: each remote runtime loads itself there again with
 the history it keeps on this side (as an in-process sandbox does after a trap), and a step request
@@ -16,14 +19,8 @@ starts a new one.
 from __future__ import annotations
 
 import itertools
-import os
-import socket
-import subprocess
-import sys
-import time
 import weakref
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,103 +30,37 @@ import structlog
 from tradebotd.config import SandboxSettings
 from tradebotd.engine import Floats6, RuntimeFactory, StepOutcome, StrategyRuntime
 from tradebotd.model import Decision, Position, StreamKey
-from tradebotd.sandbox.errors import SandboxUnavailable, StrategyEvalError, StrategyLoadError
+from tradebotd.sandbox.errors import StrategyEvalError, StrategyLoadError
 from tradebotd.sandbox.history import History
 from tradebotd.store.base import StrategyRow
 from tradebotd.workers import protocol as p
+from tradebotd.workers.process import (
+    REQUEST_MARGIN_S,
+    START_TIMEOUT_S,
+    ChildProcess,
+    Pending,
+    ProcessDied,
+    ProcessHung,
+)
 
-__all__ = ["EvalPool", "EvalProcess", "ProcessDied", "RemoteRuntime"]
+__all__ = ["EvalPool", "EvalProcess", "ProcessDied", "ProcessHung", "RemoteRuntime", "StepTicket"]
 
 log = structlog.get_logger(__name__)
 
-START_TIMEOUT_S = 20.0  # a first start may compile the QuickJS module (~0.5 s); the loop waits this long at most
-REQUEST_MARGIN_S = 5.0  # beyond the sandbox's own deadlines, before a process counts as hung
-# What a child needs of the daemon's environment (to find Python, the package and the compiled
-# module cache); nothing else, so no secret ever reaches a process that runs strategies.
-_ENV_KEEP = (
-    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "TRADEBOTD_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV",
-)
 
-
-class ProcessDied(SandboxUnavailable):
-    """The evaluation process exited or stopped answering (and could not be replaced in time)."""
-
-
-class EvalProcess:
-    """One child process and the connection to it. Requests are synchronous and one at a time
-    (the event loop's thread is the only caller)."""
+class EvalProcess(ChildProcess):
+    """One evaluation process: the pipelined connection (``ChildProcess``) plus the engine's
+    ``StepGroup`` interface for the remote runtimes placed on it."""
 
     def __init__(
         self, settings: SandboxSettings, index: int, *, log_level: str = "info", margin_s: float = REQUEST_MARGIN_S
     ) -> None:
-        self.settings = settings
-        self.index = index
-        self.generation = 0  # bumped by every (re)start; runtimes reload when it changes
-        self.strategies = 0  # placed here (the pool balances on it)
-        self._log_level = log_level
-        self._margin_s = margin_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
-        self._starting = False  # the init reply is still to be read (before any other reply)
-        self._budget_s = settings.timeout_ms / 1000
+        super().__init__(settings, index, log_level=log_level, margin_s=margin_s)
 
-    # -- life cycle
-
-    def start(self) -> None:
-        """Starts the process without waiting for it to be ready (the first request waits).
-        Requests start it on their own; this is for callers that want it early."""
-        if self._conn is None:
-            self._start()
-
-    def _start(self) -> Connection:
-        ours, theirs = socket.socketpair()
-        env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}  # no secrets for a child
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tradebotd.workers.child", "--fd", str(theirs.fileno()),
-                 "--log-level", self._log_level],
-                pass_fds=(theirs.fileno(),),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            ours.close()
-            raise ProcessDied(f"cannot start an evaluation process: {exc}") from exc
-        finally:
-            theirs.close()
-        conn = self._conn = Connection(ours.detach())
-        self.generation += 1
-        try:
-            conn.send_bytes(p.dumps(["init", self.settings.model_dump(mode="json")]))
-        except OSError as exc:
-            raise self._failed(exc) from None
-        self._starting = True
-        return conn
-
-    def close(self) -> None:
-        """Closes the connection (the child exits when it sees that) and reaps the process."""
-        conn, proc, self._conn, self._proc, self._starting = self._conn, self._proc, None, None, False
-        if conn is not None:
-            conn.close()
-        if proc is not None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    # -- requests
-
-    def begin(
-        self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6
-    ) -> Callable[[], list[StepOutcome]]:
+    def begin(self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6) -> StepTicket:
         """Sends one candle's evaluations of the remote runtimes in ``work`` and returns the
-        function that waits for their outcomes (in order). A failing process or strategy never
-        raises here: its failures are outcomes.
+        ticket for their outcomes (in order): call it to wait, or await ``ticket.wait()``. A
+        failing process or strategy never raises here: its failures are outcomes.
 
         If the process turns out to have died, the request is sent once more to a new one (its
         strategies reloaded with their history): a crash costs that candle time, not a candle.
@@ -139,66 +70,12 @@ class EvalProcess:
             if not isinstance(runtime, RemoteRuntime):
                 raise TypeError("EvalProcess.begin takes RemoteRuntimes only")
             runtimes.append(runtime)
-        step = _StepRequest(self, runtimes, [position for _, position in work], floats)
-        step.send()
-        return step.collect
-
-    def _connection(self) -> Connection:
-        return self._conn if self._conn is not None else self._start()
-
-    def request(self, message: list[Any], payload: bytes | None = None, *, timeout_s: float | None = None) -> list[Any]:
-        """Sends a request (starting the process if needed) and waits for its reply; an
-        ``["error", ...]`` reply raises the error it carries."""
-        try:
-            conn = self._connection()
-            conn.send_bytes(p.dumps(message))
-            if payload is not None:
-                conn.send_bytes(payload)
-            reply = self._receive(self._budget_s + self._margin_s if timeout_s is None else timeout_s)
-        except ProcessDied:
-            raise
-        except (OSError, EOFError, ValueError) as exc:
-            raise self._failed(exc) from None
-        if reply[0] == "error":
-            raise p.decode_error(reply[1])
-        return reply
-
-    def _receive(self, timeout_s: float) -> list[Any]:
-        conn = self._conn
-        if conn is None:
-            raise ProcessDied("the evaluation process is not running")
-        if self._starting:  # replies come in order: the init reply first
-            if not conn.poll(START_TIMEOUT_S):
-                raise TimeoutError(f"the evaluation process did not start within {START_TIMEOUT_S:g} s")
-            reply = p.loads(conn.recv_bytes())
-            if reply[0] != "ok":
-                raise ProcessDied(f"the evaluation process could not start: {p.decode_error(reply[1])}")
-            self._starting = False
-            log.info("evaluation process started", index=self.index, pid=reply[1], generation=self.generation)
-        if not conn.poll(max(timeout_s, 0.0)):
-            raise TimeoutError(f"no answer within {timeout_s:.1f} s")
-        reply = p.loads(conn.recv_bytes())
-        if not isinstance(reply, list) or not reply:
-            raise p.RemoteFailure(f"malformed reply from an evaluation process: {reply!r:.200}")
-        return reply
-
-    def _failed(self, exc: BaseException) -> ProcessDied:
-        """The process is unusable: kill it (the next request starts another) and say why."""
-        proc = self._proc
-        code = None
-        if proc is not None:
-            proc.kill()
-            code = proc.wait()
-        if self._conn is not None:
-            self._conn.close()
-        self._conn, self._proc, self._starting = None, None, False
-        what = exc if isinstance(exc, ProcessDied) else f"{type(exc).__name__}: {exc}"
-        log.error("evaluation process failed; it restarts on the next request", index=self.index, error=str(what),
-                  exit_code=code)
-        return exc if isinstance(exc, ProcessDied) else ProcessDied(f"the evaluation process failed ({what})")
+        ticket = StepTicket(self, runtimes, [position for _, position in work], floats)
+        ticket.send()
+        return ticket
 
 
-class _StepRequest:
+class StepTicket:
     """One candle's ``step`` request to one process (see :meth:`EvalProcess.begin`)."""
 
     def __init__(
@@ -210,11 +87,13 @@ class _StepRequest:
         self._floats = floats
         self._outcomes: list[StepOutcome | None] = [None] * len(runtimes)
         self._sent: list[int] = []  # indexes of the runtimes in the request in flight
-        self._started = 0.0
+        self._pending: Pending | None = None
+        self._lost: ProcessDied | None = None  # the process could not be reached to send
 
     def send(self) -> None:
         items: list[list[Any]] = []
         self._sent = []
+        self._pending = self._lost = None
         dead: ProcessDied | None = None  # once no process can be had, do not try again per strategy
         for i, runtime in enumerate(self._runtimes):
             if self._outcomes[i] is not None:
@@ -233,33 +112,71 @@ class _StepRequest:
             self._sent.append(i)
         if not items:
             return
-        self._started = time.monotonic()
+        process = self._process
         try:
-            self._process._connection().send_bytes(p.dumps(["step", list(self._floats), items]))
-        except Exception as exc:  # a dead process is found out when the reply does not come
-            if not isinstance(exc, OSError):
-                self._fail(self._process._failed(exc))
+            self._pending = process.send(
+                ["step", list(self._floats), items], timeout_s=process.budget_s * len(items) + process.margin_s
+            )
+        except ProcessDied as exc:  # found dead while sending: answered like a death found by reading
+            self._lost = exc
 
-    def collect(self) -> list[StepOutcome]:
+    def __call__(self) -> list[StepOutcome]:
+        """Waits (blocking) for the outcomes."""
         for attempt in (1, 2):
             if not self._sent:
                 break
-            timeout = self._process._budget_s * len(self._sent) + self._process._margin_s
             try:
-                reply = self._process._receive(timeout - (time.monotonic() - self._started))
-                if reply[0] != "ok" or len(reply[1]) != len(self._sent):
-                    raise p.RemoteFailure(f"unexpected reply to a step request: {reply!r:.200}")
-                for i, outcome in zip(self._sent, reply[1], strict=True):
-                    self._outcomes[i] = self._runtimes[i].settle(outcome, self._floats)
-                self._sent = []
-            except p.RemoteFailure as exc:
-                self._fail(exc)
+                if self._pending is None:
+                    raise self._lost or ProcessDied("the step request was not sent")
+                reply = self._process.wait(self._pending)
             except Exception as exc:
-                failure = self._process._failed(exc)
-                if attempt == 1 and not isinstance(exc, TimeoutError):
-                    self.send()  # died: once more, in a new process
+                if self._failed(exc, attempt):
                     continue
-                self._fail(failure)
+            else:
+                self._take(reply)
+        return self._result()
+
+    async def wait(self) -> list[StepOutcome]:
+        """The outcomes, awaited without blocking the event loop."""
+        for attempt in (1, 2):
+            if not self._sent:
+                break
+            try:
+                if self._pending is None:
+                    raise self._lost or ProcessDied("the step request was not sent")
+                reply = await self._process.wait_async(self._pending)
+            except Exception as exc:
+                if self._failed(exc, attempt):
+                    continue
+            else:
+                self._take(reply)
+        return self._result()
+
+    def _take(self, reply: list[Any]) -> None:
+        try:
+            if reply[0] != "ok" or len(reply[1]) != len(self._sent):
+                raise p.RemoteFailure(f"unexpected reply to a step request: {reply!r:.200}")
+            for i, outcome in zip(self._sent, reply[1], strict=True):
+                self._outcomes[i] = self._runtimes[i].settle(outcome, self._floats)
+        except p.RemoteFailure as exc:
+            self._fail(exc)
+        except Exception as exc:  # an outcome that does not decode: the child is not to be trusted
+            self._fail(self._process.failed(exc))
+        self._sent = []
+
+    def _failed(self, exc: Exception, attempt: int) -> bool:
+        """The request failed; True if it was sent again (once, to a new process, after a death)."""
+        if isinstance(exc, p.RemoteFailure):
+            self._fail(exc)
+            return False
+        failure = exc if isinstance(exc, ProcessDied) else self._process.failed(exc)
+        if attempt == 1 and not isinstance(failure, ProcessHung):
+            self.send()  # died: once more, in a new process
+            return True
+        self._fail(failure)
+        return False
+
+    def _result(self) -> list[StepOutcome]:
         return [o if o is not None else p.RemoteFailure("no outcome") for o in self._outcomes]
 
     def _fail(self, error: BaseException) -> None:
