@@ -323,3 +323,38 @@ async def test_a_hang_fails_every_candle_waiting_on_it_and_the_next_request_star
     assert all(isinstance(o, ProcessHung) and "no answer" in str(o) for o in outcomes)
     assert (await process.begin([(remote, None)], floats(2)).wait())[0] == (Decision("hold"), ANY)
     assert process.pid != pid
+
+
+def test_load_many_loads_on_both_sides_at_once_and_returns_each_load_error_in_place() -> None:
+    pool = EvalPool(SETTINGS, make_runtime_factory(SETTINGS), 1)
+    bad = "function tradingStrategy(c) {\n  return {signal: 'hold'\n"
+    codes = [COUNT, COUNT, bad, bad, COUNT, COUNT]  # local, remote, local, remote, ... as __call__ places
+    try:
+        results = pool.load_many([(row(code, f"s{i}"), KEY) for i, code in enumerate(codes)])
+        assert [type(r).__name__ for r in results] == [
+            "JsStrategy", "RemoteRuntime", "StrategyLoadError", "StrategyLoadError", "JsStrategy", "RemoteRuntime",
+        ]  # fmt: skip
+        assert all(r.line == 3 for r in results if isinstance(r, StrategyLoadError))
+        assert pool.processes[0].strategies == 2
+        runtimes = [r for r in results if not isinstance(r, Exception)]
+        finishes = [r.begin_history(CANDLES[:10]) for r in runtimes if isinstance(r, RemoteRuntime)]
+        for r in runtimes:
+            if not isinstance(r, RemoteRuntime):
+                r.push_history(CANDLES[:10])
+        for finish in finishes:
+            finish()
+        assert [r.step(floats(10), None)[0].indicators for r in runtimes] == [{"n": 11}] * 4
+        for r in runtimes:
+            r.close()
+    finally:
+        pool.close()
+
+
+def test_history_on_its_way_when_the_process_dies_arrives_in_a_new_one(process: EvalProcess) -> None:
+    remotes = [RemoteRuntime(process, row(COUNT, f"s{i}"), KEY, SETTINGS.max_candles) for i in range(2)]
+    pid = signal_child(process, signal.SIGKILL)
+    finishes = [r.begin_history(CANDLES[:10]) for r in remotes]
+    for finish in finishes:
+        finish()
+    assert [r.step(floats(10), None)[0].indicators for r in remotes] == [{"n": 11}, {"n": 11}]
+    assert process.pid != pid

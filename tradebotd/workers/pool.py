@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import structlog
 
 from tradebotd.config import SandboxSettings
 from tradebotd.engine import Floats6, RuntimeFactory, StepOutcome, StrategyRuntime
+from tradebotd.errors import StrategyError
 from tradebotd.model import Decision, Position, StreamKey
 from tradebotd.sandbox.errors import StrategyEvalError, StrategyLoadError
 from tradebotd.sandbox.history import History
@@ -192,7 +193,10 @@ class RemoteRuntime:
 
     _handles = itertools.count(1)
 
-    def __init__(self, process: EvalProcess, row: StrategyRow, key: StreamKey, max_candles: int) -> None:
+    def __init__(
+        self, process: EvalProcess, row: StrategyRow, key: StreamKey, max_candles: int, *, load: bool = True
+    ) -> None:
+        """``load=False``: the caller loads it with :meth:`begin_load` (and counts it placed)."""
         self.process = process
         self.step_group = process
         self.handle = next(self._handles)
@@ -201,13 +205,30 @@ class RemoteRuntime:
         self._history = History(max_candles)
         self._generation = 0
         self._closed = False
-        self._load()  # ProcessDied: the pool places the strategy elsewhere
-        process.strategies += 1
+        if load:
+            self._load()  # ProcessDied: the pool places the strategy elsewhere
+            process.strategies += 1
 
     def _load(self) -> None:
-        self.process.request(["load", self.handle, self._row, self._key.symbol, self._key.interval],
-                             timeout_s=START_TIMEOUT_S)
-        self._generation = self.process.generation
+        self.begin_load()()
+
+    def begin_load(self) -> Callable[[], None]:
+        """Sends the load request and returns the function that waits for its answer (raising
+        the strategy's load error, or ``ProcessDied``). Raises ``ProcessDied`` at once if the
+        process cannot be reached."""
+        process = self.process
+        pending = process.send(
+            ["load", self.handle, self._row, self._key.symbol, self._key.interval], timeout_s=START_TIMEOUT_S
+        )
+        generation = process.generation
+
+        def finish() -> None:
+            reply = process.wait(pending)
+            if reply[0] == "error":
+                raise p.decode_error(reply[1])
+            self._generation = generation
+
+        return finish
 
     def ensure_loaded(self) -> None:
         """Loads the strategy again, with its history, if its process was restarted."""
@@ -224,18 +245,37 @@ class RemoteRuntime:
             raise StrategyEvalError(f"reloading after the evaluation process restarted failed: {exc}") from None
 
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
+        self.begin_history(candles)()
+
+    def begin_history(self, candles: npt.NDArray[np.float64]) -> Callable[[], None]:
+        """Sends the candles and returns the function that waits until the strategy has them
+        (raising what giving them raised). Many strategies' histories can so be on their way to
+        their processes at once, while the daemon gives its own strategies theirs."""
         rows = np.ascontiguousarray(candles, dtype="<f8")
-        for attempt in (1, 2):
+        pending: Pending | None = None
+        try:
+            self.ensure_loaded()
+            pending = self.process.send(
+                ["history", self.handle], rows.tobytes(), timeout_s=self.process.budget_s + self.process.margin_s
+            )
+        except ProcessDied:
+            pass  # tried once more below
+
+        def finish() -> None:
             try:
-                self.ensure_loaded()
-                self.process.request(["history", self.handle], rows.tobytes())
-                break
+                if pending is None:
+                    raise ProcessDied("the evaluation process was not reachable")
+                reply = self.process.wait(pending)
+                if reply[0] == "error":
+                    raise p.decode_error(reply[1])
             except ProcessDied:
                 # The engine disables a strategy whose history cannot be given to it; a process
                 # that died is not the strategy's fault, so try once more in a new one.
-                if attempt == 2:
-                    raise
-        self._history.extend(rows)
+                self.ensure_loaded()
+                self.process.request(["history", self.handle], rows.tobytes())
+            self._history.extend(rows)
+
+        return finish
 
     def step(self, candle: Floats6, position: Position | None) -> tuple[Decision, Any]:
         outcome = self.process.begin([(self, position)], candle)()[0]
@@ -268,28 +308,96 @@ class RemoteRuntime:
 
 class EvalPool:
     """A runtime factory that spreads strategies over the daemon and ``processes`` evaluation
-    processes (started on first use), the least loaded first."""
+    processes (started on first use), the least loaded first. ``daemon_weight``: how much one
+    strategy in the daemon counts against one in a process when balancing (above 1, the daemon
+    takes fewer: it also settles, records and does the I/O of every strategy)."""
 
     def __init__(
-        self, settings: SandboxSettings, local: RuntimeFactory, processes: int, *, log_level: str = "info"
+        self,
+        settings: SandboxSettings,
+        local: RuntimeFactory,
+        processes: int,
+        *,
+        log_level: str = "info",
+        daemon_weight: float = 1.0,
     ) -> None:
         self._settings = settings
         self._local = local
         self._local_count = 0
+        self._daemon_weight = daemon_weight
         self.processes = [EvalProcess(settings, i, log_level=log_level) for i in range(processes)]
 
     def __call__(self, row: StrategyRow, key: StreamKey) -> StrategyRuntime:
-        target = min(self.processes, key=lambda proc: proc.strategies, default=None)
-        if target is not None and self._local_count > target.strategies:
+        target = self._place(self._local_count)
+        if target is not None:
             try:
                 return RemoteRuntime(target, row, key, self._settings.max_candles)
             except ProcessDied as exc:  # no process to run it in: run it here rather than not at all
-                log.warning("evaluation process unavailable; strategy runs in the daemon", strategy_id=row.id,
-                            error=str(exc))
+                self._unavailable(row, exc)
+        return self._load_local(row, key)
+
+    def load_many(self, requests: Sequence[tuple[StrategyRow, StreamKey]]) -> list[StrategyRuntime | Exception]:
+        """Loads many strategies at once: the processes load theirs while the daemon loads its
+        own. Each result is the runtime, or the ``StrategyError`` / ``ValueError`` its loading
+        raised (what ``__call__`` would raise), in the order asked."""
+        results: list[StrategyRuntime | Exception | None] = [None] * len(requests)
+        remote: list[tuple[int, RemoteRuntime, Callable[[], None]]] = []
+        local: list[int] = []
+        try:
+            for i, (row, key) in enumerate(requests):
+                target = self._place(self._local_count + len(local))
+                if target is not None:
+                    runtime = RemoteRuntime(target, row, key, self._settings.max_candles, load=False)
+                    try:
+                        remote.append((i, runtime, runtime.begin_load()))
+                        target.strategies += 1  # placed now, so the next placement counts it
+                        continue
+                    except ProcessDied as exc:
+                        self._unavailable(row, exc)
+                local.append(i)
+            for i in local:
+                results[i] = self._try_local(*requests[i])
+            for i, runtime, finish in remote:
+                try:
+                    finish()
+                    results[i] = runtime
+                except ProcessDied as exc:
+                    runtime.process.strategies -= 1
+                    self._unavailable(requests[i][0], exc)
+                    results[i] = self._try_local(*requests[i])
+                except (StrategyError, ValueError) as exc:
+                    runtime.process.strategies -= 1
+                    results[i] = exc
+        except BaseException:
+            for result in results:
+                if result is not None and not isinstance(result, Exception):
+                    result.close()
+            raise
+        assert all(result is not None for result in results)
+        return [result for result in results if result is not None]
+
+    def _place(self, local_count: int) -> EvalProcess | None:
+        """The process for the next strategy, or None for the daemon."""
+        target = min(self.processes, key=lambda proc: proc.strategies, default=None)
+        if target is not None and local_count * self._daemon_weight > target.strategies:
+            return target
+        return None
+
+    def _try_local(self, row: StrategyRow, key: StreamKey) -> StrategyRuntime | Exception:
+        try:
+            return self._load_local(row, key)
+        except (StrategyError, ValueError) as exc:
+            return exc
+
+    def _load_local(self, row: StrategyRow, key: StreamKey) -> StrategyRuntime:
         runtime = self._local(row, key)
         self._local_count += 1
         weakref.finalize(runtime, self._forget_local)
         return runtime
+
+    @staticmethod
+    def _unavailable(row: StrategyRow, exc: ProcessDied) -> None:
+        log.warning("evaluation process unavailable; strategy runs in the daemon", strategy_id=row.id, error=str(exc))
 
     def _forget_local(self) -> None:
         self._local_count -= 1
