@@ -10,11 +10,18 @@ Three answers, each with a line for the user:
   the same answer comes to its klines request;
 * ``unreachable``: no answer (offline, timeout, 5xx, rate limit): a warning, the strategy is
   stored as asked; the daemon reports a refusal later if there is one.
+
+``python -m tradebotd.symbol_check [SYMBOL]`` asks about one symbol (default ``BTCUSDT``) at the
+configured ``market.rest_url`` and exits 0 (listed), 1 (refused) or 3 (no answer), printing the
+message on stderr: ``make run`` uses it to say once, before the daemon starts retrying, that
+``make demo`` works without network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,3 +57,28 @@ def check_symbol(rest_url: str, symbol: str, *, timeout_s: float = TIMEOUT_S) ->
     if status != "TRADING":
         return SymbolCheck("not_trading", f"{symbol} is not trading on the exchange now (status {status})")
     return SymbolCheck("ok", "")
+
+
+EXIT_CODES = {"ok": 0, "not_trading": 0, "refused": 1, "unreachable": 3}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .config import load_settings
+    from .errors import ConfigError
+    from .model import normalize_symbol
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        settings, _ = load_settings(None)
+        symbol = normalize_symbol(args[0] if args else "BTCUSDT")
+    except (ConfigError, ValueError) as exc:
+        print(f"tradebotd.symbol_check: {exc}", file=sys.stderr)
+        return 2
+    result = check_symbol(settings.market.rest_url, symbol)
+    if result.message:
+        print(result.message, file=sys.stderr)
+    return EXIT_CODES[result.outcome]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
