@@ -17,6 +17,7 @@ __all__ = [
     "Candle",
     "Decision",
     "IndicatorValue",
+    "OrderKind",
     "Position",
     "Signal",
     "StrategyId",
@@ -28,6 +29,7 @@ __all__ = [
 
 StrategyId = NewType("StrategyId", str)
 Signal = Literal["buy", "sell", "hold"]
+OrderKind = Literal["market", "limit"]
 IndicatorValue = float | int | str | bool | list[float]
 
 # Binance kline intervals with a fixed length. "1M" (calendar month) is deliberately absent:
@@ -150,10 +152,12 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A validated strategy result: ``{signal, amount?, reason?, indicators?, takeProfit?, stopLoss?}``.
+    """A validated strategy result: ``{signal, amount?, reason?, indicators?, takeProfit?, stopLoss?,
+    orderType?, limitPrice?}``.
 
-    Numbers are finite floats (the sandbox rejects NaN, Infinity and ``null`` numbers); amounts are
-    positive when present. Conversion to ``Decimal`` happens at the broker.
+    Numbers are finite floats (the sandbox rejects NaN, Infinity and ``null`` numbers); amounts and
+    prices are positive when present; ``limit_price`` is set exactly when ``order_type`` is
+    ``"limit"``. Conversion to ``Decimal`` happens at the order boundary (``tradebotd.orders.intent``).
     """
 
     signal: Signal
@@ -162,6 +166,8 @@ class Decision:
     indicators: Mapping[str, IndicatorValue] | None = None
     take_profit: float | None = None
     stop_loss: float | None = None
+    order_type: OrderKind = "market"
+    limit_price: float | None = None
 
 
 HOLD = Decision(signal="hold")

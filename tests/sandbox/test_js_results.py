@@ -43,6 +43,11 @@ def _returning(expression: str) -> str:
         ("{signal: 'hold', reason: 'x'.repeat(5000)}", "reason has 5000 characters, the limit is 1000"),
         ("{signal: 'hold', indicators: {a: new Array(1e6).fill(1)}}", "result too large"),
         ("{get signal() { return 'buy' }, amount: -2}", "amount must be"),
+        ("{signal: 'buy', orderType: 'stop'}", "orderType must be 'market' or 'limit', got \"stop\""),
+        ("{signal: 'buy', orderType: 'limit'}", "orderType 'limit' needs a limitPrice"),
+        ("{signal: 'buy', limitPrice: 99}", "limitPrice is only for orderType 'limit'"),
+        ("{signal: 'buy', orderType: 'market', limitPrice: 99}", "limitPrice is only for orderType 'limit'"),
+        ("{signal: 'buy', orderType: 'limit', limitPrice: 0}", "limitPrice must be a finite positive number"),
     ],
 )
 def test_invalid_results_are_rejected_and_the_strategy_keeps_working(
@@ -73,6 +78,29 @@ def test_a_full_result_maps_to_a_decision(make: MakeStrategy) -> None:
     )
     assert decision.indicators is not None
     assert type(decision.indicators["crossed"]) is bool and type(decision.indicators["period"]) is int
+
+
+def test_a_limit_order_result_maps_to_a_decision(make: MakeStrategy) -> None:
+    decision, _ = make(_returning("{signal: 'buy', orderType: 'limit', limitPrice: 99.5}")).step(candle(1), None)
+    assert decision == Decision(signal="buy", order_type="limit", limit_price=99.5)
+    decision, _ = make(_returning("{signal: 'sell', orderType: 'market'}")).step(candle(1), None)
+    assert decision == Decision(signal="sell", order_type="market")
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (b'{"signal":"buy","orderType":"limit"}', "orderType 'limit' needs a limitPrice"),
+        (b'{"signal":"buy","limitPrice":5}', "limitPrice is only for orderType 'limit'"),
+        (b'{"signal":"buy","orderType":"stop","limitPrice":5}', "orderType"),
+    ],
+)
+def test_the_host_checks_limit_orders_too(output: bytes, message: str) -> None:
+    with pytest.raises(InvalidResult, match=message):
+        parse_decision(output)
+    assert parse_decision(b'{"signal":"buy","orderType":"limit","limitPrice":5}') == Decision(
+        signal="buy", order_type="limit", limit_price=5.0
+    )
 
 
 def test_null_optional_fields_mean_absent(make: MakeStrategy) -> None:

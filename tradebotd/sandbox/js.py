@@ -13,7 +13,7 @@ is called once per closed candle with::
     }
 
 and returns (or resolves to) ``{signal: 'buy'|'sell'|'hold', amount?, reason?, indicators?,
-takeProfit?, stopLoss?}``, validated into a :class:`tradebotd.model.Decision`.
+takeProfit?, stopLoss?, orderType?, limitPrice?}``, validated into a :class:`tradebotd.model.Decision`.
 
 Determinism: ``Date.now()`` and ``new Date()`` return the newest candle's open time +
 ``interval_ms`` (the moment the decision is taken; 0 before any candle); ``Math.random`` is a

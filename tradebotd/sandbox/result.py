@@ -6,7 +6,8 @@ the pydantic model ``_Result`` defines a valid result (a quicker check answers f
 results it is certain about, see :func:`parse_decision`).
 JSON has no NaN or Infinity (``JSON.stringify`` writes them as ``null``), so ``null`` inside
 ``indicators`` is invalid, and numbers must be finite and, for amounts and prices, positive.
-Unknown keys are ignored.
+``orderType`` is ``"market"`` (the default) or ``"limit"``, and ``limitPrice`` is given exactly
+for a limit order. Unknown keys are ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ import re
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from tradebotd.model import Decision, IndicatorValue
 from tradebotd.sandbox.errors import InvalidResult
@@ -45,11 +56,22 @@ class _Result(BaseModel):
     indicators: dict[str, _Indicator] | None = None
     takeProfit: _PositiveFinite | None = None
     stopLoss: _PositiveFinite | None = None
+    orderType: Literal["market", "limit"] | None = None
+    limitPrice: _PositiveFinite | None = None
+
+    @model_validator(mode="after")
+    def _limit_price_with_limit_orders(self) -> _Result:
+        if self.orderType == "limit" and self.limitPrice is None:
+            raise ValueError("orderType 'limit' needs a limitPrice")
+        if self.orderType != "limit" and self.limitPrice is not None:
+            raise ValueError("limitPrice is only for orderType 'limit'")
+        return self
 
 
 _HOLD_JSON = b'{"signal":"hold"}'
 _HOLD = Decision(signal="hold")
-_FIELDS = frozenset(_Result.model_fields)
+_FIELDS = frozenset(_Result.model_fields) - {"orderType", "limitPrice"}
+"""What the quick check handles; a limit order (rare) goes to the model."""
 _SIGNALS = frozenset(("buy", "sell", "hold"))
 _EXACT_INT = 2**53  # integers below it become the same float whoever converts them
 _SCALARS = frozenset((bool, int, float, str))  # indicator values kept as they are
@@ -162,7 +184,16 @@ def _validated_by_model(output: bytes, consumed: int) -> Decision:
             key: [float(x) for x in value] if isinstance(value, list) else value
             for key, value in result.indicators.items()
         }
-    return Decision(result.signal, result.amount, result.reason, indicators, result.takeProfit, result.stopLoss)
+    return Decision(
+        result.signal,
+        result.amount,
+        result.reason,
+        indicators,
+        result.takeProfit,
+        result.stopLoss,
+        result.orderType or "market",
+        result.limitPrice,
+    )
 
 
 class JsError:

@@ -131,18 +131,22 @@ def encode_decision(decision: Decision, info: EvalInfo) -> list[Any]:
             None if decision.indicators is None else dict(decision.indicators),
             decision.take_profit,
             decision.stop_loss,
+            decision.order_type,
+            decision.limit_price,
         ],
         [info.elapsed_us, [list(line) for line in info.console], info.rebuilt, info.fuel],
     ]
 
 
 def decode_decision(decision: Any, info: Any) -> tuple[Decision, EvalInfo]:
-    signal, amount, reason, indicators, take_profit, stop_loss = decision
+    signal, amount, reason, indicators, take_profit, stop_loss, order_type, limit_price = decision
     if signal not in ("buy", "sell", "hold"):
         raise RemoteFailure(f"an evaluation process reported signal {signal!r:.40}")
+    if order_type not in ("market", "limit"):
+        raise RemoteFailure(f"an evaluation process reported order type {order_type!r:.40}")
     elapsed_us, console, rebuilt, fuel = info
     return (
-        Decision(signal, amount, reason, indicators, take_profit, stop_loss),
+        Decision(signal, amount, reason, indicators, take_profit, stop_loss, order_type, limit_price),
         EvalInfo(float(elapsed_us), tuple((str(level), str(text)) for level, text in console), bool(rebuilt), fuel),
     )
 

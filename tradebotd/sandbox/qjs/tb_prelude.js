@@ -139,6 +139,23 @@
     return null;
   }
 
+  // orderType 'market' (the default) or 'limit'; a limit order names its limitPrice, and only a
+  // limit order does.
+  function checkOrderType(result, out) {
+    const orderType = result.orderType;
+    const hasLimit = result.limitPrice !== undefined && result.limitPrice !== null;
+    if (orderType === undefined || orderType === null) {
+      return hasLimit ? "limitPrice is only for orderType 'limit'" : null;
+    }
+    if (orderType !== 'market' && orderType !== 'limit') {
+      return `orderType must be 'market' or 'limit', got ${describeValue(orderType)}`;
+    }
+    if (orderType === 'limit' && !hasLimit) return "orderType 'limit' needs a limitPrice";
+    if (orderType === 'market' && hasLimit) return "limitPrice is only for orderType 'limit'";
+    if (out !== null) out.orderType = orderType;
+    return null;
+  }
+
   function checkIndicators(indicators, out) {
     if (typeof indicators !== 'object' || isArray(indicators)) {
       return `indicators must be an object, got ${describeValue(indicators)}`;
@@ -193,7 +210,9 @@
     const problem =
       positiveNumber(result, out, 'amount') ||
       positiveNumber(result, out, 'takeProfit') ||
-      positiveNumber(result, out, 'stopLoss');
+      positiveNumber(result, out, 'stopLoss') ||
+      positiveNumber(result, out, 'limitPrice') ||
+      checkOrderType(result, out);
     if (problem) return bad(problem);
     const reason = result.reason;
     if (reason !== undefined && reason !== null) {
