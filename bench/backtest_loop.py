@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
 from tradebotd.data.candles import CandleTable, read_csv
-from tradebotd.engine import StrategyRuntime
+from tradebotd.engine import EvalReport, StrategyRuntime
 from tradebotd.examples.reference import SmaCrossover
 from tradebotd.examples.synthetic import synthetic_candles
 from tradebotd.model import Decision, Position, StreamKey
@@ -69,7 +69,7 @@ class _Scripted:
     def push_history(self, candles: npt.NDArray[np.float64]) -> None:
         pass
 
-    def step(self, candle: tuple[float, ...], position: Position | None) -> tuple[Decision, None]:
+    def step(self, candle: tuple[float, ...], position: Position | None) -> tuple[Decision, EvalReport]:
         raise NotImplementedError
 
     def run_until_signal(

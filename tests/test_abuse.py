@@ -549,7 +549,7 @@ async def test_an_open_position_keeps_its_protective_levels_after_the_strategy_i
             row = daemon.store.get_strategy(sid)
             assert row.error_message == f"{MAX_ERRORS} consecutive errors; last: Error: broken after buying"
             (buy,) = daemon.store.trades(sid)
-            position = daemon.broker.position(sid)
+            position = daemon.engine.position(sid)
             assert position is not None and position.take_profit and position.stop_loss
             # Still watched: the stream stays subscribed for the position alone ...
             assert ETH in daemon.engine.streams() and daemon.engine.strategy_ids() == set()
@@ -566,7 +566,7 @@ async def test_an_open_position_keeps_its_protective_levels_after_the_strategy_i
             assert (buy.side, exit_trade.side, exit_trade.candle_time) == ("buy", "sell", exit_candle.open_time)
             action = {position.take_profit: "tp", position.stop_loss: "sl"}[exit_trade.price]
             assert exit_trade.client_order_id.endswith(f"-{action}")
-            assert daemon.broker.position(sid) is None
+            assert daemon.engine.position(sid) is None
             # Nothing needs the stream any more: released.
             async with asyncio.timeout(20):
                 await server.wait_until(lambda: not any(ETH.stream_name in s for s in server.subscriptions()))
@@ -638,9 +638,9 @@ async def test_an_instance_is_never_reused_after_a_timeout_oom_or_trap(
         runtimes.append(JsStrategy(row.source, parameters=row.parameters, interval_ms=key.interval_ms, limits=limits))
         return runtimes[-1]
 
-    broker = PaperBroker(fee_rate=Decimal("0.001"), slippage_bps=Decimal(0), default_amount=Decimal("0.001"))
+    broker = PaperBroker(fee_rate=Decimal("0.001"), slippage_bps=Decimal(0))
     engine = Engine(
-        broker=broker,
+        brokers={"paper": broker},
         sink=lambda batch: store.apply([batch]),
         runtime_factory=factory,
         now_ms=lambda: 0,

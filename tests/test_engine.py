@@ -21,6 +21,8 @@ from tradebotd.engine import Engine, EngineConfig
 from tradebotd.errors import StrategyError
 from tradebotd.ids import trade_uuid
 from tradebotd.model import Candle, Decision, Position, StreamKey
+from tradebotd.orders.ledger import Ledger
+from tradebotd.orders.validate import OrderPolicy
 from tradebotd.store.base import CloseRequest, StrategyRow
 from tradebotd.store.sqlite import SqliteStore
 
@@ -35,6 +37,7 @@ def candle(i: int, close: str = "100") -> Candle:
 @dataclass
 class Info:
     elapsed_us: float = 12.5
+    console: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -99,18 +102,25 @@ class Harness:
         self.runtimes: dict[str, Scripted] = {}
         self.scripts: dict[str, Callable[[int, Position | None], Decision]] = {}
         self.now = now_ms
-        self.broker = PaperBroker(
-            fee_rate=D("0.001"), slippage_bps=D(0), default_amount=D("0.001"), cash={"p": D("10000")}
-        )
         self.stream_changes = 0
+        self.cursors = cursors
+        self.config = config or EngineConfig(max_candle_lag_ms=0)
+        self.account(cash=D("10000"), fee_rate=D("0.001"), default_amount=D("0.001"))
+
+    def account(self, *, cash: D, fee_rate: D, default_amount: D) -> None:
+        """A paper account (portfolio "p") and an engine trading in it."""
+        self.broker = PaperBroker(fee_rate=fee_rate, slippage_bps=D(0), cash={"p": cash})
         self.engine = Engine(
-            broker=self.broker,
+            brokers={"paper": self.broker},
             sink=lambda b: self.store.apply([b]),
             runtime_factory=self.factory,
             now_ms=lambda: self.now,
-            config=config or EngineConfig(max_candle_lag_ms=0),
-            cursors=cursors,
+            config=self.config,
+            cursors=self.cursors,
             on_streams_changed=self.changed,
+            ledger=Ledger({"p": cash}),
+            portfolios={"p": "paper"},
+            policy=OrderPolicy(default_amount),
         )
 
     def changed(self) -> None:
@@ -293,8 +303,7 @@ async def test_parallel_evaluation_settles_in_slot_order(tmp_path: Path) -> None
     """With worker threads the outcome is the sequential one: cash for five buys goes to the first
     five strategies in slot order, every time."""
     h = Harness(tmp_path, config=EngineConfig(max_candle_lag_ms=0, eval_threads=2))
-    h.broker = PaperBroker(fee_rate=D(0), slippage_bps=D(0), default_amount=D(1), cash={"p": D(500)})
-    h.engine.broker = h.broker
+    h.account(cash=D(500), fee_rate=D(0), default_amount=D(1))
     ids = [f"s{i}" for i in range(8)]
     for sid in ids:
         h.scripts[sid] = lambda t, p: Decision("buy") if t == 2 * MIN else Decision("hold")
@@ -325,7 +334,7 @@ async def test_a_close_request_sells_at_the_newest_price_with_that_candles_sell_
     assert (sell.side, sell.amount, sell.price, sell.candle_time) == ("sell", D("0.5"), D("120"), 7 * MIN)
     assert sell.client_order_id == client_order_id("s1", 7 * MIN, "sell")
     assert sell.reason == "close requested (tradebotd strategy stop --close-position)"
-    assert h.broker.position("s1") is None
+    assert h.engine.position("s1") is None
     # The store still returns the request until the batch that deletes it commits: not sold twice.
     await h.engine.close_positions([close_request()])
     assert len(h.store.trades("s1")) == 2 and h.engine.streams() == set()

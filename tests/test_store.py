@@ -1,14 +1,16 @@
-"""Embedded SQLite store: schema, migrations, atomic batches, idempotent trades."""
+"""Embedded SQLite store: schema, migrations, atomic batches, trades and orders as upserts, idempotent fills."""
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
 
 from tradebotd.model import Candle, Position, StreamKey
+from tradebotd.orders.model import Filled, OrderRecord
 from tradebotd.store.base import LogEntry, NotFound, StoreUnavailable, TradeRow, WriteBatch
 from tradebotd.store.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -140,11 +142,48 @@ def test_batch_is_applied_atomically(store: SqliteStore) -> None:
     assert store.trades() == []
 
 
-def test_trades_are_idempotent_by_client_order_id(store: SqliteStore) -> None:
+def test_a_trade_is_one_row_per_order_updated_by_later_fills(store: SqliteStore) -> None:
     store.apply([WriteBatch(trades=[trade("tb-1", "100")])])
-    store.apply([WriteBatch(trades=[trade("tb-1", "999")])])
+    store.apply([WriteBatch(trades=[trade("tb-1", "100")])])  # the same batch re-done after a restart
     (row,) = store.trades()
-    assert row.price == D("100")  # the first record wins; exact decimal round trip
+    assert row == trade("tb-1", "100")  # exact decimal round trip
+    # A later fill of the order: its totals change; its identity, candle and creation time do not.
+    later = replace(
+        trade("tb-1", "100.5"), id="other", amount=D("0.002"), fee=D("0.0002"), status="partially_filled",
+        candle_time=120_000, created_at="later", fee_asset="BTC", exchange_order_id="42",
+    )
+    store.apply([WriteBatch(trades=[later])])
+    (row,) = store.trades()
+    assert (row.id, row.candle_time, row.created_at) == ("tb-1", 60_000, "2026-01-01T00:00:00.000Z")
+    assert (row.amount, row.price, row.fee, row.status, row.fee_asset, row.exchange_order_id) == (
+        D("0.002"), D("100.5"), D("0.0002"), "partially_filled", "BTC", "42"
+    )
+
+
+def order(coid: str, status: str, **kw: object) -> OrderRecord:
+    base = OrderRecord(
+        coid, "s", "p", "binance", "BTCUSDT", "1m", "buy", "limit", "entry", D("0.00200"), D("41000.00"), None,
+        D("42000"), "new", None, None, None, D(0), None, D(0), None, 60_000, "why", None, None, "t0", "t0",
+    )
+    return base._replace(status=status, **kw)  # type: ignore[arg-type]
+
+
+def test_orders_are_upserts_by_client_order_id_and_fills_are_applied_once(store: SqliteStore) -> None:
+    store.apply([WriteBatch(orders={"tb-1": order("tb-1", "new"), "tb-2": order("tb-2", "new")})])
+    fill = Filled("tb-1", "29", "71", D("0.0005"), D("41000"), D("0.0205"), "USDT", 160_000, False)
+    moved = order("tb-1", "partially_filled", exchange_order_id="29", filled_amount=D("0.0005"),
+                  average_price=D("41000"), fee=D("0.0205"), fee_asset="USDT", raw='{"status":"PARTIALLY_FILLED"}',
+                  updated_at="t1", reason="changed?", amount=D("9"))
+    store.apply([WriteBatch(orders={"tb-1": moved}, order_fills=[fill])])
+    store.apply([WriteBatch(order_fills=[fill, fill])])  # reported again
+    store.apply([WriteBatch(orders={"tb-2": order("tb-2", "rejected", error="insufficient balance")})])
+    rows = {o.client_order_id: o for o in store.orders()}
+    # What describes the request never changes; the order's progress does.
+    assert rows["tb-1"] == moved._replace(reason="why", amount=D("0.00200"))
+    assert str(rows["tb-1"].amount) == "0.00200" and rows["tb-2"].error == "insufficient balance"
+    assert store.order_fills("tb-1") == [("71", D("0.0005"), D("41000"), D("0.0205"), "USDT", 160_000)]
+    # Start-up restores the active ones, with the trades already applied to them.
+    assert store.active_orders() == [(rows["tb-1"], ["71"])]
 
 
 def test_positions_cursors_cash_and_candles(store: SqliteStore) -> None:
@@ -186,14 +225,20 @@ def test_upgrade_from_schema_1_keeps_rows(tmp_path: Path) -> None:
         if statement.strip():
             old.execute(statement)
     old.execute("INSERT INTO schema_migrations VALUES (1, 'then')")
-    old.apply([WriteBatch(logs=[LogEntry("s", "info", "kept", None, "t")], trades=[trade("tb-kept")])])
+    # rows as a version-1 daemon wrote them
+    old.execute("INSERT INTO strategy_logs VALUES ('l1', 's', 'info', 'kept', NULL, 't')")
+    old.execute(
+        "INSERT INTO trades VALUES ('t1', 's', NULL, 'BTCUSDT', 'buy', '0.001', '100', '0.0001', 'filled', "
+        "'tb-kept', NULL, 60000, 'r', 't')"
+    )
     old.close()
 
     store = SqliteStore(tmp_path / "v1.db")
     assert store.schema_version() == 1
     assert store.migrate() == SCHEMA_VERSION >= 3
     assert [e.message for _, e in store.logs_after("s")] == ["kept"]
-    assert [t.client_order_id for t in store.trades("s")] == ["tb-kept"]
+    assert [(t.client_order_id, t.fee_asset) for t in store.trades("s")] == [("tb-kept", None)]
+    assert store.active_orders() == []  # migration 5: the orders table exists, empty
     indexes = {r["name"] for r in store.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     # the per-strategy indexes that cost every busy candle's commit are gone (migrations 2 and 3)
     assert "strategy_logs_strategy" not in indexes and "trades_strategy" not in indexes

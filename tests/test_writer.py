@@ -108,6 +108,29 @@ async def test_an_unavailable_database_delays_batches_and_loses_none(
     assert runs(store, a) == (T1, None)
 
 
+async def test_a_batch_says_when_it_is_durable_and_not_before(
+    store: SqliteStore, writer: StoreWriter, tmp_path: Path
+) -> None:
+    a = strategy(store, "a")
+    durable: list[int] = []
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    attempt = writer.next_attempt()
+    batch = decision(a, 60_000, T1, T1)
+    batch.on_durable = lambda: durable.append(len(store.cursors()))
+    writer.submit(batch)
+    await attempt.wait()
+    await writer.next_attempt().wait()
+    assert durable == []  # two attempts failed: not durable yet
+    other.execute("ROLLBACK")
+    other.close()
+    await writer.flush()
+    assert durable == [1]  # called once, after the commit that holds it
+    empty = WriteBatch(on_durable=lambda: durable.append(-1))
+    writer.submit(empty)  # nothing to write is durable at once
+    assert durable == [1, -1]
+
+
 async def test_run_times_wait_for_a_quiet_moment(store: SqliteStore) -> None:
     a = strategy(store, "a")
     writer = StoreWriter(store, idle_s=0.01)

@@ -46,20 +46,25 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import cliargs
-from .broker.base import Fill, Ignored, OrderOutcome
-from .broker.paper import PaperBroker
+from .broker.paper import PAPER, PaperBroker
 from .cliargs import UsageError
 from .config import Settings, load_settings
-from .engine import StrategyRuntime, order_intent
+from .engine import StrategyRuntime
 from .errors import ConfigError, StrategyError
 from .isotime import format_time
 from .model import Candle, Decision, IndicatorValue, StreamKey
+from .orders.desk import Effects, OrderDesk, Venue, run_sync
+from .orders.intent import LevelDefaults, level_defaults, order_intent
+from .orders.ledger import Fill, Ledger
+from .orders.state import OrderBook
+from .orders.validate import OrderPolicy
 from .parameter_reads import ParameterReads, scan_parameter_reads, unread_parameters
 from .replay.demo import generate
 from .replay.series import ReplayDataError, load_csv, names_from_path
@@ -83,6 +88,7 @@ SYNTHETIC_SYMBOL = "BTCUSDT"
 CSV_SYMBOL = "CHECK"  # when the CSV's file name does not say
 STRATEGY_ID = "check"
 PORTFOLIO_ID = "check"
+_DONE_KEPT = 64  # finished orders the order book remembers (nothing reports on them late here)
 MAX_CONSOLE_LINES = 20  # shown in text output; --json has them all
 
 # The file names the daemon's loader gives sources, as they appear in JS stacks and messages.
@@ -277,6 +283,11 @@ def _check(
     key = candles[0].key
     started = time.perf_counter()
     try:
+        levels = level_defaults(report.parameters)  # the daemon refuses to load with a bad one too
+    except ValueError as exc:
+        report.load_error = _load_error(StrategyLoadError(str(exc), name="InvalidParameter"), report.file)
+        return
+    try:
         runtime = load_code(
             code, report.kind, key=key, parameters=report.parameters, settings=settings.sandbox, name=STRATEGY_ID,
             fuel=fuel,
@@ -286,31 +297,36 @@ def _check(
         return
     report.load_ms = (time.perf_counter() - started) * 1000
     try:
-        _evaluate(report, runtime, candles, settings, warmup)
+        _evaluate(report, runtime, candles, settings, warmup, levels)
     finally:
         runtime.close()
 
 
 def _evaluate(
-    report: Report, runtime: StrategyRuntime, candles: Sequence[Candle], settings: Settings, warmup: int
+    report: Report,
+    runtime: StrategyRuntime,
+    candles: Sequence[Candle],
+    settings: Settings,
+    warmup: int,
+    levels: LevelDefaults | None,
 ) -> None:
     paper = settings.paper
-    broker = PaperBroker(
-        fee_rate=paper.fee_rate,
-        slippage_bps=paper.slippage_bps,
-        default_amount=paper.default_amount,
-        cash={PORTFOLIO_ID: paper.cash},
+    account = _Account(
+        PaperBroker(fee_rate=paper.fee_rate, slippage_bps=paper.slippage_bps, cash={PORTFOLIO_ID: paper.cash}),
+        paper.cash,
+        paper.default_amount,
+        levels,
     )
     if warmup:
         runtime.push_history(np.array([c.as_floats() for c in candles[:warmup]], dtype=np.float64))
     consecutive = 0
     for index, candle in enumerate(candles[warmup:], start=warmup):
-        # As the engine does: protective levels first (the candle touched them before it closed).
-        for fill in broker.on_candle(candle):
-            report.exits.append(_fill_json(fill, candle.open_time))
+        # As the engine does: protective orders first (the candle touched them before it closed).
+        for outcome in account.on_candle(candle):
+            report.exits.append({"time": candle.open_time, "reason": outcome[0], "outcome": outcome[1]})
         report.evaluations += 1
         try:
-            decision, info = runtime.step(candle.as_floats(), broker.position(STRATEGY_ID))
+            decision, info = runtime.step(candle.as_floats(), account.desk.position(STRATEGY_ID))
         except StrategyError as exc:
             report.errors.append(_eval_error(exc, index, candle.open_time, report.file))
             consecutive += 1
@@ -320,22 +336,58 @@ def _evaluate(
                 break
             continue
         consecutive = 0
-        report.eval_us.append(float(getattr(info, "elapsed_us", 0.0)))
+        report.eval_us.append(info.elapsed_us)
         used = getattr(info, "fuel", None)
         if isinstance(used, int):
             report.fuel.append(used)
         report.peak_memory_bytes = max(report.peak_memory_bytes, int(getattr(runtime, "memory_bytes", 0)))
-        for level, text in getattr(info, "console", ()):
+        for level, text in info.console:
             report.console.append((candle.open_time, level, _rename(text, report.file)))
         if decision.indicators is not None:
             report.last_indicators, report.last_time = decision.indicators, candle.open_time
         if decision.signal != "hold":
-            report.signals.append(_signal(decision, candle, broker))
+            report.signals.append(_signal(decision, candle, account))
 
 
-def _signal(decision: Decision, candle: Candle, broker: PaperBroker) -> dict[str, Any]:
-    intent = order_intent(decision, strategy_id=STRATEGY_ID, portfolio_id=PORTFOLIO_ID, candle=candle)
-    outcome = broker.execute(intent)
+class _Account:
+    """The paper exchange and the order desk, driven synchronously as the backtest drives them."""
+
+    def __init__(self, broker: PaperBroker, cash: Decimal, default_amount: Decimal, levels: LevelDefaults | None):
+        self.broker = broker
+        self.levels = levels
+        self.desk = OrderDesk(
+            ledger=Ledger({PORTFOLIO_ID: cash}),
+            policy=OrderPolicy(default_amount),
+            venues={PAPER: Venue(PAPER, broker.rules)},
+            book=OrderBook(done_kept=_DONE_KEPT),
+        )
+
+    def on_candle(self, candle: Candle) -> list[tuple[str | None, str]]:
+        self.broker.on_candle(candle)
+        return self._settle()
+
+    def order(self, decision: Decision, candle: Candle) -> list[tuple[str | None, str]]:
+        intent = order_intent(
+            decision, strategy_id=STRATEGY_ID, portfolio_id=PORTFOLIO_ID, candle=candle, defaults=self.levels
+        )
+        out = Effects()
+        job = self.desk.decide(intent, PAPER, "", out)
+        if job is not None:
+            out.jobs.append((PAPER, job))
+        return self._settle(out)
+
+    def _settle(self, out: Effects | None = None) -> list[tuple[str | None, str]]:
+        """(reason, outcome text) of every fill and refusal this caused."""
+        out = out if out is not None else Effects()
+        run_sync(self.desk, self.broker, "", out)
+        outcomes = [(fill.reason, _filled(fill)) for fill, _ in out.fills]
+        outcomes += [(None, f"{refusal.outcome}: {refusal.reason}") for refusal in out.refusals]
+        outcomes += [(None, f"not placed: {note.message}") for note in out.notes if note.level == "info"]
+        return outcomes
+
+
+def _signal(decision: Decision, candle: Candle, account: _Account) -> dict[str, Any]:
+    outcomes = account.order(decision, candle)
     return {
         "time": candle.open_time,
         "signal": decision.signal,
@@ -343,19 +395,12 @@ def _signal(decision: Decision, candle: Candle, broker: PaperBroker) -> dict[str
         "reason": decision.reason,
         "take_profit": decision.take_profit,
         "stop_loss": decision.stop_loss,
-        "outcome": _outcome(outcome),
+        "outcome": "; ".join(text for _, text in outcomes) or "no order",
     }
 
 
-def _outcome(outcome: OrderOutcome) -> str:
-    if isinstance(outcome, Fill):
-        return f"filled {outcome.amount.normalize():f} at {outcome.price.normalize():f}"
-    verb = "ignored" if isinstance(outcome, Ignored) else "rejected"
-    return f"{verb}: {outcome.reason}"
-
-
-def _fill_json(fill: Fill, candle_time: int) -> dict[str, Any]:
-    return {"time": candle_time, "reason": fill.reason, "outcome": _outcome(fill)}
+def _filled(fill: Fill) -> str:
+    return f"filled {fill.amount.normalize():f} at {fill.price.normalize():f}"
 
 
 def _load_error(exc: StrategyError, file: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """The daemon's lifecycle: one event loop, one place that starts and stops everything.
 
-Start-up: open and migrate the store, restore the paper account and strategy cursors, start the
-supervised tasks (market feed, store writer, strategy control loop). The control loop re-reads the
-``strategies`` and ``close_requests`` tables every ``daemon.poll_interval_s`` (and at once when the
-engine disables a strategy or a waiting close gets a price), so ``tradebotd strategy start|stop``,
-``--close-position`` and edits made while the daemon runs take effect within seconds.
+Start-up: open and migrate the store, restore the ledger (positions, cash), the active orders and
+strategy cursors, check open orders with their brokers, then start the supervised tasks (store
+writer, broker events, market feed, strategy control loop). The control loop re-reads the
+``strategies``, ``portfolios`` and ``close_requests`` tables every ``daemon.poll_interval_s`` (and
+at once when the engine disables a strategy or a waiting close gets a price), so ``tradebotd
+strategy start|stop``, ``--close-position``, ``portfolio add`` and edits made while the daemon runs
+take effect within seconds.
 
 Shutdown (SIGTERM / SIGINT): stop taking candles, let the in-flight candle finish, flush every
 queued write, close the sandboxes and the store, exit 0.
@@ -23,12 +25,16 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .broker.paper import PaperBroker, PaperPosition
+from .broker.base import Broker
+from .broker.paper import PaperBroker
 from .config import Settings
 from .engine import Engine, EngineConfig, RuntimeFactory
 from .exchange.throttle import RequestBudgets
 from .market.feed import MarketFeed
 from .model import Position, StreamKey
+from .orders.ledger import Holding, Ledger
+from .orders.state import Order
+from .orders.validate import OrderPolicy
 from .runtimes import make_runtime_factory
 from .store.base import WriteBatch
 from .store.outbox import uninstall_at as uninstall_outbox
@@ -87,15 +93,21 @@ class Daemon:
         self.portfolio_id = self.store.ensure_paper_portfolio(
             user_id=settings.store.user_id, cash=paper.cash, currency=paper.currency
         )
-        cash: dict[str | None, Decimal] = {p.id: p.cash for p in self.store.portfolios()}
-        positions = {sid: PaperPosition(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()}
+        portfolios = self.store.portfolios()
+        cash: dict[str | None, Decimal] = {p.id: p.cash for p in portfolios}
+        types = {p.id: p.type for p in portfolios}
+        holdings = {sid: Holding(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()}
+        ledger = Ledger(cash, holdings)
+        active = [Order.from_record(record, trades) for record, trades in self.store.active_orders()]
         self.broker = PaperBroker(
             fee_rate=paper.fee_rate,
             slippage_bps=paper.slippage_bps,
-            default_amount=paper.default_amount,
-            cash=cash,
-            positions=positions,
+            currency=paper.currency,
+            cash={p.id: p.cash for p in portfolios if p.type == "paper"},
+            holdings=[h for h in holdings.values() if types.get(h.portfolio_id or "", "paper") == "paper"],
         )
+        # By portfolio type; the live broker joins here (DESIGN.md §2).
+        brokers: dict[str, Broker] = {"paper": self.broker}
         self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self._committed)
         local = make_runtime_factory(settings.sandbox)
         self.runtimes: RuntimeFactory = local
@@ -109,7 +121,7 @@ class Daemon:
         # through CcxtExchange(budgets=...), the exchange port's orders when they call one host.
         self.request_budgets = RequestBudgets()
         self.engine = Engine(
-            broker=self.broker,
+            brokers=brokers,
             sink=self.writer.submit,
             runtime_factory=self.runtimes,
             now_ms=self._server_now_ms,
@@ -122,6 +134,11 @@ class Daemon:
             ),
             cursors=self.store.cursors(),
             on_streams_changed=self._control_wakeup.set,
+            ledger=ledger,
+            orders=active,
+            portfolios=types,
+            default_portfolio=self.portfolio_id,
+            policy=OrderPolicy(paper.default_amount),
         )
         self.feed = MarketFeed(
             ws_url=market.ws_url,
@@ -151,7 +168,7 @@ class Daemon:
             on_strategies_changed=self.resync,
             on_cursor=self._leased_cursor,
             on_takeover=self._taken_over,
-            on_portfolio=self.broker.add_portfolio,
+            on_portfolio=self._portfolio_added,
             market_now_ms=self._server_now_ms,
         )
 
@@ -167,13 +184,19 @@ class Daemon:
         position: Position | None,
         cash: Decimal | None,
     ) -> None:
-        self.broker.take_over(
-            strategy_id, None if position is None else PaperPosition(portfolio_id, key, position), portfolio_id, cash
-        )
+        self.engine.take_over(strategy_id, portfolio_id, key, position, cash)
         batch = WriteBatch(positions={strategy_id: (portfolio_id, key, position)})
         if portfolio_id is not None and cash is not None:
             batch.cash[portfolio_id] = cash
         self.writer.submit(batch)
+
+    def _portfolio_added(self, portfolio_id: str, cash: Decimal) -> None:
+        """A portfolio mirrored from Supabase (its row is in the local store already)."""
+        self._add_portfolios()
+
+    def _add_portfolios(self) -> None:
+        for p in self.store.portfolios():
+            self.engine.add_portfolio(p.id, p.type, p.cash)
 
     def _committed(self, batch: WriteBatch, committed_ns: int) -> None:
         self.latency(batch, committed_ns)
@@ -197,6 +220,9 @@ class Daemon:
             broker="paper",
         )
         self.supervisor.start("store-writer", self.writer.run)
+        # Orders the store holds as open are checked with their brokers before any candle.
+        await self.engine.reconcile()
+        self.supervisor.start("broker-events", self.engine.run)
         if self.sync is not None:
             await self.sync.start(self.supervisor)
         self.supervisor.start("market-feed", self.feed.run)
@@ -253,6 +279,7 @@ class Daemon:
             # Close requests first: a strategy stopped with --close-position still has its
             # stream's latest price then (sync forgets the stream of a strategy that stops).
             await self.engine.close_positions(self.store.close_requests())
+            self._add_portfolios()  # `tradebotd portfolio add` while running
             rows = self.store.running_strategies()
             if self.sync is not None:
                 rows = self.sync.filter(rows)

@@ -235,3 +235,47 @@ def test_long_holds_scan_for_levels_in_growing_windows(strategy: JsStrategy) -> 
     result = run_backtest(strategy, table(*rows), account())
     assert [(side, minute) for side, minute, *_ in fills_of(result)] == [("buy", 0), ("sell", 5000)]
     assert result.refusals[0].candle_time == T0 + 6000 * MIN  # the late sell found nothing to sell
+
+
+class LimitBuyer(StepOnly):
+    """Buys with a limit 5 below the close on a volume-1 candle; sells at market on volume 2."""
+
+    def step(self, candle: tuple[float, ...], position: Position | None) -> tuple[Decision, None]:
+        self.seen.append(candle[0])
+        if candle[5] == 1:
+            return Decision("buy", amount=1.0, order_type="limit", limit_price=candle[4] - 5), None
+        if candle[5] == 2:
+            return Decision("sell"), None
+        return Decision("hold"), None
+
+
+def test_a_limit_order_rests_until_a_later_candle_crosses_it_and_fills_at_the_limit() -> None:
+    candles = table(
+        "0 100 101 99 100 1",  # limit buy at 95: this candle's range does not count
+        "1 100 101 96 100 5",  # not reached
+        "2 100 101 94 97 5",  # low 94 crosses 95: filled at 95
+        "3 97 99 96 98 2",  # sell at the close
+    )
+    runtime = LimitBuyer()
+    result = run_backtest(runtime, candles, account())
+    assert [(side, minute, price) for side, minute, price, *_ in fills_of(result)] == [
+        ("buy", 2, "95.0"),
+        ("sell", 3, "98.00000000"),
+    ]
+    assert runtime.seen == [at(i) for i in range(4)]
+
+
+def test_percent_parameters_protect_the_entry_in_a_backtest() -> None:
+    from tradebotd.orders.intent import level_defaults
+
+    candles = table("0 100 101 99 100 1", "1 100 101 99 100 5", "2 100 111 99 100 5")
+    result = run_backtest(StepOnlyNoLevels(), candles, account(), levels=level_defaults({"takeProfitPct": 10}))
+    assert [(side, minute, price) for side, minute, price, *_ in fills_of(result)] == [
+        ("buy", 0, "100.00000000"),
+        ("sell", 2, "110.0"),  # the take-profit 10 % above the signal close
+    ]
+
+
+class StepOnlyNoLevels(StepOnly):
+    def step(self, candle: tuple[float, ...], position: Position | None) -> tuple[Decision, None]:
+        return (Decision("buy", amount=1.0) if candle[5] == 1 and position is None else Decision("hold")), None

@@ -15,9 +15,6 @@ SQLITE_ONLY = {"schema_migrations", "outbox", "outbox_dead", "sync_state", "sync
 ``close_requests``: a local CLI's request to the daemon on the same store file, deleted when done."""
 POSTGRES_ONLY = {"strategy_leases"}
 """Which instance owns which strategy: only meaningful in the shared database."""
-PENDING_IN_SQLITE = {"orders": None, "order_fills": None, "trades": {"fee_asset"}}
-"""DESIGN.md §1: SQLite migration 4 (orders as commands and events) adds these; until it lands
-they exist on the Postgres side only. Once present in SQLite they are compared like the rest."""
 
 EXACT = {"amount", "price", "fee", "cash", "open", "high", "low", "close", "volume", "entry_price", "take_profit",
          "stop_loss", "limit_price", "stop_price", "reference_price", "filled_amount", "average_price"}  # fmt: skip
@@ -58,12 +55,11 @@ def _postgres(dsn: str) -> dict[str, dict[str, tuple[str, bool]]]:
 
 def test_same_tables_and_columns_with_compatible_types(tmp_path: Path, pg_dsn: str) -> None:
     lite, pg = _sqlite(tmp_path), _postgres(pg_dsn)
-    assert set(pg) - POSTGRES_ONLY - set(PENDING_IN_SQLITE) <= set(lite), "Postgres has tables SQLite lacks"
+    assert set(pg) - POSTGRES_ONLY <= set(lite), "Postgres has tables SQLite lacks"
     assert set(lite) - SQLITE_ONLY <= set(pg), "SQLite has tables the migrations lack"
     problems = []
     for table in sorted(set(lite) - SQLITE_ONLY):
-        pending = PENDING_IN_SQLITE.get(table) or set()
-        extra = set(pg[table]) - set(lite[table]) - pending
+        extra = set(pg[table]) - set(lite[table])
         missing = set(lite[table]) - set(pg[table])
         if extra or missing:
             problems.append(f"{table}: only in Postgres {sorted(extra)}, only in SQLite {sorted(missing)}")
@@ -82,8 +78,8 @@ def test_same_tables_and_columns_with_compatible_types(tmp_path: Path, pg_dsn: s
     assert problems == []
 
 
-def test_pending_tables_follow_design_md(pg_dsn: str) -> None:
-    """The orders table the Postgres side already has is DESIGN.md §1's, column for column."""
+def test_orders_tables_follow_design_md(tmp_path: Path, pg_dsn: str) -> None:
+    """The orders tables are DESIGN.md §1's, column for column and in order, on both sides."""
     pg = _postgres(pg_dsn)
     assert list(pg["orders"]) == [
         "client_order_id", "strategy_id", "portfolio_id", "broker", "symbol", "interval", "side", "type", "leg",
@@ -92,3 +88,5 @@ def test_pending_tables_follow_design_md(pg_dsn: str) -> None:
         "created_at", "updated_at",
     ]  # fmt: skip
     assert list(pg["order_fills"]) == ["client_order_id", "trade_id", "amount", "price", "fee", "fee_asset", "at_ms"]
+    lite = _sqlite(tmp_path)
+    assert list(lite["orders"]) == list(pg["orders"]) and list(lite["order_fills"]) == list(pg["order_fills"])

@@ -45,6 +45,7 @@ from tradebotd.data.errors import CandleDataError
 from tradebotd.data.times import time_argument
 from tradebotd.errors import ConfigError, StrategyError
 from tradebotd.model import normalize_symbol
+from tradebotd.orders.intent import level_defaults
 from tradebotd.replay.series import names_from_path
 from tradebotd.strategy_files import StrategyFileError, strategy_kind
 
@@ -155,9 +156,10 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
                 warmup=warmup,
                 max_consecutive_errors=settings.sandbox.max_consecutive_errors,
             )
+            levels = level_defaults(dict(args.param))  # takeProfitPct / stopLossPct, as the daemon reads them
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        result = run_backtest(loaded.runtime, table, config)
+        result = run_backtest(loaded.runtime, table, config, levels=levels)
     finally:
         loaded.runtime.close()
     trips, open_trip = round_trips(result)

@@ -2,12 +2,15 @@
 
 Per closed candle, in order, exactly as :class:`tradebotd.engine.Engine` does live:
 
-1. protective levels first: the paper broker's ``on_candle`` exits a position whose stop-loss or
-   take-profit the candle touched (only candles after the entry candle; the stop wins a tie);
-2. the strategy is evaluated on the candle with the position as it is now;
-3. a buy or sell becomes an order through :func:`tradebotd.engine.order_intent_at` (the daemon's
-   ``order_intent`` minus the :class:`~tradebotd.model.Candle`) and is executed by
-   :class:`~tradebotd.broker.paper.PaperBroker` at the candle's close (± slippage, fee on the fill).
+1. protective orders first: the paper exchange's ``on_candle`` fills a take-profit or stop-loss
+   the candle touched (only candles after the entry candle; the stop wins a tie);
+2. the strategy is evaluated on the candle with the position as it is now (from the ledger);
+3. a buy or sell becomes an order through :func:`tradebotd.orders.intent.order_intent_at` (the
+   daemon's ``order_intent`` minus the :class:`~tradebotd.model.Candle`), is validated and
+   recorded by the same :class:`~tradebotd.orders.desk.OrderDesk` the daemon uses, and is
+   executed by the :class:`~tradebotd.broker.paper.PaperBroker` at the candle's close
+   (± slippage, fee on the fill), through :func:`~tradebotd.orders.desk.run_sync`: the same
+   commands, state machine, events and ledger as live, only without awaiting.
 
 So the orders, prices, amounts and fees are those paper trading would produce; the parity test
 replays the same candles through the daemon and compares fills. One difference is inherent: live,
@@ -30,20 +33,23 @@ Strategy errors follow the daemon's policy: the candle is skipped (logged in the
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from tradebotd.broker.base import Fill, Ignored, OrderIntent
-from tradebotd.broker.paper import PaperBroker
+from tradebotd.broker.paper import PAPER, PaperBroker
 from tradebotd.data.candles import HIGH, LOW, TIME, CandleTable
-from tradebotd.engine import BatchRuntime, StrategyRuntime, order_intent_at
+from tradebotd.engine.runtime import BatchRuntime, StrategyRuntime
 from tradebotd.errors import StrategyError, TradebotdError
 from tradebotd.model import Decision, Position
+from tradebotd.orders.desk import Effects, OrderDesk, Venue, run_sync
+from tradebotd.orders.intent import LevelDefaults, order_intent_at
+from tradebotd.orders.ledger import Fill, Ledger
+from tradebotd.orders.state import OrderBook
+from tradebotd.orders.validate import OrderPolicy
 from tradebotd.sandbox.errors import StrategyEvalError
 
 __all__ = [
@@ -62,6 +68,7 @@ PORTFOLIO_ID = "backtest"
 _FIRST_WINDOW = 64  # candles scanned for a protective touch before the window doubles
 _FIRST_BATCH = 64  # candles per run_until_signal call after a signal; doubles up to _MAX_BATCH
 _MAX_BATCH = 16_384
+_DONE_KEPT = 64  # finished orders the order book remembers (nothing reports on them late here)
 
 
 class BacktestError(TradebotdError):
@@ -146,7 +153,7 @@ class _Stepwise:
     ) -> tuple[int, Decision | None]:
         for done, row in enumerate(candles.tolist(), start=1):
             try:
-                decision, _ = self._runtime.step((row[0], row[1], row[2], row[3], row[4], row[5]), position)
+                decision, _report = self._runtime.step((row[0], row[1], row[2], row[3], row[4], row[5]), position)
             except StrategyEvalError as exc:
                 exc.consumed = done
                 raise
@@ -160,19 +167,25 @@ class _Stepwise:
 class _Run:
     """State of one backtest (one strategy, one paper account, one series)."""
 
-    def __init__(self, runtime: StrategyRuntime, table: CandleTable, settings: BacktestSettings) -> None:
-        self.runtime: BatchRuntime | _Stepwise = (
-            cast(BatchRuntime, runtime) if callable(getattr(runtime, "run_until_signal", None)) else _Stepwise(runtime)
-        )
+    def __init__(
+        self, runtime: StrategyRuntime, table: CandleTable, settings: BacktestSettings, levels: LevelDefaults | None
+    ) -> None:
+        self.runtime: BatchRuntime | _Stepwise = runtime if isinstance(runtime, BatchRuntime) else _Stepwise(runtime)
         self.table = table
         self.settings = settings
+        self.levels = levels
         self.values = table.values
         self.broker = PaperBroker(
-            fee_rate=settings.fee_rate,
-            slippage_bps=settings.slippage_bps,
-            default_amount=settings.default_amount,
-            cash={PORTFOLIO_ID: settings.cash},
+            fee_rate=settings.fee_rate, slippage_bps=settings.slippage_bps, cash={PORTFOLIO_ID: settings.cash}
         )
+        self.ledger = Ledger({PORTFOLIO_ID: settings.cash})
+        self.desk = OrderDesk(
+            ledger=self.ledger,
+            policy=OrderPolicy(settings.default_amount),
+            venues={PAPER: Venue(PAPER, self.broker.rules)},
+            book=OrderBook(done_kept=_DONE_KEPT),
+        )
+        self._out = Effects()
         self.fills: list[Fill] = []
         self.fill_index: list[int] = []
         self.refusals: list[Refusal] = []
@@ -186,7 +199,19 @@ class _Run:
         scan = start  # first candle whose protective levels have not been checked
         window = _FIRST_WINDOW
         while i < n:
-            position = self.broker.position(STRATEGY_ID)
+            if self.broker.limits_resting():
+                # A resting limit order: any candle may fill it, so each goes to the exchange
+                # before it is evaluated (its protective check included). Limit orders are rare;
+                # the scan below serves the common case.
+                self.broker.on_candle(self.table.candle(i))
+                self._settle(i)
+                signal = self._evaluate(i, i + 1, self.ledger.position(STRATEGY_ID))
+                if signal is not None:
+                    self._order(*signal)
+                i = scan = i + 1
+                window = _FIRST_WINDOW
+                continue
+            position = self.ledger.position(STRATEGY_ID)
             touch: int | None = None
             stop = n
             if position is not None and (position.stop_loss is not None or position.take_profit is not None):
@@ -205,7 +230,8 @@ class _Run:
                     continue
                 i = stop
             if touch is not None:  # i == touch: the candle's protective check comes first
-                self._record(self.broker.on_candle(self.table.candle(touch)), touch)
+                self.broker.on_candle(self.table.candle(touch))
+                self._settle(touch)
                 scan = touch + 1
                 window = _FIRST_WINDOW
             elif i < n:
@@ -248,26 +274,34 @@ class _Run:
             )
 
     def _order(self, index: int, decision: Decision) -> None:
-        intent: OrderIntent = order_intent_at(
+        intent = order_intent_at(
             decision,
             strategy_id=STRATEGY_ID,
             portfolio_id=PORTFOLIO_ID,
             key=self.table.key,
             candle_time=int(self.values[index, TIME]),
             close=self.table.close(index),
+            defaults=self.levels,
         )
-        outcome = self.broker.execute(intent)
-        if isinstance(outcome, Fill):
-            self.fills.append(outcome)
-            self.fill_index.append(index)
-        elif isinstance(outcome, Ignored):
-            self.refusals.append(Refusal(intent.candle_time, intent.side, "ignored", outcome.reason))
-        else:
-            self.refusals.append(Refusal(intent.candle_time, intent.side, "rejected", outcome.reason))
+        job = self.desk.decide(intent, PAPER, "", self._out)
+        if job is not None:
+            self._out.jobs.append((PAPER, job))
+        self._settle(index)
 
-    def _record(self, fills: Sequence[Fill], index: int) -> None:
-        self.fills.extend(fills)
-        self.fill_index.extend([index] * len(fills))
+    def _settle(self, index: int) -> None:
+        """Run what is due on the paper exchange; collect its fills and refusals (candle ``index``)."""
+        out = self._out
+        run_sync(self.desk, self.broker, "", out)
+        for fill, _ in out.fills:
+            self.fills.append(fill)
+            self.fill_index.append(index)
+        for refusal in out.refusals:
+            candle_time = int(self.values[index, TIME])
+            self.refusals.append(Refusal(candle_time, refusal.side, refusal.outcome, refusal.reason))
+        out.orders.clear()
+        out.fills.clear()
+        out.refusals.clear()
+        out.notes.clear()
 
 
 def _first_candidate(values: npt.NDArray[np.float64], lo: int, hi: int, position: Position) -> int | None:
@@ -283,12 +317,15 @@ def _first_candidate(values: npt.NDArray[np.float64], lo: int, hi: int, position
     return lo + int(found[0]) if len(found) else None
 
 
-def run_backtest(runtime: StrategyRuntime, table: CandleTable, settings: BacktestSettings) -> BacktestResult:
-    """Evaluate ``runtime`` over ``table``, from the ``settings.warmup``-th candle on."""
+def run_backtest(
+    runtime: StrategyRuntime, table: CandleTable, settings: BacktestSettings, *, levels: LevelDefaults | None = None
+) -> BacktestResult:
+    """Evaluate ``runtime`` over ``table``, from the ``settings.warmup``-th candle on. ``levels``:
+    the strategy's ``takeProfitPct`` / ``stopLossPct`` (:func:`tradebotd.orders.intent.level_defaults`)."""
     first = max(settings.warmup - 1, 0)
     if first >= len(table):
         raise BacktestError(f"nothing to evaluate: {len(table)} candles and a warm-up of {settings.warmup}")
-    run = _Run(runtime, table, settings)
+    run = _Run(runtime, table, settings, levels)
     if first:
         run.runtime.push_history(table.values[:first])
     started = time.perf_counter()
@@ -302,7 +339,7 @@ def run_backtest(runtime: StrategyRuntime, table: CandleTable, settings: Backtes
         fill_index=tuple(run.fill_index),
         refusals=tuple(run.refusals),
         failures=tuple(run.failures),
-        final_cash=run.broker.cash(PORTFOLIO_ID),
-        position=run.broker.position(STRATEGY_ID),
+        final_cash=run.ledger.cash(PORTFOLIO_ID),
+        position=run.ledger.position(STRATEGY_ID),
         elapsed_s=elapsed,
     )

@@ -15,11 +15,13 @@ import numpy as np
 import numpy.typing as npt
 
 from tradebotd.model import Decision, Position, Signal
+from tradebotd.sandbox.sandboxed import EvalInfo
 
 __all__ = ["SmaCrossover"]
 
 Candle = tuple[float, float, float, float, float, float]
 _Averages = tuple[float, float, float, float]  # fast now, slow now, fast before, slow before
+_NO_INFO = EvalInfo(0.0)  # plain Python: no sandbox, nothing timed or captured
 
 
 class SmaCrossover:
@@ -37,13 +39,13 @@ class SmaCrossover:
         for close in np.asarray(candles, dtype=np.float64)[:, 4].tolist():
             self._append(close)
 
-    def step(self, candle: Candle, position: Position | None) -> tuple[Decision, None]:
+    def step(self, candle: Candle, position: Position | None) -> tuple[Decision, EvalInfo]:
         self._append(candle[4])
         averages = self._averages()
         if averages is None:
             seen = min(len(self._closes), self.max_candles)
-            return Decision("hold", reason=f"warming up ({seen}/{self.slow + 1} candles)"), None
-        return self._decision(_signal(averages, position), averages), None
+            return Decision("hold", reason=f"warming up ({seen}/{self.slow + 1} candles)"), _NO_INFO
+        return self._decision(_signal(averages, position), averages), _NO_INFO
 
     def run_until_signal(
         self, candles: npt.NDArray[np.float64], position: Position | None

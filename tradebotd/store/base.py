@@ -19,13 +19,14 @@ Errors: ``tradebotd.errors.StoreError`` and its subclasses
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from ..errors import StoreError
 from ..model import Candle, Position, StreamKey
+from ..orders.model import Filled, OrderRecord
 
 __all__ = [
     "CloseRequest",
@@ -105,6 +106,7 @@ class TradeRow:
     candle_time: int
     reason: str | None
     created_at: str
+    fee_asset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,11 @@ class WriteBatch:
 
     logs: list[LogEntry] = field(default_factory=list)
     trades: list[TradeRow] = field(default_factory=list)
+    """one row per order that filled; a later fill of the same order updates it (its totals)"""
+    orders: dict[str, OrderRecord] = field(default_factory=dict)
+    """client order id -> the order as it is after this batch (several transitions, one write)"""
+    order_fills: list[Filled] = field(default_factory=list)
+    """fills applied in this batch (``order_fills`` rows, unique by client order id and trade id)"""
     positions: dict[str, tuple[str | None, StreamKey, Position | None]] = field(default_factory=dict)
     """strategy id -> (portfolio id, stream the position is watched on, position or None when flat)"""
     cash: dict[str, Decimal] = field(default_factory=dict)
@@ -151,11 +158,16 @@ class WriteBatch:
     """close request ids carried out (or found moot) by this batch: deleted with it"""
     enqueued_ns: int = 0
     """monotonic time at which the batch's triggering message arrived (for latency metrics)"""
+    on_durable: Callable[[], None] | None = None
+    """called by the writer once the batch is committed (the engine waits on it before sending an
+    order to a broker with durable intents); None costs nothing"""
 
     def __bool__(self) -> bool:
         return bool(
             self.logs
             or self.trades
+            or self.orders
+            or self.order_fills
             or self.positions
             or self.cash
             or self.cursors
@@ -181,6 +193,10 @@ class Store(Protocol):
     def positions(self) -> dict[str, tuple[str | None, StreamKey, Position]]: ...
 
     def close_requests(self) -> list[CloseRequest]: ...
+
+    def active_orders(self) -> list[tuple[OrderRecord, list[str]]]:
+        """Orders not yet filled, cancelled or rejected, each with the trade ids of its fills."""
+        ...
 
     # trading path (called by the writer only) ---------------------------------------------
     def apply(self, batches: Sequence[WriteBatch]) -> None: ...

@@ -23,6 +23,7 @@ import orjson
 
 from ..ids import uuid7
 from ..model import Position, StreamKey, normalize_symbol
+from ..orders.model import OrderRecord
 from .base import (
     CloseRequest,
     LogEntry,
@@ -152,7 +153,57 @@ MIGRATIONS: tuple[str, ...] = (
         requested_at TEXT NOT NULL
     );
     """,
+    # 5: orders as commands and events (DESIGN.md §1). Every order is recorded here before it is
+    # sent; order_fills makes applying a fill idempotent; trades gains the fee's asset. The only
+    # index beyond the keys is partial: active orders (what start-up restores) by strategy. A paper
+    # order is written once, already filled, and never touches it.
+    """
+    CREATE TABLE orders (
+        client_order_id   TEXT PRIMARY KEY,
+        strategy_id       TEXT NOT NULL,
+        portfolio_id      TEXT,
+        broker            TEXT NOT NULL,
+        symbol            TEXT NOT NULL,
+        interval          TEXT NOT NULL,
+        side              TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+        type              TEXT NOT NULL,
+        leg               TEXT NOT NULL CHECK (leg IN ('entry', 'exit', 'tp', 'sl')),
+        amount            TEXT NOT NULL,
+        limit_price       TEXT,
+        stop_price        TEXT,
+        reference_price   TEXT NOT NULL,
+        status            TEXT NOT NULL CHECK (status IN ('new', 'pending', 'open', 'partially_filled',
+                                                           'filled', 'cancelled', 'rejected', 'unknown')),
+        exchange_order_id TEXT,
+        list_id           TEXT,
+        parent_id         TEXT,
+        filled_amount     TEXT NOT NULL DEFAULT '0',
+        average_price     TEXT,
+        fee               TEXT NOT NULL DEFAULT '0',
+        fee_asset         TEXT,
+        candle_time       INTEGER NOT NULL,
+        reason            TEXT,
+        error             TEXT,
+        raw               TEXT,
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL
+    );
+    CREATE INDEX orders_active ON orders(strategy_id)
+        WHERE status IN ('new', 'pending', 'open', 'partially_filled', 'unknown');
+    CREATE TABLE order_fills (
+        client_order_id TEXT NOT NULL,
+        trade_id        TEXT NOT NULL,
+        amount          TEXT NOT NULL,
+        price           TEXT NOT NULL,
+        fee             TEXT NOT NULL,
+        fee_asset       TEXT,
+        at_ms           INTEGER NOT NULL,
+        PRIMARY KEY (client_order_id, trade_id)
+    ) WITHOUT ROWID;
+    ALTER TABLE trades ADD COLUMN fee_asset TEXT;
+    """,
 )
+_ACTIVE = "('new', 'pending', 'open', 'partially_filled', 'unknown')"
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -178,6 +229,42 @@ def _json(data: Mapping[str, Any]) -> str:
 
 def _dec(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _order(r: sqlite3.Row) -> OrderRecord:
+    return OrderRecord(
+        client_order_id=r["client_order_id"],
+        strategy_id=r["strategy_id"],
+        portfolio_id=r["portfolio_id"],
+        broker=r["broker"],
+        symbol=r["symbol"],
+        interval=r["interval"],
+        side=r["side"],
+        type=r["type"],
+        leg=r["leg"],
+        amount=Decimal(r["amount"]),
+        limit_price=_dec(r["limit_price"]),
+        stop_price=_dec(r["stop_price"]),
+        reference_price=Decimal(r["reference_price"]),
+        status=r["status"],
+        exchange_order_id=r["exchange_order_id"],
+        list_id=r["list_id"],
+        parent_id=r["parent_id"],
+        filled_amount=Decimal(r["filled_amount"]),
+        average_price=_dec(r["average_price"]),
+        fee=Decimal(r["fee"]),
+        fee_asset=r["fee_asset"],
+        candle_time=int(r["candle_time"]),
+        reason=r["reason"],
+        error=r["error"],
+        raw=r["raw"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
 class SqliteStore:
@@ -486,7 +573,35 @@ class SqliteStore:
             for r in rows
         }
 
+    def active_orders(self) -> list[tuple[OrderRecord, list[str]]]:
+        rows = self._db.execute(f"SELECT * FROM orders WHERE status IN {_ACTIVE} ORDER BY rowid").fetchall()
+        fills: dict[str, list[str]] = {}
+        if rows:
+            marks = ",".join("?" * len(rows))
+            for r in self._db.execute(
+                f"SELECT client_order_id, trade_id FROM order_fills WHERE client_order_id IN ({marks})",
+                [r["client_order_id"] for r in rows],
+            ):
+                fills.setdefault(r["client_order_id"], []).append(r["trade_id"])
+        return [(_order(r), fills.get(r["client_order_id"], [])) for r in rows]
+
     # -- reads for the CLI and tests ---------------------------------------------------------
+
+    def orders(self, strategy_id: str | None = None) -> list[OrderRecord]:
+        sql, args = "SELECT * FROM orders", ()
+        if strategy_id is not None:
+            sql, args = sql + " WHERE strategy_id = ?", (strategy_id,)  # type: ignore[assignment]
+        return [_order(r) for r in self._db.execute(sql + " ORDER BY rowid", args).fetchall()]
+
+    def order_fills(self, client_order_id: str) -> list[tuple[str, Decimal, Decimal, Decimal, str | None, int]]:
+        """(trade id, amount, price, fee, fee asset, at_ms) of one order's fills."""
+        rows = self._db.execute(
+            "SELECT * FROM order_fills WHERE client_order_id = ? ORDER BY at_ms, trade_id", (client_order_id,)
+        ).fetchall()
+        return [
+            (r["trade_id"], Decimal(r["amount"]), Decimal(r["price"]), Decimal(r["fee"]), r["fee_asset"], r["at_ms"])
+            for r in rows
+        ]
 
     def trades(self, strategy_id: str | None = None) -> list[TradeRow]:
         sql = "SELECT * FROM trades"
@@ -510,6 +625,7 @@ class SqliteStore:
                 candle_time=int(r["candle_time"]),
                 reason=r["reason"],
                 created_at=r["created_at"],
+                fee_asset=r["fee_asset"],
             )
             for r in rows
         ]
@@ -591,13 +707,70 @@ class SqliteStore:
                     for c in b.candles
                 ],
             )
+        if b.orders:
+            # Several transitions of one order in a batch are one row; the columns that describe
+            # the request never change, the rest follow the order.
+            db.executemany(
+                "INSERT INTO orders (client_order_id, strategy_id, portfolio_id, broker, symbol, interval, side, "
+                "type, leg, amount, limit_price, stop_price, reference_price, status, exchange_order_id, list_id, "
+                "parent_id, filled_amount, average_price, fee, fee_asset, candle_time, reason, error, raw, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?) ON CONFLICT (client_order_id) DO UPDATE SET status = excluded.status, "
+                "exchange_order_id = excluded.exchange_order_id, list_id = excluded.list_id, "
+                "filled_amount = excluded.filled_amount, average_price = excluded.average_price, "
+                "fee = excluded.fee, fee_asset = excluded.fee_asset, error = excluded.error, raw = excluded.raw, "
+                "updated_at = excluded.updated_at",
+                [
+                    (
+                        o.client_order_id,
+                        o.strategy_id,
+                        o.portfolio_id,
+                        o.broker,
+                        o.symbol,
+                        o.interval,
+                        o.side,
+                        o.type,
+                        o.leg,
+                        str(o.amount),
+                        _text(o.limit_price),
+                        _text(o.stop_price),
+                        str(o.reference_price),
+                        o.status,
+                        o.exchange_order_id,
+                        o.list_id,
+                        o.parent_id,
+                        str(o.filled_amount),
+                        _text(o.average_price),
+                        str(o.fee),
+                        o.fee_asset,
+                        o.candle_time,
+                        o.reason,
+                        o.error,
+                        o.raw,
+                        o.created_at,
+                        o.updated_at,
+                    )
+                    for o in b.orders.values()
+                ],
+            )
+        if b.order_fills:
+            db.executemany(
+                "INSERT INTO order_fills (client_order_id, trade_id, amount, price, fee, fee_asset, at_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (f.client_order_id, f.trade_id, str(f.amount), str(f.price), str(f.fee), f.fee_asset, f.at_ms)
+                    for f in b.order_fills
+                ],
+            )
         if b.trades:
-            # A trade with a client order id we already hold is the same decision re-done after a
-            # restart: keep the first record (idempotent by construction).
+            # One row per order that filled: inserted at its first fill, its totals updated by
+            # later ones (a decision re-done after a restart writes the same values again).
             db.executemany(
                 "INSERT INTO trades (id, strategy_id, portfolio_id, symbol, side, amount, price, fee, status, "
-                "client_order_id, exchange_order_id, candle_time, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_order_id) DO NOTHING",
+                "client_order_id, exchange_order_id, candle_time, reason, created_at, fee_asset) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_order_id) DO UPDATE SET "
+                "amount = excluded.amount, price = excluded.price, fee = excluded.fee, status = excluded.status, "
+                "exchange_order_id = excluded.exchange_order_id, fee_asset = excluded.fee_asset",
                 [
                     (
                         t.id,
@@ -614,6 +787,7 @@ class SqliteStore:
                         t.candle_time,
                         t.reason,
                         t.created_at,
+                        t.fee_asset,
                     )
                     for t in b.trades
                 ],

@@ -4,7 +4,9 @@ The engine hands over one :class:`WriteBatch` per candle and moves on; the write
 pending batch in one transaction as soon as the event loop is free, in order. If the store is
 unavailable the batches stay queued (nothing is dropped) and the writer retries with backoff,
 logging once per attempt. ``flush()`` waits until everything handed over so far is durable, which
-shutdown uses to keep its promise.
+shutdown uses to keep its promise. A batch with ``on_durable`` set has it called right after the
+commit that holds it (the engine sends a live order only then); batches without it cost nothing
+more.
 
 Housekeeping waits for a quiet moment (``idle_s`` without a batch; candles close in bursts):
 
@@ -84,9 +86,13 @@ class StoreWriter:
             self._set_aside(batch.strategy_runs)
             batch.strategy_runs = {}
         elif not batch:
+            if batch.on_durable is not None:
+                batch.on_durable()  # nothing to write is durable at once
             return
         if batch:
             self._pending.append(batch)
+        elif batch.on_durable is not None:
+            batch.on_durable()
         self._idle.clear()
         if self._timer is not None:  # not idle after all
             self._timer.cancel()
@@ -151,6 +157,9 @@ class StoreWriter:
                 now = time.monotonic_ns()
                 for batch in batches:
                     self._on_committed(batch, now)
+            for batch in batches:
+                if batch.on_durable is not None:
+                    batch.on_durable()
             self._committed.set()
             self._committed = asyncio.Event()
             self._signal_attempt()

@@ -25,6 +25,7 @@ from tradebotd.config import SandboxSettings
 from tradebotd.engine import RuntimeFactory, StrategyRuntime
 from tradebotd.logs import configure_logging
 from tradebotd.model import StreamKey
+from tradebotd.sandbox.sandboxed import EvalInfo
 from tradebotd.workers import protocol as p
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,8 @@ class Child:
             except Exception as exc:
                 outcomes.append(["e", p.encode_error(exc)])
             else:
+                if not isinstance(info, EvalInfo):  # every sandbox reports an EvalInfo; others get one
+                    info = EvalInfo(info.elapsed_us, tuple(info.console))
                 outcomes.append(["d", *p.encode_decision(decision, info)])
         return outcomes
 

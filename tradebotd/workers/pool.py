@@ -28,7 +28,7 @@ import numpy.typing as npt
 import structlog
 
 from tradebotd.config import SandboxSettings
-from tradebotd.engine import Floats6, RuntimeFactory, StepOutcome, StrategyRuntime
+from tradebotd.engine import EvalReport, Floats6, RuntimeFactory, StepOutcome, StrategyRuntime
 from tradebotd.errors import StrategyError
 from tradebotd.model import Decision, Position, StreamKey
 from tradebotd.sandbox.errors import StrategyEvalError, StrategyLoadError
@@ -277,7 +277,7 @@ class RemoteRuntime:
 
         return finish
 
-    def step(self, candle: Floats6, position: Position | None) -> tuple[Decision, Any]:
+    def step(self, candle: Floats6, position: Position | None) -> tuple[Decision, EvalReport]:
         outcome = self.process.begin([(self, position)], candle)()[0]
         if isinstance(outcome, BaseException):
             raise outcome

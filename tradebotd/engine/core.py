@@ -1,0 +1,712 @@
+"""The trading engine: closed candles in, decisions, orders and records out.
+
+One code path serves the daemon (live market data, paper or live brokers) and any replay: the
+engine only sees candles, brokers (:class:`~tradebotd.broker.base.Broker`), a strategy-runtime
+factory and a sink for :class:`~tradebotd.store.base.WriteBatch` values. It does no I/O of its own.
+Evaluation scheduling is :mod:`.evaluation`, order handling :mod:`.orders` (around the sans-I/O
+:mod:`tradebotd.orders.desk`), record formatting :mod:`.records`.
+
+Exactly once per strategy and candle: every strategy has a cursor (the open time of the last
+candle it evaluated), persisted in the same batch as the orders that candle caused. Candles at or
+before the cursor are history, never evaluated again; after a restart the candles that closed
+while the daemon was down are evaluated in order (and the staleness guard keeps old ones from
+trading).
+
+Per closed candle, under the candle lock: the brokers' price drivers (protective levels, resting
+orders) first, since the candle touched them before it closed; then every strategy is evaluated
+and its decision becomes a validated, recorded order or a logged refusal. After the lock the
+orders are dispatched (:mod:`.orders`); exchange calls never run under the lock.
+
+Portfolios: a strategy trades in the portfolio its ``portfolio_id`` names (none: the default
+portfolio); the portfolio's type (``paper`` | ``live``) picks the broker. A portfolio that does
+not exist, or whose type has no broker, keeps the strategy from loading (status ``error``).
+
+Failure policy: a strategy error is logged to ``strategy_logs`` and counted; after
+``max_consecutive_errors`` in a row the strategy goes to status ``error`` and its slot is released.
+Other strategies are not affected; an open position keeps its protective orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from ..broker.base import Broker, SimulatedBalances
+from ..errors import StrategyError
+from ..history import CandleHistory
+from ..model import Candle, Decision, Position, StreamKey, interval_ms, normalize_symbol
+from ..orders.desk import Effects, Note, OrderDesk, Venue
+from ..orders.intent import LevelDefaults, level_defaults, order_intent, order_intent_at
+from ..orders.ledger import Holding, Ledger
+from ..orders.state import Order, OrderBook
+from ..orders.validate import OrderPolicy
+from ..store.base import CloseRequest, StrategyRow, WriteBatch
+from ..store.sqlite import utc_now
+from .evaluation import Evaluator
+from .orders import Orders
+from .records import Narration, Recorder, decision_data, entry, error_data, narrate
+from .runtime import Floats6, GroupedRuntime, RuntimeFactory, StepGroup, StepOutcome, StrategyRuntime, step
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "fingerprint"]
+
+log = structlog.get_logger("tradebotd.engine")
+
+DEFAULT_POLICY = OrderPolicy(Decimal("0.001"))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    history: int = 500
+    max_candle_lag_ms: int = 30_000  # 0 disables the staleness guard
+    max_consecutive_errors: int = 3
+    log_holds: bool = False
+    record_candles: bool = True
+    eval_threads: int = 1  # >1: evaluate a candle's strategies in this many worker threads
+    max_in_flight: int = 16  # exchange calls at a time, for brokers with durable intents
+
+
+@dataclass(slots=True)
+class _Slot:
+    row: StrategyRow
+    key: StreamKey
+    fingerprint: str
+    runtime: StrategyRuntime
+    cursor: int | None
+    venue: str  # the broker it trades through
+    portfolio_id: str | None
+    group: StepGroup | None  # its evaluation process, if it runs in one
+    levels: LevelDefaults | None  # takeProfitPct / stopLossPct
+    warm: bool = False
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    candles: int = 0
+    evaluations: int = 0
+    strategy_errors: int = 0
+    fills: int = 0
+    stale_refusals: int = 0
+
+
+def fingerprint(row: StrategyRow) -> str:
+    """What makes a strategy need reloading when it changes in the store."""
+    payload = json.dumps(
+        [row.kind, row.source, dict(row.parameters), row.asset, row.interval, row.portfolio_id],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Engine:
+    """``brokers``: by portfolio type (``"paper"``, ``"live"``). ``portfolios``: portfolio id ->
+    type; None trades every strategy through the ``"paper"`` broker (tests, tools). ``ledger`` and
+    ``orders`` (the active orders) are restored from the store; ``policy`` holds the default buy
+    amount."""
+
+    def __init__(
+        self,
+        *,
+        brokers: Mapping[str, Broker],
+        sink: Callable[[WriteBatch], None],
+        runtime_factory: RuntimeFactory,
+        now_ms: Callable[[], int],
+        config: EngineConfig = EngineConfig(),
+        cursors: dict[str, int] | None = None,
+        on_streams_changed: Callable[[], None] | None = None,
+        ledger: Ledger | None = None,
+        orders: Iterable[Order] = (),
+        portfolios: Mapping[str, str] | None = None,
+        default_portfolio: str | None = None,
+        policy: OrderPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.config = config
+        self.stats = EngineStats()
+        self._sink = sink
+        self._factory = runtime_factory
+        self._now_ms = now_ms
+        self._cursors: dict[str, int] = dict(cursors or {})
+        self._on_streams_changed = on_streams_changed or (lambda: None)
+        self._slots: dict[str, _Slot] = {}
+        self._by_key: dict[StreamKey, list[_Slot]] = {}
+        self._history: dict[StreamKey, CandleHistory] = {}
+        # strategy id -> updated_at of the row that failed: not retried until the row changes
+        # (the store may still say 'running' until the writer has committed the error).
+        self._failed: dict[str, str] = {}
+        self._last_inputs: _CandleInputs | None = None
+        self._evaluator = Evaluator(config.eval_threads)
+        # Close requests from the store (close_positions) waiting for a fresh price, the ids
+        # carried out but maybe not committed yet, and the newest price seen per stream.
+        self._closes: dict[int, CloseRequest] = {}
+        self._closes_done: set[int] = set()
+        self._last_price: dict[StreamKey, Candle] = {}
+        # Log lines about decisions and fills, written after the batch is handed over (see _submit).
+        self._narration: Narration = []
+        # Control-plane changes and candle processing never interleave mid-candle.
+        self._lock = asyncio.Lock()
+        self._brokers = dict(brokers)  # by portfolio type
+        self._portfolios = None if portfolios is None else dict(portfolios)
+        self._default_portfolio = default_portfolio
+        venues = {b.name: Venue(b.name, b.rules, b.order_cap) for b in self._brokers.values()}
+        self.desk = OrderDesk(ledger=ledger or Ledger(), policy=policy, venues=venues, book=OrderBook(orders))
+        if self._portfolios is not None:
+            self.desk.portfolio_venues = {
+                pid: self._brokers[kind].name for pid, kind in self._portfolios.items() if kind in self._brokers
+            }
+        elif "paper" in self._brokers:
+            self.desk.default_venue = self._brokers["paper"].name
+        self._recorder = Recorder(self._narration, self._position_closed)
+        self.orders = Orders(
+            brokers=list(self._brokers.values()),
+            desk=self.desk,
+            recorder=self._recorder,
+            submit=self._submit,
+            lock=self._lock,
+            now_ms=now_ms,
+            max_in_flight=config.max_in_flight,
+        )
+
+    # -- control plane -----------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.desk.ledger
+
+    def position(self, strategy_id: str) -> Position | None:
+        return self.desk.ledger.position(strategy_id)
+
+    def streams(self) -> set[StreamKey]:
+        """Streams the feed must deliver: running strategies', those of orders resting on a
+        simulated exchange (protective levels) and those of positions waiting to be closed."""
+        keys = set(self._by_key)
+        for broker in self._brokers.values():
+            keys.update(broker.watched_keys())
+        keys.update(r.key for r in self._closes.values())
+        return keys
+
+    def strategy_ids(self) -> set[str]:
+        return set(self._slots)
+
+    def advance_cursor(self, strategy_id: str, open_time: int) -> None:
+        """A strategy this engine does not run now resumes after ``open_time`` at the earliest
+        (its cursor came with a lease from another instance: tradebotd.sync.leases)."""
+        if strategy_id not in self._slots:
+            self._cursors[strategy_id] = max(self._cursors.get(strategy_id, open_time), open_time)
+
+    def add_portfolio(self, portfolio_id: str, type: str, cash: Decimal) -> None:
+        """A portfolio that appeared after start-up (``tradebotd portfolio add``, or mirrored from
+        Supabase): its strategies can load from now on. A known one keeps its cash (the ledger
+        is the truth for it)."""
+        if self._portfolios is None or portfolio_id in self._portfolios:
+            return
+        self._portfolios[portfolio_id] = type
+        broker = self._brokers.get(type)
+        if broker is not None:
+            self.desk.portfolio_venues[portfolio_id] = broker.name
+            if isinstance(broker, SimulatedBalances):
+                broker.add_portfolio(portfolio_id, cash)
+        if not self.desk.ledger.has_cash(portfolio_id):
+            self.desk.ledger.set_cash(portfolio_id, cash)
+
+    def take_over(
+        self, strategy_id: str, portfolio_id: str | None, key: StreamKey, position: Position | None,
+        cash: Decimal | None,
+    ) -> None:
+        """A strategy taken over from another instance sharing a Supabase project: its position
+        and its portfolio's cash as that instance left them replace the local ones, in the
+        ledger and in the broker's balances (the caller records them)."""
+        ledger = self.desk.ledger
+        previous = ledger.holding(strategy_id)
+        holding = None if position is None else Holding(portfolio_id, key, position)
+        ledger.replace(strategy_id, holding)
+        if portfolio_id is not None and cash is not None:
+            ledger.set_cash(portfolio_id, cash)
+        venue = self.desk.portfolio_venues.get(portfolio_id) if portfolio_id is not None else None
+        for broker in self._brokers.values():
+            if (venue is None or broker.name == venue) and isinstance(broker, SimulatedBalances):
+                broker.take_over(previous, holding, portfolio_id, cash)
+        # Its protection here: a simulated exchange's resting orders were the other instance's.
+        out = Effects()
+        self.desk.ensure_protection(utc_now(), out, [strategy_id])
+        if out:
+            jobs, out.jobs = out.jobs, []
+            batch = WriteBatch()
+            self._recorder.record(out, batch)
+            self._submit(batch)
+            if jobs:
+                self.orders.later(jobs)
+
+    async def reconcile(self) -> None:
+        """Bring the orders and positions restored from the store in line with every broker
+        (start-up, before the feed starts)."""
+        await self.orders.reconcile()
+
+    async def run(self) -> None:
+        """Consume brokers' events that arrive on their own (supervised by the daemon)."""
+        await self.orders.run()
+
+    async def sync(self, rows: Sequence[StrategyRow]) -> bool:
+        """Make the running set equal ``rows``: start new strategies, reload changed ones, stop
+        the rest. Load failures put the strategy in status ``error``. True if anything changed."""
+        changed = False
+        async with self._lock:
+            batch = WriteBatch()
+            out = Effects()
+            wanted = {row.id: row for row in rows}
+            for sid in list(self._slots):
+                if sid not in wanted:
+                    self._remove(sid)
+                    changed = True
+                    log.info("strategy stopped", strategy_id=sid)
+            for row in rows:
+                if self._failed.get(row.id) == row.updated_at:
+                    continue
+                slot = self._slots.get(row.id)
+                if slot is not None and slot.fingerprint == fingerprint(row):
+                    continue
+                self._start(row, batch, out, reload=slot is not None)
+                changed = True
+        await self.orders.finish(out, batch)
+        self._on_streams_changed()
+        return changed
+
+    async def close_positions(self, requests: Sequence[CloseRequest]) -> None:
+        """Carry out the store's pending close requests (``strategy stop|remove --close-position``):
+        sell the whole position through the normal order path at the newest fresh price of its
+        stream (an in-progress kline's close, or a closed candle's; fresh = within
+        ``max_candle_lag_ms`` of that candle's end, as for trading). The client order id is that
+        candle's ``sell`` id, the one the strategy's own sell on it would carry, so a close and a
+        strategy sell can never both trade, and a close re-done after a crash reuses its id. The
+        request row is deleted in the batch that records the sell's intent. Without a fresh price,
+        or while the strategy's previous order still awaits an answer, it waits (its stream is in
+        :meth:`streams`; the first price wakes the control loop); for a flat strategy it is
+        dropped with a log row."""
+        async with self._lock:
+            wanted = {r.id: r for r in requests}
+            self._closes_done &= set(wanted)  # committed and gone from the store: forget them
+            batch = WriteBatch()
+            out = Effects()
+            for rid, request in wanted.items():
+                if rid in self._closes_done:
+                    continue
+                sid = request.strategy_id
+                if self.desk.ledger.position(sid) is None:
+                    batch.logs.append(entry(sid, "info", "close requested: no open position", {"request": rid}))
+                elif (candle := self._fresh_price(request.key)) is None or self.desk.book.awaiting(sid) is not None:
+                    continue  # stays pending
+                else:
+                    self._close(request, candle, out)
+                batch.closes_done.append(rid)
+                self._closes_done.add(rid)
+            self._closes = {rid: r for rid, r in wanted.items() if rid not in self._closes_done}
+        await self.orders.finish(out, batch)
+
+    def _close(self, request: CloseRequest, candle: Candle, out: Effects) -> None:
+        sid = request.strategy_id
+        holding = self.desk.ledger.holding(sid)
+        portfolio = holding.portfolio_id if holding is not None else request.portfolio_id
+        venue = self._venue_of(portfolio)
+        if venue is None:
+            out.notes.append(Note(sid, "error", f"cannot close the position: portfolio {portfolio} has no broker"))
+            return
+        intent = order_intent_at(
+            Decision(signal="sell", reason=request.reason),
+            strategy_id=sid,
+            portfolio_id=portfolio,
+            key=request.key,
+            candle_time=candle.open_time,
+            close=candle.close,
+        )
+        log.info("closing position on request", strategy_id=sid, client_order_id=intent.client_order_id)
+        job = self.desk.decide(intent, venue, utc_now(), out)
+        if job is not None:
+            out.jobs.append((venue, job))
+
+    def _fresh_price(self, key: StreamKey) -> Candle | None:
+        candle = self._last_price.get(key)
+        if candle is None:
+            return None
+        lag_ms = self._now_ms() - (candle.open_time + key.interval_ms)
+        if self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms:
+            return None
+        return candle
+
+    def _saw_price(self, candle: Candle) -> None:
+        """Remember the newest price of a stream; wake the control loop for a waiting close."""
+        key = candle.key
+        first = key not in self._last_price
+        self._last_price[key] = candle
+        if self._closes and any(r.key == key for r in self._closes.values()):
+            if first or self._fresh_price(key) is candle:
+                self._on_streams_changed()
+
+    async def on_refused(self, key: StreamKey, reason: str) -> None:
+        """The exchange refused this stream's market data for good (Binance -1121 "Invalid
+        symbol."): its strategies can never be evaluated, so they go to status ``error`` with
+        the exchange's message, instead of staying ``running`` without candles."""
+        async with self._lock:
+            batch = WriteBatch()
+            for slot in list(self._by_key.get(key, [])):
+                self._failed[slot.row.id] = slot.row.updated_at
+                self._fail(slot.row.id, f"the exchange refused {key.symbol} {key.interval}: {reason}", batch)
+            self._submit(batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
+
+    def _venue_of(self, portfolio_id: str | None) -> str | None:
+        """The broker a portfolio trades through (every portfolio: paper, without a mapping)."""
+        if self._portfolios is None:
+            paper = self._brokers.get("paper")
+            return None if paper is None else paper.name
+        kind = self._portfolios.get(portfolio_id or self._default_portfolio or "")
+        broker = None if kind is None else self._brokers.get(kind)
+        return None if broker is None else broker.name
+
+    def _trades_in(self, row: StrategyRow) -> tuple[str, str | None]:
+        """(broker name, portfolio id) for a strategy row; ``ValueError`` says why it cannot trade."""
+        portfolio = row.portfolio_id or self._default_portfolio
+        if self._portfolios is None:
+            kind = "paper"
+        else:
+            if portfolio is None or portfolio not in self._portfolios:
+                raise ValueError(f"portfolio {portfolio!r} does not exist")
+            kind = self._portfolios[portfolio]
+        broker = self._brokers.get(kind)
+        if broker is None:
+            raise ValueError(f"portfolio {portfolio} is a {kind} portfolio, and {kind} trading is not configured")
+        return broker.name, portfolio
+
+    def _start(self, row: StrategyRow, batch: WriteBatch, out: Effects, *, reload: bool) -> None:
+        try:
+            key = StreamKey(normalize_symbol(row.asset), row.interval)
+            interval_ms(row.interval)
+            venue, portfolio = self._trades_in(row)
+            levels = level_defaults(row.parameters)
+            runtime = self._factory(row, key)
+        except (StrategyError, ValueError) as exc:
+            if reload:
+                self._remove(row.id)
+            self._failed[row.id] = row.updated_at
+            self._fail(row.id, f"cannot load strategy: {exc}", batch, error_data(exc))
+            return
+        old = self._slots.get(row.id)
+        cursor = self._cursors.get(row.id)
+        if old is not None:
+            cursor = old.cursor if old.key == key else None
+            self._remove(row.id, keep_history=old.key == key)
+        group = runtime.step_group if isinstance(runtime, GroupedRuntime) else None
+        slot = _Slot(row, key, fingerprint(row), runtime, cursor, venue, portfolio, group, levels)
+        self._slots[row.id] = slot
+        self._by_key.setdefault(key, []).append(slot)
+        message = "strategy reloaded" if reload else "strategy started"
+        log.info(message, strategy_id=row.id, name=row.name, symbol=key.symbol, interval=key.interval)
+        batch.logs.append(entry(row.id, "info", message, {"symbol": key.symbol, "interval": key.interval}))
+        history = self._history.get(key)
+        if history is not None and len(history):
+            self._warm(slot, history, batch, out)
+
+    def _remove(self, strategy_id: str, *, keep_history: bool = False) -> None:
+        slot = self._slots.pop(strategy_id, None)
+        if slot is None:
+            return
+        peers = self._by_key.get(slot.key, [])
+        if slot in peers:
+            peers.remove(slot)
+        if not peers:
+            self._by_key.pop(slot.key, None)
+            # The feed warms a stream up again when it is next subscribed, so forget it.
+            if not keep_history and slot.key not in self.streams():
+                self._history.pop(slot.key, None)
+                self._last_price.pop(slot.key, None)  # no longer fed: would only go stale
+        if slot.cursor is not None:
+            self._cursors[strategy_id] = slot.cursor
+        try:
+            slot.runtime.close()
+        except Exception:  # closing a broken sandbox must not break the engine
+            log.exception("closing strategy runtime failed", strategy_id=strategy_id)
+
+    def _fail(self, strategy_id: str, message: str, batch: WriteBatch, data: dict[str, Any] | None = None) -> None:
+        """Put a strategy in status 'error' and release it."""
+        self._remove(strategy_id)
+        batch.strategy_errors[strategy_id] = message
+        batch.logs.append(entry(strategy_id, "error", message, data))
+        log.error("strategy disabled", strategy_id=strategy_id, error=message)
+
+    def _warm(self, slot: _Slot, history: CandleHistory, batch: WriteBatch, out: Effects) -> None:
+        first, last = history.first_open_time, history.last_open_time
+        assert first is not None and last is not None
+        if slot.cursor is None or slot.cursor < first:
+            if slot.cursor is not None:
+                missed = (first - slot.cursor) // slot.key.interval_ms - 1
+                log.warning(
+                    "strategy resumes after a gap longer than the history",
+                    strategy_id=slot.row.id,
+                    missed_candles=missed,
+                )
+            if not self._push_history(slot, history.rows(), batch):
+                return
+            slot.cursor = last
+            batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, last)
+            slot.warm = True
+            return
+        if not self._push_history(slot, history.rows(up_to_open_time=slot.cursor), batch):
+            return
+        slot.warm = True
+        # Candles that closed while this strategy was not running (a restart): evaluate them in
+        # order; the staleness guard stops old ones from trading. Their orders are dispatched
+        # with the batch (a strategy with one awaiting an answer gets no second one meanwhile).
+        for candle in history.after(slot.cursor):
+            self._evaluate(slot, candle, batch, out)
+
+    def _push_history(self, slot: _Slot, rows: npt.NDArray[np.float64], batch: WriteBatch) -> bool:
+        """Give a strategy its history. That can fail too (its top-level code left its heap full,
+        a sandbox bug): it costs that strategy, never the feed or control loop calling this."""
+        try:
+            slot.runtime.push_history(rows)
+        except Exception as exc:
+            if not isinstance(exc, StrategyError):
+                log.exception("strategy runtime failed unexpectedly", strategy_id=slot.row.id)
+            self._failed[slot.row.id] = slot.row.updated_at
+            self._fail(slot.row.id, f"cannot give the strategy its history: {exc}", batch, error_data(exc))
+            return False
+        return True
+
+    # -- market data (the feed's sink) -------------------------------------------------------
+
+    async def on_history(self, key: StreamKey, candles: Sequence[Candle]) -> None:
+        """Warm-up candles for a stream. The feed sends them again after it restarts: candles that
+        are new to us then are handled like closed candles (protective levels, evaluation)."""
+        async with self._lock:
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = CandleHistory(self.config.history)
+            known_last = history.last_open_time
+            history.extend(candles)
+            if candles:
+                self._saw_price(candles[-1])
+            batch = WriteBatch()
+            out = Effects()
+            if self.config.record_candles:
+                batch.candles.extend(candles)
+            slots = list(self._by_key.get(key, []))
+            if known_last is not None:
+                for candle in candles:
+                    if candle.open_time > known_last:
+                        self.orders.on_market(candle, out)
+                        for slot in slots:
+                            if slot.warm:
+                                self._evaluate(slot, candle, batch, out)
+                        await self.orders.run_inline(out)  # this candle's paper orders before the next candle
+            if len(history):
+                for slot in slots:
+                    if not slot.warm:
+                        self._warm(slot, history, batch, out)
+                        await self.orders.run_inline(out)
+        await self.orders.finish(out, batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
+
+    async def on_closed(self, candle: Candle, received_ns: int) -> None:
+        async with self._lock:
+            key = candle.key
+            self.stats.candles += 1
+            history = self._history.get(key)
+            if history is None:
+                history = self._history[key] = CandleHistory(self.config.history)
+            history.append(candle)
+            self._saw_price(candle)
+            batch = WriteBatch(enqueued_ns=received_ns)
+            out = Effects()
+            if self.config.record_candles:
+                batch.candles.append(candle)
+            # The brokers' price drivers first: the candle touched its levels before it closed.
+            self.orders.on_market(candle, out)
+            await self._evaluate_all([s for s in self._by_key.get(key, []) if s.warm], candle, batch, out)
+        await self.orders.finish(out, batch)  # after the lock: dispatch, record, hand to the writer
+        if batch.strategy_errors:
+            self._on_streams_changed()
+
+    def _submit(self, batch: WriteBatch) -> None:
+        """Hand the batch to the writer, then narrate: the decision log lines (one per strategy and
+        candle) are written right after the writer's commit had its turn, so logging 100 lines never
+        delays recording 100 decisions."""
+        self.stats.fills = self._recorder.fills
+        self._sink(batch)
+        if self._narration:
+            lines = self._narration[:]
+            self._narration.clear()
+            asyncio.get_running_loop().call_soon(narrate, lines)
+
+    def on_update(self, candle: Candle) -> None:
+        """An in-progress kline: only the brokers' price drivers react to it (protective levels,
+        resting limit orders). What that causes is recorded at once; follow-up orders (protecting
+        an entry a resting limit filled) go out in a task, under the candle lock. A waiting
+        close request may take its price."""
+        self._saw_price(candle)
+        out = Effects()
+        self.orders.on_market(candle, out)
+        if out:
+            jobs, out.jobs = out.jobs, []
+            batch = WriteBatch()
+            self._recorder.record(out, batch)
+            self._submit(batch)
+            if jobs:
+                self.orders.later(jobs)
+
+    def _position_closed(self, strategy_id: str, key: StreamKey) -> None:
+        if key not in self._by_key:
+            # Closed the position of a strategy no longer running on this stream (disabled or
+            # stopped): it may have been the stream's last reason to be watched.
+            self._on_streams_changed()
+
+    # -- one strategy, one candle ------------------------------------------------------------
+
+    def _evaluate(self, slot: _Slot, candle: Candle, batch: WriteBatch, out: Effects) -> None:
+        """Evaluate one strategy on one candle (warm-up catch-up and re-sent history)."""
+        if self._claim(slot, candle, batch):
+            floats = self._inputs(candle).floats
+            outcome = step(slot.runtime, floats, self.desk.ledger.position(slot.row.id))
+            self._settle(slot, candle, outcome, batch, out)
+
+    async def _evaluate_all(self, slots: Sequence[_Slot], candle: Candle, batch: WriteBatch, out: Effects) -> None:
+        """Evaluate every strategy on a closed candle (:mod:`.evaluation` decides where); settle
+        each outcome, in a deterministic order."""
+        claimed = [slot for slot in slots if self._claim(slot, candle, batch)]
+        if not claimed:
+            return
+        ledger = self.desk.ledger
+        work = [(slot.runtime, ledger.position(slot.row.id)) for slot in claimed]
+        groups = [slot.group for slot in claimed]
+
+        def settle(i: int, outcome: StepOutcome) -> None:
+            self._settle(claimed[i], candle, outcome, batch, out)
+
+        await self._evaluator.evaluate(work, groups, self._inputs(candle).floats, settle)
+
+    def _claim(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> bool:
+        """Advance the strategy's cursor to ``candle``; False if it already evaluated it."""
+        if slot.cursor is not None and candle.open_time <= slot.cursor:
+            return False  # already evaluated (exactly once, across restarts too)
+        slot.cursor = candle.open_time
+        batch.cursors[slot.row.id] = (candle.symbol, candle.interval, candle.open_time)
+        self.stats.evaluations += 1
+        return True
+
+    def _settle(self, slot: _Slot, candle: Candle, outcome: StepOutcome, batch: WriteBatch, out: Effects) -> None:
+        """Record one evaluation's outcome and turn its decision into an order (or a refusal)."""
+        sid = slot.row.id
+        inputs = self._inputs(candle)
+        now_iso = inputs.now_iso
+        if isinstance(outcome, StrategyError):
+            self._strategy_error(slot, candle, str(outcome), error_data(outcome), batch)
+            return
+        if isinstance(outcome, BaseException):  # a sandbox bug must cost one strategy, never the daemon
+            log.error("strategy runtime failed unexpectedly", strategy_id=sid, error=repr(outcome), exc_info=outcome)
+            self._strategy_error(slot, candle, f"internal sandbox error: {outcome!r}", None, batch)
+            return
+        decision, report = outcome
+        slot.errors = 0
+        eval_us = report.elapsed_us
+        console = list(report.console)
+        signal = decision.signal
+        self._narration.append(
+            (
+                "decision",
+                {
+                    "strategy_id": sid,
+                    "symbol": candle.symbol,
+                    "interval": candle.interval,
+                    "candle_time": candle.open_time,
+                    "signal": signal,
+                    "eval_us": round(eval_us, 1),
+                    "reason": decision.reason,
+                },
+            )
+        )
+        batch.strategy_runs[sid] = (now_iso, now_iso if signal != "hold" else None)
+        if signal == "hold" and not self.config.log_holds and not console:
+            return  # the common case: nothing else to record
+        data = decision_data(decision, candle, inputs.close_text, eval_us, console)
+        if signal == "hold":
+            batch.logs.append(entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
+            return
+        message = f"{signal} signal" + (f": {decision.reason}" if decision.reason else "")
+        batch.logs.append(entry(sid, "signal", message, data))
+        lag_ms = inputs.lag_ms
+        if self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms:
+            self.stats.stale_refusals += 1
+            message = (
+                f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago "
+                f"(market.max_candle_lag_s = {self.config.max_candle_lag_ms / 1000:g})"
+            )
+            log.warning("stale candle; not trading", strategy_id=sid, candle_time=candle.open_time, lag_ms=lag_ms)
+            batch.logs.append(entry(sid, "info", message, {"candle_time": candle.open_time, "lag_ms": lag_ms}))
+            return
+        intent = order_intent(decision, strategy_id=sid, portfolio_id=slot.portfolio_id, candle=candle,
+                              defaults=slot.levels)
+        job = self.desk.decide(intent, slot.venue, now_iso, out)
+        if job is not None:
+            out.jobs.append((slot.venue, job))
+
+    def _inputs(self, candle: Candle) -> _CandleInputs:
+        """Per-candle values every strategy shares, computed once per candle, not per strategy.
+        The candle's lag is taken when the candle is first used: it is stale or not for all of its
+        strategies alike."""
+        cached = self._last_inputs
+        if cached is None or cached.candle is not candle:
+            lag_ms = self._now_ms() - (candle.open_time + candle.key.interval_ms)
+            cached = self._last_inputs = _CandleInputs(candle, candle.as_floats(), utc_now(), str(candle.close), lag_ms)
+        return cached
+
+    def _strategy_error(
+        self, slot: _Slot, candle: Candle, message: str, data: dict[str, Any] | None, batch: WriteBatch
+    ) -> None:
+        sid = slot.row.id
+        slot.errors += 1
+        self.stats.strategy_errors += 1
+        details = {"candle_time": candle.open_time, "consecutive_errors": slot.errors, **(data or {})}
+        log.warning(
+            "strategy error",
+            strategy_id=sid,
+            candle_time=candle.open_time,
+            error=message,
+            consecutive_errors=slot.errors,
+        )
+        batch.logs.append(entry(sid, "error", message, details))
+        batch.strategy_runs[sid] = (utc_now(), None)
+        if slot.errors >= self.config.max_consecutive_errors:
+            self._failed[sid] = slot.row.updated_at
+            self._fail(sid, f"{slot.errors} consecutive errors; last: {message}", batch)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait for an in-flight candle and the order dispatches it started (the caller has
+        stopped the feed; wrap in a timeout)."""
+        async with self._lock:
+            pass
+        await self.orders.drain()
+
+    def close(self) -> None:
+        for sid in list(self._slots):
+            self._remove(sid)
+        self._evaluator.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _CandleInputs:
+    candle: Candle
+    floats: Floats6
+    now_iso: str
+    close_text: str
+    lag_ms: int
