@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cliargs, portfolio_commands, strategy_commands
+from . import __version__, cliargs, order_commands, portfolio_commands, strategy_commands
 from .config import Settings, load_settings
 from .errors import ConfigError, TradebotdError
 from .logs import configure_logging, register_secret
@@ -61,6 +61,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     _lazy(check, "tradebotd.check", ("strategy", "check"), argv)
     portfolio_commands.add_arguments(sub, common)
+    order_commands.add_arguments(sub, common)
 
     backtest = sub.add_parser(
         "backtest", parents=[common], help="replay candles through a strategy with the paper broker's rules"
@@ -237,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return portfolio_commands.run_positions(args, settings)
         if args.command == "portfolio":
             return portfolio_commands.run_portfolio(args, settings)
+        if args.command == "orders":
+            return order_commands.run_orders(args, settings)
         if args.command == "backtest":
             return int(_module("tradebotd.backtest.cli").run(args, settings))
         if args.command == "data":

@@ -587,10 +587,17 @@ class SqliteStore:
 
     # -- reads for the CLI and tests ---------------------------------------------------------
 
-    def orders(self, strategy_id: str | None = None) -> list[OrderRecord]:
-        sql, args = "SELECT * FROM orders", ()
+    def orders(self, strategy_id: str | None = None, *, active: bool = False) -> list[OrderRecord]:
+        """Orders in the order they were recorded; of one strategy; only the active (not
+        terminal) ones (``tradebotd orders --open``)."""
+        where: list[str] = []
+        args: tuple[str, ...] = ()
         if strategy_id is not None:
-            sql, args = sql + " WHERE strategy_id = ?", (strategy_id,)  # type: ignore[assignment]
+            where.append("strategy_id = ?")
+            args = (strategy_id,)
+        if active:
+            where.append(f"status IN {_ACTIVE}")
+        sql = "SELECT * FROM orders" + (" WHERE " + " AND ".join(where) if where else "")
         return [_order(r) for r in self._db.execute(sql + " ORDER BY rowid", args).fetchall()]
 
     def order_fills(self, client_order_id: str) -> list[tuple[str, Decimal, Decimal, Decimal, str | None, int]]:
