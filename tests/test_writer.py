@@ -169,3 +169,25 @@ async def test_stop_commits_set_aside_run_times(store: SqliteStore) -> None:
     writer.stop()
     await task
     assert runs(store, a) == (T2, T2)
+
+
+async def test_flush_now_commits_what_a_dead_writer_task_left(store: SqliteStore) -> None:
+    """The daemon's last resort after the supervisor gave up on the writer task."""
+    w = StoreWriter(store)  # run() never started: as if its task had died
+    sid = strategy(store, "orphan")
+    w.submit(decision(sid, 60_000, "2024-01-01T00:01:00Z", "2024-01-01T00:01:00Z"))
+    assert w.backlog == 2  # the decision and its set-aside run times
+    assert w.flush_now()
+    assert w.backlog == 0
+    assert store.cursors()[sid] == 60_000
+    assert runs(store, sid) == ("2024-01-01T00:01:00Z", "2024-01-01T00:01:00Z")
+
+
+async def test_a_queue_past_its_capacity_is_counted_once_per_crossing(store: SqliteStore) -> None:
+    w = StoreWriter(store, queue_capacity=2)
+    sid = strategy(store, "busy")
+    for t in range(1, 5):
+        w.submit(WriteBatch(cursors={sid: ("BTCUSDT", "1m", t * 60_000)}))
+    stats = w.queue_stats()
+    assert (stats.name, stats.depth, stats.capacity, stats.full) == ("store-writer", 4, 2, 1)
+    assert w.flush_now() and w.queue_stats().depth == 0

@@ -1,15 +1,21 @@
-"""The daemon's lifecycle: one event loop, one place that starts and stops everything.
+"""The daemon's lifecycle: one event loop, one place that starts and stops everything. The parts
+it runs are built from config by the composition root (:mod:`tradebotd.app`).
 
-Start-up: open and migrate the store, restore the ledger (positions, cash), the active orders and
-strategy cursors, check open orders with their brokers, then start the supervised tasks (store
-writer, broker events, market feed, strategy control loop). The control loop re-reads the
-``strategies``, ``portfolios`` and ``close_requests`` tables every ``daemon.poll_interval_s`` (and
-at once when the engine disables a strategy or a waiting close gets a price), so ``tradebotd
-strategy start|stop``, ``--close-position``, ``portfolio add`` and edits made while the daemon runs
-take effect within seconds.
+Start-up, in phases each logged as ``startup phase``: ``config`` and ``store`` (open, migrate,
+restore the ledger, active orders and cursors: the composition root), ``reconcile`` (open
+orders checked with their brokers), ``warm-up`` (the running strategies loaded and their
+streams wanted), ``feed`` (the supervised tasks: store writer, broker events, market feed,
+control loop), then ``ready`` once every strategy is warm and the feed is connected. The control
+loop re-reads the ``strategies``, ``portfolios`` and ``close_requests`` tables every
+``daemon.poll_interval_s`` (and at once when the engine disables a strategy or a waiting close
+gets a price), so ``tradebotd strategy start|stop``, ``--close-position``, ``portfolio add`` and
+edits made while the daemon runs take effect within seconds.
 
-Shutdown (SIGTERM / SIGINT): stop taking candles, let the in-flight candle finish, flush every
-queued write, close the sandboxes and the store, exit 0.
+Shutdown (SIGTERM / SIGINT), two phases of at most ``daemon.shutdown_timeout_s`` each: intake
+(stop taking candles, let the in-flight candle and its orders finish), then flush (every queued
+write, the outbox, the leases); exit 0 when nothing was lost. When the supervisor gives up on a
+task that keeps crashing, the same shutdown runs (the writer's queue committed directly if the
+writer is the task that died) and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -19,32 +25,21 @@ import gc
 import signal
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Any
 
 import structlog
 
-from .broker.base import Broker
-from .broker.paper import PaperBroker
+from .app import Components, Hooks, compose_parts, log_phase
 from .config import Settings
-from .engine import Engine, EngineConfig, RuntimeFactory
-from .exchange.throttle import RequestBudgets
-from .market.feed import MarketFeed
+from .engine import RuntimeFactory
 from .model import Position, StreamKey
-from .orders.ledger import Holding, Ledger
-from .orders.state import Order
-from .orders.validate import OrderPolicy
-from .runtimes import make_runtime_factory
 from .store.base import WriteBatch
-from .store.outbox import uninstall_at as uninstall_outbox
-from .store.sqlite import SqliteStore
-from .store.writer import StoreWriter
 from .supervisor import Supervisor
-from .workers.pool import EvalPool
 
-if TYPE_CHECKING:
-    from .sync.service import SyncService
+Compose = Callable[[Settings, Hooks], Components]
 
 __all__ = ["Daemon", "LatencyRecorder", "run_daemon"]
 
@@ -76,107 +71,47 @@ class LatencyRecorder:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    """The lifecycle of the parts :func:`tradebotd.app.compose` builds (``compose`` defaults to
+    it: ``Daemon(settings)`` is what tests and benchmarks construct)."""
+
+    def __init__(self, settings: Settings, *, compose: Compose | None = None) -> None:
         self.settings = settings
-        self.store = SqliteStore(settings.store.path, busy_timeout_ms=200, auto_checkpoint=False)
         self.latency = LatencyRecorder()
         self.supervisor = Supervisor(
             max_restarts=settings.daemon.max_task_restarts, window_s=settings.daemon.restart_window_s
         )
         self._stop = asyncio.Event()
         self._control_wakeup = asyncio.Event()
+        self._passed = asyncio.Event()  # replaced after each control-loop pass (readiness waits on it)
         self.synced = asyncio.Event()  # set after each control-loop pass (tests wait on it)
         self._started = False
+        self.ready = False
+        self.lost_batches = 0  # write batches still not committed after the shutdown
 
-        self.store.migrate()
-        paper = settings.paper
-        self.portfolio_id = self.store.ensure_paper_portfolio(
-            user_id=settings.store.user_id, cash=paper.cash, currency=paper.currency
-        )
-        portfolios = self.store.portfolios()
-        cash: dict[str | None, Decimal] = {p.id: p.cash for p in portfolios}
-        types = {p.id: p.type for p in portfolios}
-        holdings = {sid: Holding(pid, key, pos) for sid, (pid, key, pos) in self.store.positions().items()}
-        ledger = Ledger(cash, holdings)
-        active = [Order.from_record(record, trades) for record, trades in self.store.active_orders()]
-        self.broker = PaperBroker(
-            fee_rate=paper.fee_rate,
-            slippage_bps=paper.slippage_bps,
-            currency=paper.currency,
-            cash={p.id: p.cash for p in portfolios if p.type == "paper"},
-            holdings=[h for h in holdings.values() if types.get(h.portfolio_id or "", "paper") == "paper"],
-        )
-        # By portfolio type; the live broker joins here (DESIGN.md §2).
-        brokers: dict[str, Broker] = {"paper": self.broker}
-        self.writer = StoreWriter(self.store, checkpoint_when_idle=True, on_committed=self._committed)
-        local = make_runtime_factory(settings.sandbox)
-        self.runtimes: RuntimeFactory = local
-        self.eval_pool: EvalPool | None = None
-        processes = settings.sandbox.eval_processes
-        if processes:
-            self.eval_pool = EvalPool(settings.sandbox, local, processes, log_level=settings.log.level)
-            self.runtimes = self.eval_pool
-        market = settings.market
-        # One request budget per REST host (Binance counts weight per IP): the feed's klines and,
-        # through CcxtExchange(budgets=...), the exchange port's orders when they call one host.
-        self.request_budgets = RequestBudgets()
-        self.engine = Engine(
-            brokers=brokers,
-            sink=self.writer.submit,
-            runtime_factory=self.runtimes,
-            now_ms=self._server_now_ms,
-            config=EngineConfig(
-                history=market.history,
-                max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
-                max_consecutive_errors=settings.sandbox.max_consecutive_errors,
-                log_holds=settings.store.log_holds,
-                eval_threads=1 if processes else settings.sandbox.eval_threads,
-            ),
-            cursors=self.store.cursors(),
-            on_streams_changed=self._control_wakeup.set,
-            ledger=ledger,
-            orders=active,
-            portfolios=types,
-            default_portfolio=self.portfolio_id,
-            policy=OrderPolicy(paper.default_amount),
-        )
-        self.feed = MarketFeed(
-            ws_url=market.ws_url,
-            rest_url=market.rest_url,
-            sink=self.engine,
-            history=market.history,
-            streams_per_connection=market.streams_per_connection,
-            rest_weight_per_minute=market.rest_weight_per_minute,
-            connects_per_5min=market.connects_per_5min,
-            rest_budget=self.request_budgets.for_url(market.rest_url),
-            rotate_after_s=market.rotate_after_s,
-            backoff_initial_s=market.reconnect_min_s,
-            backoff_max_s=market.reconnect_max_s,
-        )
+        parts = (compose or compose_parts)(settings, self)
+        self.parts = parts
+        self.store = parts.store
+        self.portfolio_id = parts.portfolio_id
+        self.brokers = parts.brokers
+        self.broker = parts.paper
+        self.writer = parts.writer
+        self.runtimes: RuntimeFactory = parts.runtimes
+        self.eval_pool = parts.eval_pool
+        self.request_budgets = parts.request_budgets
+        self.engine = parts.engine
+        self.feed = parts.feed
+        self.sync = parts.sync
 
-        self.sync = self._make_sync(settings)
+    # -- hooks: what the parts call back into (tradebotd.app.Hooks) ---------------------------
 
-    def _make_sync(self, settings: Settings) -> SyncService | None:
-        """store.backend = "supabase": the outbox, mirror and leases (tradebotd.sync.service)."""
-        if settings.store.backend != "supabase":
-            uninstall_outbox(self.store.path)
-            return None
-        from .sync.service import SyncService  # the supabase client: only imported when used
+    def streams_changed(self) -> None:
+        self._control_wakeup.set()
 
-        return SyncService(
-            settings,
-            on_strategies_changed=self.resync,
-            on_cursor=self._leased_cursor,
-            on_takeover=self._taken_over,
-            on_portfolio=self._portfolio_added,
-            market_now_ms=self._server_now_ms,
-        )
-
-    def _leased_cursor(self, strategy_id: str, symbol: str, interval: str, open_time: int) -> None:
+    def leased_cursor(self, strategy_id: str, symbol: str, interval: str, open_time: int) -> None:
         self.engine.advance_cursor(strategy_id, open_time)
         self.writer.submit(WriteBatch(cursors={strategy_id: (symbol, interval, open_time)}))
 
-    def _taken_over(
+    def taken_over(
         self,
         strategy_id: str,
         portfolio_id: str | None,
@@ -190,7 +125,7 @@ class Daemon:
             batch.cash[portfolio_id] = cash
         self.writer.submit(batch)
 
-    def _portfolio_added(self, portfolio_id: str, cash: Decimal) -> None:
+    def portfolio_added(self, portfolio_id: str, cash: Decimal) -> None:
         """A portfolio mirrored from Supabase (its row is in the local store already)."""
         self._add_portfolios()
 
@@ -198,17 +133,21 @@ class Daemon:
         for p in self.store.portfolios():
             self.engine.add_portfolio(p.id, p.type, p.cash)
 
-    def _committed(self, batch: WriteBatch, committed_ns: int) -> None:
+    def committed(self, batch: WriteBatch, committed_ns: int) -> None:
         self.latency(batch, committed_ns)
         if self.sync is not None:
             self.sync.notify()
 
-    def _server_now_ms(self) -> int:
+    def server_now_ms(self) -> int:
         return self.feed.server_now_ms()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """The start-up phases after ``store`` (done by the composition root): ``reconcile``
+        (orders the store holds as open, checked with their brokers before any candle),
+        ``warm-up`` (the running strategies loaded, their streams wanted), ``feed`` (the market
+        feed started). :meth:`wait_ready` then waits for the ``ready`` phase."""
         # The cyclic GC's default (a collection every 700 net allocations) fires inside the
         # per-candle burst; reference counting frees almost everything anyway, so collect rarely.
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
@@ -217,74 +156,131 @@ class Daemon:
             store=str(self.settings.store.path),
             ws_url=self.settings.market.ws_url,
             rest_url=self.settings.market.rest_url,
-            broker="paper",
+            brokers=sorted(self.brokers),
         )
         self.supervisor.start("store-writer", self.writer.run)
-        # Orders the store holds as open are checked with their brokers before any candle.
+        phase = time.monotonic_ns()
         await self.engine.reconcile()
+        log_phase("reconcile", phase, brokers=sorted(self.brokers))
         self.supervisor.start("broker-events", self.engine.run)
         if self.sync is not None:
             await self.sync.start(self.supervisor)
+        phase = time.monotonic_ns()
+        await self._pass()
+        log_phase("warm-up", phase, strategies=self.engine.counters.strategies_running, streams=len(self.feed.streams))
         self.supervisor.start("market-feed", self.feed.run)
+        log_phase("feed", ws_url=self.settings.market.ws_url, streams=len(self.feed.streams))
         self.supervisor.start("control", self._control_loop)
         self._started = True
 
+    def is_ready(self) -> bool:
+        """Strategies loaded and warm, and the feed connected (when any stream is wanted)."""
+        if self.engine.counters.warming:
+            return False
+        return not self.feed.streams or self.feed.connected
+
+    async def wait_ready(self) -> bool:
+        """Until :meth:`is_ready` (the ``ready`` phase, logged; True) or a stop is requested or
+        the supervisor gives up (False). Re-checked after every store commit (warm-up records
+        the strategies' cursors) and every control-loop pass."""
+        started = time.monotonic_ns()
+        while not self.is_ready():
+            commit = self.writer.next_commit()
+            passed = self._passed
+            if await _first(self._stop.wait(), self.supervisor.given_up.wait(), commit.wait(), passed.wait()) < 2:
+                return False
+        self.ready = True
+        log_phase(
+            "ready",
+            started,
+            strategies=self.engine.counters.strategies_running,
+            streams=len(self.feed.streams),
+            connected=self.feed.connected,
+        )
+        return True
+
     def request_stop(self) -> None:
+        if self._stop.is_set():
+            log.info("already stopping", grace_s=2 * self.settings.daemon.shutdown_timeout_s)
         self._stop.set()
 
     async def wait_stopped(self) -> None:
         """Until a stop is requested or the supervisor gives up on a task that keeps crashing."""
-        stop = asyncio.create_task(self._stop.wait())
-        gave_up = asyncio.create_task(self.supervisor.given_up.wait())
-        try:
-            await asyncio.wait({stop, gave_up}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            gave_up.cancel()
+        await _first(self._stop.wait(), self.supervisor.given_up.wait())
 
     async def shutdown(self) -> None:
-        """Stop taking candles, finish in-flight work, flush writes, release everything."""
+        """Two phases of at most ``daemon.shutdown_timeout_s`` each. Intake: stop taking
+        candles (the feed, the control loop), let the in-flight candle and the order dispatches
+        it started finish. Flush: commit every queued write, ship the outbox and release the
+        leases (Supabase). Then close everything. What could not be committed is counted in
+        :attr:`lost_batches` (``run_daemon`` exits non-zero then)."""
         if not self._started:
             if self.sync is not None:
                 await self.sync.stop(0)
             self.store.close()
             return
-        timeout = self.settings.daemon.shutdown_timeout_s
-        log.info("tradebotd stopping")
+        grace = self.settings.daemon.shutdown_timeout_s
+        started = time.monotonic_ns()
+        log.info("tradebotd stopping", phase="intake", grace_s=grace)
         self.supervisor.stopping()
-        await self.feed.stop()
-        await self.supervisor.wait("market-feed", timeout)
+        deadline = asyncio.get_running_loop().time() + grace
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self.feed.stop()
+        await self.supervisor.wait("market-feed", max(0.0, deadline - asyncio.get_running_loop().time()))
         control = self.supervisor.task("control")
         control.cancel()
         await asyncio.gather(control, return_exceptions=True)
-        await self.engine.drain()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.engine.drain()
+        except TimeoutError:
+            log.error("in-flight candle or orders did not finish within the grace period", grace_s=grace)
+
+        log.info("tradebotd stopping", phase="flush", backlog=self.writer.backlog, grace_s=grace)
         self.writer.stop()
-        flushed = await self.supervisor.wait("store-writer", timeout)
-        if not flushed:
-            log.error("could not flush all writes before the shutdown timeout", backlog=self.writer.backlog)
+        flushed = await self.supervisor.wait("store-writer", grace)
+        if self.writer.backlog:
+            # The writer task is gone (it crashed for good, or was cancelled at the deadline):
+            # commit what it still holds directly, once.
+            log.warning("flushing the store writer's queue directly", backlog=self.writer.backlog, writer_ran=flushed)
+            self.writer.flush_now()
+        self.lost_batches = self.writer.backlog
+        if self.lost_batches:
+            log.error("could not flush all writes before the shutdown timeout", backlog=self.lost_batches)
         if self.sync is not None:
-            await self.sync.stop(timeout)
+            await self.sync.stop(grace)
         await self.supervisor.cancel_all()
         self.engine.close()
         if self.eval_pool is not None:
             self.eval_pool.close()
         self.store.close()
-        log.info("tradebotd stopped", committed_batches=self.writer.committed_batches)
+        log.info(
+            "tradebotd stopped",
+            committed_batches=self.writer.committed_batches,
+            lost_batches=self.lost_batches,
+            took_s=round((time.monotonic_ns() - started) / 1e9, 3),
+        )
         self._started = False
+
+    async def _pass(self) -> bool:
+        """One control pass: close requests, new portfolios, the running set, the wanted streams."""
+        # Close requests first: a strategy stopped with --close-position still has its
+        # stream's latest price then (sync forgets the stream of a strategy that stops).
+        await self.engine.close_positions(self.store.close_requests())
+        self._add_portfolios()  # `tradebotd portfolio add` while running
+        rows = self.store.running_strategies()
+        if self.sync is not None:
+            rows = self.sync.filter(rows)
+        changed = await self.engine.sync(rows)
+        await self.feed.set_streams(self.engine.streams())
+        return changed
 
     async def _control_loop(self) -> None:
         interval = self.settings.daemon.poll_interval_s
         settle_gc = False
         while True:
-            # Close requests first: a strategy stopped with --close-position still has its
-            # stream's latest price then (sync forgets the stream of a strategy that stops).
-            await self.engine.close_positions(self.store.close_requests())
-            self._add_portfolios()  # `tradebotd portfolio add` while running
-            rows = self.store.running_strategies()
-            if self.sync is not None:
-                rows = self.sync.filter(rows)
-            changed = await self.engine.sync(rows)
-            await self.feed.set_streams(self.engine.streams())
+            changed = await self._pass()
             if settle_gc and not changed:
                 # One quiet poll after the strategy set changed (they are warm by now): collect,
                 # then move what survives out of the cyclic GC's sight, so collections on the
@@ -294,6 +290,8 @@ class Daemon:
                 gc.freeze()
             settle_gc = changed
             self.synced.set()
+            self._passed.set()
+            self._passed = asyncio.Event()
             self._control_wakeup.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._control_wakeup.wait(), interval)
@@ -304,24 +302,43 @@ class Daemon:
         self._control_wakeup.set()
 
 
-async def run_daemon(settings: Settings) -> int:
-    """``tradebotd run``: serve until SIGTERM or SIGINT; 0 on a clean stop, 1 when the supervisor
-    gave up on a task that kept crashing (after a shutdown that still flushes what it can), so
-    systemd's ``Restart=on-failure`` or the platform starts a clean process."""
+async def _first(*waits: Coroutine[Any, Any, Any]) -> int:
+    """Await the first of ``waits`` to finish (the others are cancelled); its index."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return min(i for i, t in enumerate(tasks) if t in done)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_daemon(settings: Settings, *, daemon: Daemon | None = None) -> int:
+    """``tradebotd run``: serve until SIGTERM or SIGINT. 0 on a clean stop; 1 when the
+    supervisor gave up on a task that kept crashing, or when writes could not be committed
+    within the grace period (after a shutdown that still flushes what it can), so systemd's
+    ``Restart=on-failure`` or the platform starts a clean process."""
     loop = asyncio.get_running_loop()
-    daemon = Daemon(settings)
+    started = time.monotonic()
+    log_phase("config", store=str(settings.store.path), backend=settings.store.backend, http=settings.http.listen)
+    if daemon is None:
+        daemon = Daemon(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
-    started = time.monotonic()
     try:
         await daemon.start()
-        await daemon.wait_stopped()
+        if await daemon.wait_ready():
+            await daemon.wait_stopped()
     finally:
         await daemon.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     if daemon.supervisor.gave_up:
         log.error("exiting non-zero", reason=daemon.supervisor.give_up_reason)
+        return 1
+    if daemon.lost_batches:
+        log.error("exiting non-zero", reason=f"{daemon.lost_batches} write batch(es) not committed")
         return 1
     log.info("bye", uptime_s=round(time.monotonic() - started, 1))
     return 0

@@ -51,6 +51,7 @@ from ..orders.state import Order, OrderBook
 from ..orders.validate import OrderPolicy
 from ..store.base import CloseRequest, StrategyRow, WriteBatch
 from ..store.sqlite import utc_now
+from .counters import EngineCounters, ManualRun
 from .evaluation import Evaluator
 from .orders import Orders
 from .records import Narration, Recorder, decision_data, entry, error_data, narrate
@@ -133,6 +134,9 @@ class Engine:
         self.config = config
         self.stats = EngineStats()
         self._sink = sink
+        self.counters = EngineCounters(
+            lambda: len(self._slots), lambda: sum(1 for slot in self._slots.values() if not slot.warm)
+        )
         self._factory = runtime_factory
         self._now_ms = now_ms
         self._cursors: dict[str, int] = dict(cursors or {})
@@ -517,6 +521,13 @@ class Engine:
             self._on_streams_changed()
 
     async def on_closed(self, candle: Candle, received_ns: int) -> None:
+        self.counters.candle_in(received_ns)
+        try:
+            await self._on_closed(candle, received_ns)
+        finally:
+            self.counters.candle_done(candle.key)
+
+    async def _on_closed(self, candle: Candle, received_ns: int) -> None:
         async with self._lock:
             key = candle.key
             self.stats.candles += 1
@@ -541,6 +552,8 @@ class Engine:
         candle) are written right after the writer's commit had its turn, so logging 100 lines never
         delays recording 100 decisions."""
         self.stats.fills = self._recorder.fills
+        if batch.orders:
+            self.counters.order_states({cid: record.status for cid, record in batch.orders.items()})
         self._sink(batch)
         if self._narration:
             lines = self._narration[:]
@@ -607,6 +620,8 @@ class Engine:
         sid = slot.row.id
         inputs = self._inputs(candle)
         now_iso = inputs.now_iso
+        if isinstance(outcome, BaseException):
+            self.counters.failed(sid, outcome)
         if isinstance(outcome, StrategyError):
             self._strategy_error(slot, candle, str(outcome), error_data(outcome), batch)
             return
@@ -619,6 +634,7 @@ class Engine:
         eval_us = report.elapsed_us
         console = list(report.console)
         signal = decision.signal
+        self.counters.decided(sid, slot.row.kind, signal, candle.open_time, batch.enqueued_ns)
         self._narration.append(
             (
                 "decision",
@@ -645,6 +661,7 @@ class Engine:
         lag_ms = inputs.lag_ms
         if self.config.max_candle_lag_ms > 0 and lag_ms > self.config.max_candle_lag_ms:
             self.stats.stale_refusals += 1
+            self.counters.skipped()
             message = (
                 f"not trading on a stale candle: it closed {lag_ms / 1000:.1f} s ago "
                 f"(market.max_candle_lag_s = {self.config.max_candle_lag_ms / 1000:g})"
@@ -688,6 +705,55 @@ class Engine:
             self._failed[sid] = slot.row.updated_at
             self._fail(sid, f"{slot.errors} consecutive errors; last: {message}", batch)
 
+    # -- the manual trigger (POST /api/cron/strategies) ----------------------------------------
+
+    async def run_latest(self, strategy_id: str | None = None) -> list[ManualRun] | None:
+        """Evaluate every running strategy (or the one whose id or unique id prefix is
+        ``strategy_id``; ``None`` if there is none) on its stream's latest closed candle, as the
+        candle path does: through the cursor, so a candle already evaluated is not evaluated
+        again, and with the candle's client order ids, so no order is ever placed twice. Candles
+        a strategy has not evaluated yet are evaluated in order, the latest last."""
+        results: list[ManualRun] = []
+        out = Effects()
+        batch = WriteBatch()
+        async with self._lock:
+            if strategy_id is None:
+                slots = list(self._slots.values())
+            else:
+                found = [s for sid, s in self._slots.items() if sid == strategy_id or sid.startswith(strategy_id)]
+                exact = self._slots.get(strategy_id)
+                if exact is not None:
+                    found = [exact]
+                if len(found) != 1:
+                    return None
+                slots = found
+            for slot in slots:
+                sid = slot.row.id
+                history = self._history.get(slot.key)
+                last = None if history is None else history.last_open_time
+                if not slot.warm or history is None or last is None:
+                    results.append(ManualRun(sid, "no_candle", detail="no closed candle yet (warming up)"))
+                    continue
+                if slot.cursor is not None and last <= slot.cursor:
+                    signal = self.counters.last_signal.get(sid)
+                    results.append(
+                        ManualRun(sid, "already_evaluated", last, signal[0] if signal and signal[1] == last else None)
+                    )
+                    continue
+                errors = self.stats.strategy_errors
+                for candle in history.after(slot.cursor) if slot.cursor is not None else [history_last(history)]:
+                    self._evaluate(slot, candle, batch, out)
+                    await self.orders.run_inline(out)
+                signal = self.counters.last_signal.get(sid)
+                if self.stats.strategy_errors > errors:
+                    results.append(ManualRun(sid, "error", last, detail="the strategy failed; see its logs"))
+                else:
+                    results.append(ManualRun(sid, "evaluated", last, signal[0] if signal else None))
+        await self.orders.finish(out, batch)
+        if batch.strategy_errors:
+            self._on_streams_changed()
+        return results
+
     # -- shutdown ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
@@ -701,6 +767,12 @@ class Engine:
         for sid in list(self._slots):
             self._remove(sid)
         self._evaluator.close()
+
+
+def history_last(history: CandleHistory) -> Candle:
+    last = history.last_open_time
+    assert last is not None
+    return history.after(last - 1)[-1]
 
 
 @dataclass(frozen=True, slots=True)

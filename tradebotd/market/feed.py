@@ -58,6 +58,7 @@ from tradebotd.market.tracker import (
 )
 from tradebotd.market.wire import ControlError, ControlReply, ServerShutdown
 from tradebotd.model import Candle, StreamKey
+from tradebotd.ops.status import QueueStats, StreamProgress
 
 __all__ = [
     "DEFAULT_CONNECTS_PER_5MIN",
@@ -239,6 +240,9 @@ class MarketFeed:
         self._task_group: asyncio.TaskGroup | None = None
         self._processor: asyncio.Task[None] | None = None
         self._running = False
+        # stream name -> [closed candles delivered, newest closed open time, server ms wanted since]
+        self._progress: dict[str, list[int | None]] = {}
+        self.frames_waited = 0  # times a frame found the pending-frames bound full (reading paused)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -255,6 +259,11 @@ class MarketFeed:
         # before it can see the server acknowledge its subscription.
         self._inbox.put_nowait(_StreamsChanged(added, removed))
         self._desired = wanted
+        now = self.server_now_ms()
+        for key in added:
+            self._progress.setdefault(key.stream_name, [0, None, now])
+        for key in removed:
+            self._progress.pop(key.stream_name, None)
         self._plan.release(removed)
         self._plan.place(added)
         self._sync_links()
@@ -374,6 +383,34 @@ class MarketFeed:
         return clock.now_ms(time.monotonic_ns())
 
     @property
+    def connected(self) -> bool:
+        """Every connection slot that carries streams has a connection up (False with none)."""
+        carrying = [link for link in self._links if self._plan.streams(link.index)]
+        return bool(carrying) and all(
+            link.conn is not None and link.active is link.conn and link.conn.outcome is None for link in carrying
+        )
+
+    def stream_progress(self) -> list[StreamProgress]:
+        """Per wanted stream: closed candles delivered, the newest one's open time, and since
+        when it is wanted (:class:`tradebotd.ops.status.FeedStatus`)."""
+        out = []
+        for name, key in self._desired.items():
+            received, last, since = self._progress.get(name) or (0, None, 0)
+            out.append(StreamProgress(key, received or 0, last, since or 0))
+        return out
+
+    def queue_stats(self) -> QueueStats:
+        """Frames received and not processed yet, against ``max_pending_frames``."""
+        return QueueStats("market-frames", self._inbox.qsize(), self._max_pending_frames, self.frames_waited)
+
+    def _delivered(self, key: StreamKey, open_time: int, *, count: int) -> None:
+        progress = self._progress.get(key.stream_name)
+        if progress is not None:
+            progress[0] = (progress[0] or 0) + count
+            if progress[1] is None or open_time > progress[1]:
+                progress[1] = open_time
+
+    @property
     def streams(self) -> frozenset[StreamKey]:
         """The wanted streams (as last passed to ``set_streams``)."""
         return frozenset(self._desired.values())
@@ -394,6 +431,15 @@ class MarketFeed:
                 case _Stop():
                     return
                 case Frame(conn=conn, data=data, received_ns=received_ns):
+                    if self._frame_slots.locked():
+                        self.frames_waited += 1
+                        if self.frames_waited == 1 or self.frames_waited % 1000 == 0:
+                            log.warning(
+                                "market frames queue full; reading paused until the engine catches up",
+                                queue="market-frames",
+                                capacity=self._max_pending_frames,
+                                times=self.frames_waited,
+                            )
                     self._frame_slots.release()
                     self.stats.messages += 1
                     await self._carry_out(self._tracker.receive_frame(data, received_ns), conn)
@@ -432,12 +478,15 @@ class MarketFeed:
                     self.stats.closed += 1
                     if backfilled:
                         self.stats.backfilled += 1
+                    self._delivered(candle.key, candle.open_time, count=1)
                     await self._sink.on_closed(candle, received_ns)
                 case Update(candle=candle):
                     self._sink.on_update(candle)
                 case History(key=key, candles=candles):
                     self.stats.history_candles += len(candles)
                     log.info("market history loaded", stream=str(key), candles=len(candles))
+                    if candles:
+                        self._delivered(key, candles[-1].open_time, count=0)
                     await self._sink.on_history(key, candles)
                 case FetchHistory() | FetchRange() as request:
                     assert self._fetcher is not None

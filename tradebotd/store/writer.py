@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import structlog
 
+from ..ops.status import QueueStats
 from .base import Store, StoreUnavailable, WriteBatch
 
 __all__ = ["StoreWriter"]
@@ -50,8 +51,14 @@ class StoreWriter:
         runs_max_age_s: float = 5.0,
         checkpoint_when_idle: bool = False,
         on_committed: Callable[[WriteBatch, int], None] | None = None,
+        queue_capacity: int = 10_000,
     ) -> None:
         self._store = store
+        # A soft bound: a decision is never dropped (submit cannot block the candle path), but a
+        # queue past it is logged once per crossing and counted (tradebotd_queue_full_total).
+        self.queue_capacity = queue_capacity
+        self.queue_full = 0
+        self._over_capacity = False
         self._pending: deque[WriteBatch] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()  # nothing owed to the store: no batch, no run times
@@ -91,6 +98,15 @@ class StoreWriter:
             return
         if batch:
             self._pending.append(batch)
+            if len(self._pending) >= self.queue_capacity and not self._over_capacity:
+                self._over_capacity = True
+                self.queue_full += 1
+                log.warning(
+                    "store write queue full; the store is not keeping up (nothing is dropped)",
+                    queue="store-writer",
+                    depth=len(self._pending),
+                    capacity=self.queue_capacity,
+                )
         elif batch.on_durable is not None:
             batch.on_durable()
         self._idle.clear()
@@ -152,6 +168,8 @@ class StoreWriter:
             self._dirty = True
             for _ in batches:
                 self._pending.popleft()
+            if self._over_capacity and len(self._pending) < self.queue_capacity // 2:
+                self._over_capacity = False
             self.committed_batches += len(batches)
             if self._on_committed is not None:
                 now = time.monotonic_ns()
@@ -165,6 +183,31 @@ class StoreWriter:
             self._signal_attempt()
             # Let the trading path run before the next commit (writes never starve it).
             await asyncio.sleep(0)
+
+    def queue_stats(self) -> QueueStats:
+        return QueueStats("store-writer", len(self._pending), self.queue_capacity, self.queue_full)
+
+    def flush_now(self) -> bool:
+        """Commit everything queued at once, synchronously, outside :meth:`run` (the last resort
+        when the writer task is gone: the supervisor gave up). True if nothing is left."""
+        if self._runs:
+            self._pending.append(WriteBatch(strategy_runs=self._runs))
+            self._runs = {}
+        if not self._pending:
+            return True
+        batches = list(self._pending)
+        try:
+            self._store.apply(batches)
+        except StoreUnavailable as exc:
+            log.error("final store flush failed", error=str(exc), backlog=len(batches))
+            return False
+        self._pending.clear()
+        self._over_capacity = False
+        self.committed_batches += len(batches)
+        for batch in batches:
+            if batch.on_durable is not None:
+                batch.on_durable()
+        return True
 
     def stop(self) -> None:
         """Finish what is queued (run times included), then return from :meth:`run`."""
