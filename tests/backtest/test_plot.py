@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tradebotd.backtest.metrics import buy_and_hold, equity_curve
-from tradebotd.backtest.plot import MAX_MARKED_FILLS, equity_figure, marker_size, write_equity_png
+from tradebotd.backtest.plot import MAX_MARKED_FILLS, envelope, equity_figure, marker_size, write_equity_png
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
 
 from .conftest import scripted, table
@@ -54,3 +54,46 @@ def test_beyond_the_marker_limit_only_the_band_is_drawn() -> None:
     price_ax = figure.axes[0]
     assert [c.get_label() for c in price_ax.collections] == ["in a position"]
     assert price_ax.get_title() == f"more — {len(result.fills):,} fills: shaded, not marked"
+
+
+def test_a_long_series_is_drawn_as_its_envelope_per_column() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=10_000).cumsum()
+    x = np.arange(10_000) * 60_000
+    ex, ey = envelope(x, y, columns=100)
+    assert len(ex) <= 2 * 100 + 2 and ex[0] == x[0] and ex[-1] == x[-1]
+    assert np.all(np.diff(ex) > 0)  # in their order, none twice
+    for run in np.array_split(np.arange(10_000), 100):  # each column's lowest and highest point is kept
+        assert y[run].min() in ey and y[run].max() in ey
+    assert set(ey) <= set(y)
+    short_x, short_y = envelope(x[:200], y[:200], columns=100)
+    assert np.array_equal(short_x, x[:200]) and np.array_equal(short_y, y[:200])  # as many as columns show
+
+
+def test_the_band_drawn_from_run_ends_is_the_band_drawn_from_every_candle() -> None:
+    # In a position for 1, 2, 3, ... candles, out of it for 3.
+    lines, minute = [], 0
+    for held in range(1, 30):
+        for volume in [1] + [4] * (held - 1) + [2] + [4] * 3:
+            lines.append(f"{minute} 100 110 90 {100 + minute % 7} {volume}")
+            minute += 1
+    runtime = scripted(amount=0.01)
+    try:
+        result = run_backtest(runtime, table(*lines), BacktestSettings(cash=Decimal(10_000)))
+    finally:
+        runtime.close()
+    assert len(result.fills) == 2 * 29
+    figure = equity_figure(result, equity_curve(result), "band")
+    band = next(c for c in figure.axes[0].collections if c.get_label() == "in a position")
+    from matplotlib.figure import Figure
+
+    held = equity_curve(result).amount[1:] > 0
+    times = result.table.values[result.first_evaluated :, 0].astype("datetime64[ms]")
+    ax = Figure().subplots()
+    full = ax.fill_between(times, 0, 1, where=held, step="post", transform=ax.get_xaxis_transform())
+    # The same polygons: the same outline, the full one with extra points along its straight edges.
+    ours = [p.get_extents().bounds for p in band.get_paths()]
+    theirs = [p.get_extents().bounds for p in full.get_paths()]
+    assert len(ours) == len(theirs) == 29
+    assert ours == theirs
+    assert sum(len(p.vertices) for p in band.get_paths()) < sum(len(p.vertices) for p in full.get_paths())
