@@ -60,8 +60,19 @@ lint: install-dev
 	$(PY) -m ruff check tradebotd tests bench
 	$(PY) -m mypy
 
+# backtesting.py for the bench's versus section, into the bench environment only (never a
+# dependency of tradebotd; the tests do not need it): bench/requirements-backtesting.txt.
+BENCH_SUM := $(shell cksum < bench/requirements-backtesting.txt | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.installed-bench-$(BENCH_SUM)
+
+$(BENCH_STAMP): $(DEV_STAMP) bench/requirements-backtesting.txt
+	@echo "==> installing backtesting.py (bench/requirements-backtesting.txt) into $(VENV) for make bench"
+	@$(PIP) install -r bench/requirements-backtesting.txt
+	@rm -f $(VENV)/.installed-bench-*
+	@touch $@
+
 # Latency and throughput measurements: a table on stdout and bench-results.json.
-bench: install-dev
+bench: install-dev $(BENCH_STAMP)
 	$(PY) -m bench --out bench-results.json
 
 # Rebuild the QuickJS-NG sandbox (tradebotd/sandbox/qjs/tb_qjs.wasm); `make install` also builds it.
