@@ -13,10 +13,12 @@ here), then ``reconcile``, ``warm-up``, ``feed`` and ``ready`` (the daemon's ``s
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import structlog
 
@@ -27,6 +29,9 @@ from .engine import Engine, EngineConfig, RuntimeFactory
 from .exchange.throttle import RequestBudgets
 from .market.feed import MarketFeed
 from .model import Position, StreamKey
+from .ops.health import HealthPolicy
+from .ops.service import EngineTrigger, OpsService
+from .ops.status import BrokerStatus, Sources
 from .orders.ledger import Holding, Ledger
 from .orders.state import Order
 from .orders.validate import OrderPolicy
@@ -93,11 +98,74 @@ class Components:
         return broker
 
 
-def build_daemon(settings: Settings) -> Daemon:
-    """The daemon ``tradebotd run`` serves, built from ``settings``."""
+def build_daemon(settings: Settings, environ: MutableMapping[str, str] | None = None) -> Daemon:
+    """The daemon ``tradebotd run`` serves, built from ``settings``, with its operations edge
+    (systemd notifications from ``environ``'s ``NOTIFY_SOCKET``, the HTTP server on
+    ``http.listen``, the trigger with ``CRON_SECRET``)."""
     from .daemon import Daemon
 
-    return Daemon(settings, compose=compose_parts)
+    daemon = Daemon(settings, compose=compose_parts)
+    try:
+        daemon.ops = make_ops(settings, daemon, environ)
+    except BaseException:
+        daemon.store.close()
+        raise
+    return daemon
+
+
+class _Outbox:
+    """:class:`~tradebotd.ops.status.OutboxStatus` of the Supabase outbox."""
+
+    def __init__(self, sync: SyncService) -> None:
+        self._sync = sync
+
+    @property
+    def depth(self) -> int:
+        return self._sync.outbox.backlog()
+
+
+class _Processes:
+    """:class:`~tradebotd.ops.status.ProcessTree`: the daemon and its evaluation processes."""
+
+    def __init__(self, pool: EvalPool | None) -> None:
+        self._pool = pool
+
+    def processes(self) -> dict[str, int]:
+        out = {"daemon": os.getpid()}
+        for process in self._pool.processes if self._pool is not None else ():
+            if process.pid is not None:
+                out[f"eval-{process.index}"] = process.pid
+        return out
+
+
+def sources_of(daemon: Daemon) -> Sources:
+    """Every status source of a daemon (tradebotd.ops.status)."""
+    # A broker reports a ban when it knows of one (the live broker: HTTP 418); paper never is.
+    bans = [cast(BrokerStatus, b) for b in daemon.brokers.values() if hasattr(b, "banned_until_ms")]
+    return Sources(
+        feed=daemon.feed,
+        engine=daemon.engine.counters,
+        writer=daemon.writer,
+        brokers=bans,
+        outbox=None if daemon.sync is None else _Outbox(daemon.sync),
+        supervisor=daemon.supervisor,
+        queues=[daemon.writer, daemon.feed],
+        processes=_Processes(daemon.eval_pool),
+    )
+
+
+def make_ops(settings: Settings, daemon: Daemon, environ: MutableMapping[str, str] | None = None) -> OpsService:
+    counters = daemon.engine.counters
+    return OpsService(
+        sources_of(daemon),
+        listen=settings.http.address,
+        policy=HealthPolicy(grace_s=settings.http.health_grace_s, outbox_threshold=settings.http.outbox_threshold),
+        progress_timeout_s=settings.daemon.progress_timeout_s,
+        server_now_ms=daemon.server_now_ms,
+        trigger=EngineTrigger(daemon.engine.run_latest),
+        orders_today=lambda: counters.orders_today,
+        environ=environ,
+    )
 
 
 def make_brokers(

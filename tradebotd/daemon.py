@@ -32,10 +32,11 @@ from typing import Any
 
 import structlog
 
-from .app import Components, Hooks, compose_parts, log_phase
+from .app import Components, Hooks, build_daemon, compose_parts, log_phase
 from .config import Settings
 from .engine import RuntimeFactory
 from .model import Position, StreamKey
+from .ops.service import OpsService
 from .store.base import WriteBatch
 from .supervisor import Supervisor
 
@@ -101,6 +102,7 @@ class Daemon:
         self.engine = parts.engine
         self.feed = parts.feed
         self.sync = parts.sync
+        self.ops: OpsService | None = None  # the HTTP server and systemd notifications (build_daemon)
 
     # -- hooks: what the parts call back into (tradebotd.app.Hooks) ---------------------------
 
@@ -158,6 +160,8 @@ class Daemon:
             rest_url=self.settings.market.rest_url,
             brokers=sorted(self.brokers),
         )
+        if self.ops is not None:
+            await self.ops.start()  # /healthz says 503 "startup" until ready
         self.supervisor.start("store-writer", self.writer.run)
         phase = time.monotonic_ns()
         await self.engine.reconcile()
@@ -190,6 +194,10 @@ class Daemon:
             if await _first(self._stop.wait(), self.supervisor.given_up.wait(), commit.wait(), passed.wait()) < 2:
                 return False
         self.ready = True
+        if self.ops is not None:
+            self.ops.mark_ready()
+            if self.ops.watching:
+                self.supervisor.start("watchdog", self.ops.watch)
         log_phase(
             "ready",
             started,
@@ -214,6 +222,9 @@ class Daemon:
         it started finish. Flush: commit every queued write, ship the outbox and release the
         leases (Supabase). Then close everything. What could not be committed is counted in
         :attr:`lost_batches` (``run_daemon`` exits non-zero then)."""
+        if self.ops is not None:
+            self.ops.stopping()
+            await self.ops.close()  # no trigger, no scrape from here on
         if not self._started:
             if self.sync is not None:
                 await self.sync.stop(0)
@@ -323,7 +334,7 @@ async def run_daemon(settings: Settings, *, daemon: Daemon | None = None) -> int
     started = time.monotonic()
     log_phase("config", store=str(settings.store.path), backend=settings.store.backend, http=settings.http.listen)
     if daemon is None:
-        daemon = Daemon(settings)
+        daemon = build_daemon(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     try:

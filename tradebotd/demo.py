@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         f'path = "{db}"\n'
         "[daemon]\n"
         "poll_interval_s = 1.0\n"
+        "[http]\n"
+        "# any free port: the demo must not collide with a daemon already on 8787\n"
+        'listen = "127.0.0.1:0"\n'
         "[log]\n"
         'format = "console"\n'
     )

@@ -30,6 +30,7 @@ def test_unreachable_exchange_logs_one_line_per_retry_and_stops_cleanly(tmp_path
             "TRADEBOTD_MARKET__RECONNECT_MIN_S": "0.05",
             "TRADEBOTD_MARKET__RECONNECT_MAX_S": "0.2",
             "TRADEBOTD_EXCHANGE__API_SECRET": "do-not-print-me",
+            "TRADEBOTD_HTTP__LISTEN": "127.0.0.1:0",
         }
     )
     cli = [sys.executable, "-m", "tradebotd"]

@@ -57,6 +57,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
             "TRADEBOTD_MARKET__WS_URL": f"ws://127.0.0.1:{port}",
             "TRADEBOTD_MARKET__REST_URL": f"http://127.0.0.1:{port}",
             "TRADEBOTD_SANDBOX__EVAL_PROCESSES": "0",
+            "TRADEBOTD_HTTP__LISTEN": "127.0.0.1:0",
         }
     )
     return env

@@ -5,6 +5,8 @@ shell over pure parts:
   the JSON body names every problem (``{"status", "problems": [{"check", "subject", "detail"}],
   "streams"}``).
 - ``GET /metrics``: the registry of :mod:`tradebotd.ops.metrics`, Prometheus text format.
+- ``GET /status``: the JSON ``tradebotd status`` shows (strategies, feed, outbox, health); with
+  ``CRON_SECRET`` set it needs the bearer token, like the trigger.
 - ``POST /api/cron/strategies`` (the web app's existing call) and ``POST /strategies/{id}/run``:
   evaluate every running strategy, or one, on its latest closed candle through a :class:`Trigger`
   (the engine). The decision ids are the candle path's, so a trigger after the candle was
@@ -28,7 +30,7 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 import structlog
@@ -158,12 +160,14 @@ class OpsServer:
         registry: CollectorRegistry,
         trigger: Trigger | None,
         secret: str | None,
+        status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         check_exposure(host, port, secret)
         self._host, self._port = host, port
         self._health = health
         self._registry = registry
         self._trigger = trigger
+        self._status = status
         self._secret_digest = None if secret is None else _digest(secret)
         self._trigger_lock = asyncio.Lock()  # one trigger at a time; a second one waits its turn
         self._runner: web.AppRunner | None = None
@@ -172,6 +176,7 @@ class OpsServer:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status_json)
         app.router.add_post("/api/cron/strategies", self._run_all)
         app.router.add_post("/strategies/{id}/run", self._run_one)
         self._app = app
@@ -217,6 +222,24 @@ class OpsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status_json(self, request: web.Request) -> web.Response:
+        """What ``tradebotd status`` shows. Strategy names and P&L are more private than
+        metrics: with ``CRON_SECRET`` set it needs the bearer token too."""
+        if self._status is None:
+            return _json({"error": "not found"}, status=404)
+        if self._secret_digest is not None and not bearer_matches(
+            request.headers.get("Authorization"), self._secret_digest
+        ):
+            return _json(
+                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="tradebotd"'}
+            )
+        try:
+            body = self._status()
+        except Exception:
+            log.exception("status report failed")
+            return _json({"error": "status failed; see the daemon's log"}, status=500)
+        return _json(body, headers={"Cache-Control": "no-store"})
 
     async def _authorize(self, request: web.Request) -> web.Response | None:
         """The answer to send instead of running the trigger, or None to go ahead."""
