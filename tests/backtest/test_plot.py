@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tradebotd.backtest.chart import ChartData
 from tradebotd.backtest.metrics import buy_and_hold, equity_curve
-from tradebotd.backtest.plot import MAX_MARKED_FILLS, envelope, equity_figure, marker_size, write_equity_png
+from tradebotd.backtest.plot import (
+    MAX_MARKED_FILLS,
+    BackgroundChart,
+    chart_data,
+    envelope,
+    equity_figure,
+    marker_size,
+    write_equity_png,
+)
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
 
 from .conftest import scripted, table
@@ -97,3 +107,51 @@ def test_the_band_drawn_from_run_ends_is_the_band_drawn_from_every_candle() -> N
     assert len(ours) == len(theirs) == 29
     assert ours == theirs
     assert sum(len(p.vertices) for p in band.get_paths()) < sum(len(p.vertices) for p in full.get_paths())
+
+
+def _chart(result: BacktestResult) -> ChartData:
+    return chart_data(result, equity_curve(result), "background")
+
+
+def test_chart_data_crosses_a_pipe_unchanged() -> None:
+    data = _chart(alternating(50))
+    again = ChartData.from_bytes(data.to_bytes())
+    assert again.title == "background" and again.cash == 10_000
+    for name in ("times", "closes", "held", "curve_times", "equity", "buy_and_hold", "drawdown", "fill_kinds",
+                 "fill_times", "fill_prices"):
+        assert np.array_equal(getattr(again, name), getattr(data, name)), name
+    assert list(again.fill_kinds[:2]) == ["buy", "sell"]
+
+
+def test_the_background_process_draws_equity_png(tmp_path: Path) -> None:
+    chart = BackgroundChart(tmp_path / "equity.png")
+    chart.send(_chart(alternating(200)))
+    chart.finish()
+    assert chart.fallback_reason is None
+    assert (tmp_path / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_the_background_process_the_chart_is_drawn_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BackgroundChart, "COMMAND", (str(tmp_path / "no-such-python"),))
+    chart = BackgroundChart(tmp_path / "a.png")
+    chart.send(_chart(alternating(20)))
+    chart.finish()
+    assert chart.fallback_reason is not None and chart.fallback_reason.startswith("could not start")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    script = "import sys; sys.stdin.buffer.read(); print('no luck', file=sys.stderr); sys.exit(3)"
+    failing = (sys.executable, "-c", script)
+    monkeypatch.setattr(BackgroundChart, "COMMAND", failing)
+    chart = BackgroundChart(tmp_path / "b.png")
+    chart.send(_chart(alternating(20)))
+    chart.finish()
+    assert chart.fallback_reason == "the chart process failed (3): no luck"
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cancelled_chart_draws_nothing(tmp_path: Path) -> None:
+    chart = BackgroundChart(tmp_path / "equity.png")
+    chart.cancel()
+    assert not (tmp_path / "equity.png").exists()

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tradebotd import cliargs
 from tradebotd.backtest.metrics import equity_curve, round_trips, summarize
@@ -48,6 +48,9 @@ from tradebotd.model import normalize_symbol
 from tradebotd.orders.intent import level_defaults
 from tradebotd.replay.series import names_from_path
 from tradebotd.strategy_files import StrategyFileError, strategy_kind
+
+if TYPE_CHECKING:
+    from tradebotd.backtest.plot import BackgroundChart
 
 __all__ = ["DESCRIPTION", "add_arguments", "backtest", "main", "run"]
 
@@ -141,6 +144,28 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         strategy_kind(args.strategy)  # before the candles: a wrong file is the quicker fix
     except StrategyFileError as exc:
         raise UsageError(str(exc)) from None
+    chart = None
+    if args.out is not None and not args.no_plot:
+        from tradebotd.backtest.plot import BackgroundChart
+
+        # Started first: it imports matplotlib and warms up on another core while the backtest runs.
+        chart = BackgroundChart(args.out / "equity.png")
+    try:
+        result, summary = _backtest(args, settings, chart)
+    except BaseException:
+        if chart is not None:
+            chart.cancel()
+        raise
+    if chart is not None:
+        chart.finish()
+        if chart.fallback_reason is not None:
+            print(f"{_PROG}: equity.png drawn in-process: {chart.fallback_reason}", file=sys.stderr)
+    return result, summary
+
+
+def _backtest(
+    args: argparse.Namespace, settings: Settings, chart: BackgroundChart | None
+) -> tuple[BacktestResult, dict[str, Any]]:
     candles = _candles(args, settings)
     table = candles.table
     paper = settings.paper
@@ -163,6 +188,11 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
     finally:
         loaded.runtime.close()
     trips, open_trip = round_trips(result)
+    if chart is not None:  # drawn while the report is written
+        from tradebotd.backtest.plot import chart_data
+
+        market = str(table.key) if candles.symbol_given else f"{args.data.name} ({table.key.interval})"
+        chart.send(chart_data(result, equity_curve(result), f"{args.strategy.name} on {market} ({len(trips)} trades)"))
     summary = summarize(result, trips, open_trip)
     if not candles.symbol_given:
         summary["symbol"] = None
@@ -173,12 +203,6 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         write_trades(args.out / "trades.csv", trips)
         write_rejected(args.out / "rejected.csv", result.refusals)
         write_summary(args.out / "summary.json", summary)
-        if not args.no_plot:
-            from tradebotd.backtest.plot import write_equity_png
-
-            market = str(table.key) if candles.symbol_given else f"{args.data.name} ({table.key.interval})"
-            title = f"{args.strategy.name} on {market} ({len(trips)} trades)"
-            write_equity_png(args.out / "equity.png", result, equity_curve(result), title)
     return result, summary
 
 
