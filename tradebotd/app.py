@@ -36,6 +36,7 @@ from .orders.ledger import Holding, Ledger
 from .orders.state import Order
 from .orders.validate import OrderPolicy
 from .runtimes import make_runtime_factory
+from .status_report import live_report
 from .store.base import PortfolioRow, WriteBatch
 from .store.outbox import uninstall_at as uninstall_outbox
 from .store.sqlite import SqliteStore
@@ -163,6 +164,7 @@ def make_ops(settings: Settings, daemon: Daemon, environ: MutableMapping[str, st
         progress_timeout_s=settings.daemon.progress_timeout_s,
         server_now_ms=daemon.server_now_ms,
         trigger=EngineTrigger(daemon.engine.run_latest),
+        status=lambda: live_report(daemon),
         orders_today=lambda: counters.orders_today,
         environ=environ,
     )

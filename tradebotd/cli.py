@@ -38,6 +38,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     sub.add_parser("run", parents=[common], help="run the daemon until SIGTERM/SIGINT")
     sub.add_parser("check-config", parents=[common], help="validate and print the effective config (secrets masked)")
+    status = sub.add_parser(
+        "status", parents=[common], help="one screen: the running daemon (http.listen), else the store"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--url", help="the daemon's HTTP server (default: from http.listen); without an answer, the store is read"
+    )
 
     db = sub.add_parser("db", help="store administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", parents=[common], help="create or migrate the store and the paper portfolio")
@@ -234,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_module("tradebotd.check").run(args))
         if args.command == "strategy":
             return strategy_commands.run(args, settings)
+        if args.command == "status":
+            return int(_module("tradebotd.status_report").run(args, settings))
         if args.command == "positions":
             return portfolio_commands.run_positions(args, settings)
         if args.command == "portfolio":

@@ -60,6 +60,17 @@ async def add_strategy(env: Mapping[str, str], cwd: Path) -> str:
     return out.decode().strip().split()[-1]
 
 
+async def status_command(env: Mapping[str, str], cwd: Path, *args: str) -> str:
+    """``tradebotd status ...``: its stdout (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "status", *args, env={**env, "COLUMNS": "200"}, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), LIMIT_S)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 class NotifySocket:
     """The systemd side of ``sd_notify``: a datagram socket; each message as ``{KEY: value}``."""
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import PAST, wave_series
 from tradebotd.replay.server import ReplayServer
 
-from .process import DaemonProcess, NotifySocket, add_strategy, daemon_env
+from .process import DaemonProcess, NotifySocket, add_strategy, daemon_env, status_command
 
 SECRET = "test-cron-secret-0123456789abcdef"
 WATCHDOG_USEC = "400000"  # pings every 0.2 s
@@ -128,6 +128,8 @@ async def test_sigterm_mid_stream_exits_0_with_every_decision_recorded_and_the_t
             assert status == 401
             status, _ = await daemon.post(f"/strategies/{sid}/run", headers=headers)
             assert status == 401
+            status, _ = await daemon.get("/status", headers=headers)
+            assert status == 401
         # the right one: every strategy was already evaluated on its latest candle; no order twice
         auth = {"Authorization": f"Bearer {SECRET}"}
         status, body = await daemon.post("/api/cron/strategies", headers=auth)
@@ -142,6 +144,24 @@ async def test_sigterm_mid_stream_exits_0_with_every_decision_recorded_and_the_t
         assert store_rows(db, "SELECT count(*) FROM orders")[0][0] == orders
         assert store_rows(db, "SELECT count(*) FROM strategy_logs")[0][0] == logs
 
+        # tradebotd status, from the running daemon (with the secret) ...
+        assert daemon.url is not None
+        live = orjson.loads(await status_command(env, tmp_path, "--json", "--url", daemon.url))
+        assert live["daemon"]["running"] and live["daemon"]["ready"]
+        assert live["daemon"]["health"]["status"] == "ok"
+        assert live["feed"]["connected"] and live["feed"]["streams"][0]["stream"] == "BTCUSDT/1m"
+        (row,) = live["strategies"]
+        assert (row["id"], row["status"], row["last_candle_time"]) == (sid, "running", newest)
+        assert "realised_pnl" in row and "position" in row
+        assert live["portfolios"][0]["type"] == "paper"
+        table = await status_command(env, tmp_path, "--url", daemon.url)
+        assert "running (pid" in table and "sma" in table and "connected" in table
+        # ... and without it: the store's view, saying why
+        no_secret = {k: v for k, v in env.items() if k != "CRON_SECRET"}
+        stored = orjson.loads(await status_command(no_secret, tmp_path, "--json", "--url", daemon.url))
+        assert not stored["daemon"]["running"] and "401" in stored["daemon"]["reason"]
+        assert stored["strategies"][0]["id"] == sid
+
         # SIGTERM right after more candles went out: whatever the daemon decided is recorded
         for _ in range(3):
             await server.advance(1)
@@ -155,6 +175,12 @@ async def test_sigterm_mid_stream_exits_0_with_every_decision_recorded_and_the_t
     assert decided and decided <= recorded
     cursor = store_rows(db, f"SELECT last_candle_time FROM strategy_cursors WHERE strategy_id = '{sid}'")[0][0]
     assert cursor == max(decided)
+
+    # the daemon is down: tradebotd status reads the store
+    down = orjson.loads(await status_command(env, tmp_path, "--json", "--url", daemon.url or ""))
+    assert not down["daemon"]["running"] and down["feed"] is None
+    assert down["strategies"][0]["last_candle_time"] == cursor
+    assert down["stored_candles"][0]["stream"] == "BTCUSDT/1m"
 
 
 async def test_a_task_that_keeps_crashing_makes_the_process_exit_non_zero(
