@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import structlog
 
 from .broker.base import Broker
+from .broker.factory import build_brokers
 from .broker.paper import PaperBroker
 from .config import Settings
 from .engine import Engine, EngineConfig, RuntimeFactory
@@ -171,19 +172,11 @@ def make_ops(settings: Settings, daemon: Daemon, environ: MutableMapping[str, st
 
 
 def make_brokers(
-    settings: Settings, portfolios: list[PortfolioRow], holdings: dict[str, Holding]
+    settings: Settings, portfolios: list[PortfolioRow], holdings: dict[str, Holding], budgets: RequestBudgets
 ) -> dict[str, Broker]:
-    """The brokers by portfolio type. Paper always; the live broker joins here (DESIGN.md §2)."""
-    paper = settings.paper
-    types = {p.id: p.type for p in portfolios}
-    broker = PaperBroker(
-        fee_rate=paper.fee_rate,
-        slippage_bps=paper.slippage_bps,
-        currency=paper.currency,
-        cash={p.id: p.cash for p in portfolios if p.type == "paper"},
-        holdings=[h for h in holdings.values() if types.get(h.portfolio_id or "", "paper") == "paper"],
-    )
-    return {"paper": broker}
+    """The brokers by portfolio type: paper always, live when a portfolio is (DESIGN.md §2;
+    :func:`tradebotd.broker.factory.build_brokers`)."""
+    return build_brokers(settings, portfolios, holdings, budgets)
 
 
 def compose_parts(settings: Settings, hooks: Hooks) -> Components:
@@ -212,7 +205,14 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
         active_orders=len(active),
     )
 
-    brokers = make_brokers(settings, portfolios, holdings)
+    # One request budget per REST host (Binance counts weight per IP): the feed's klines and,
+    # through CcxtExchange(budgets=...), the exchange port's orders when they call one host.
+    request_budgets = RequestBudgets()
+    try:
+        brokers = make_brokers(settings, portfolios, holdings, request_budgets)
+    except BaseException:
+        store.close()
+        raise
     writer = StoreWriter(
         store, checkpoint_when_idle=True, on_committed=hooks.committed, queue_capacity=WRITE_QUEUE_CAPACITY
     )
@@ -224,9 +224,6 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
         eval_pool = EvalPool(settings.sandbox, local, processes, log_level=settings.log.level)
         runtimes = eval_pool
     market = settings.market
-    # One request budget per REST host (Binance counts weight per IP): the feed's klines and,
-    # through CcxtExchange(budgets=...), the exchange port's orders when they call one host.
-    request_budgets = RequestBudgets()
     engine = Engine(
         brokers=brokers,
         sink=writer.submit,

@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from .app import Components, Hooks, build_daemon, compose_parts, log_phase
+from .broker.factory import broker_tasks, live_trading
 from .config import Settings
 from .engine import RuntimeFactory
 from .model import Position, StreamKey
@@ -167,6 +168,11 @@ class Daemon:
         await self.engine.reconcile()
         log_phase("reconcile", phase, brokers=sorted(self.brokers))
         self.supervisor.start("broker-events", self.engine.run)
+        for name, task in broker_tasks(self.brokers):  # the live broker's poller
+            self.supervisor.start(name, task)
+        if live_trading(self.brokers):
+            every = self.settings.exchange.reconcile_s
+            self.supervisor.start("reconcile", lambda: self.engine.reconcile_every(every))
         if self.sync is not None:
             await self.sync.start(self.supervisor)
         phase = time.monotonic_ns()
@@ -176,6 +182,13 @@ class Daemon:
         log_phase("feed", ws_url=self.settings.market.ws_url, streams=len(self.feed.streams))
         self.supervisor.start("control", self._control_loop)
         self._started = True
+
+    async def _close_brokers(self) -> None:
+        for broker in self.brokers.values():
+            try:
+                await broker.close()
+            except Exception:  # a connection that will not close must not keep the store open
+                log.exception("closing a broker failed", broker=broker.name)
 
     def is_ready(self) -> bool:
         """Strategies loaded and warm, and the feed connected (when any stream is wanted)."""
@@ -228,6 +241,7 @@ class Daemon:
         if not self._started:
             if self.sync is not None:
                 await self.sync.stop(0)
+            await self._close_brokers()
             self.store.close()
             return
         grace = self.settings.daemon.shutdown_timeout_s
@@ -262,6 +276,7 @@ class Daemon:
         if self.sync is not None:
             await self.sync.stop(grace)
         await self.supervisor.cancel_all()
+        await self._close_brokers()
         self.engine.close()
         if self.eval_pool is not None:
             self.eval_pool.close()

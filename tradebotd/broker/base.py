@@ -72,7 +72,7 @@ balances, and ``reconcile`` reads them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
@@ -112,7 +112,9 @@ __all__ = [
     "OrderIntent",
     "OrderRecord",
     "OrderRequest",
+    "Polling",
     "ProtectRequest",
+    "Reconciling",
     "Rejected",
     "SimulatedBalances",
     "SubmitResult",
@@ -146,6 +148,24 @@ class Broker(Protocol):
     def watched_keys(self) -> Iterable[StreamKey]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Reconciling(Protocol):
+    """A broker that can say which active orders reconciliation could not ask the exchange about
+    (the live broker): the engine does not trade their strategies."""
+
+    def unresolved(self) -> Mapping[str, str]:
+        """client order id -> why its state is unknown (the exchange unreachable, keys refused)"""
+
+
+@runtime_checkable
+class Polling(Protocol):
+    """A broker with a task of its own (the live broker's poller), supervised by the daemon."""
+
+    name: str
+
+    async def run(self) -> None: ...
 
 
 @runtime_checkable

@@ -158,6 +158,7 @@ class Engine:
         self._narration: Narration = []
         # Control-plane changes and candle processing never interleave mid-candle.
         self._lock = asyncio.Lock()
+        self._held: dict[str, str] = {}  # strategies not traded: their state could not be reconciled
         self._brokers = dict(brokers)  # by portfolio type
         self._portfolios = None if portfolios is None else dict(portfolios)
         self._default_portfolio = default_portfolio
@@ -252,8 +253,21 @@ class Engine:
 
     async def reconcile(self) -> None:
         """Bring the orders and positions restored from the store in line with every broker
-        (start-up, before the feed starts)."""
-        await self.orders.reconcile()
+        (start-up, before the feed starts). A strategy whose orders could not be reconciled is
+        not traded: it is not loaded (status ``error``, saying why) until it is started again."""
+        self._held = await self.orders.reconcile()
+        for sid, why in self._held.items():
+            log.error("strategy not traded: its state could not be reconciled", strategy_id=sid, reason=why)
+
+    async def reconcile_every(self, seconds: float) -> None:
+        """Reconcile the brokers with durable intents (live) every ``seconds`` (supervised by the
+        daemon). A strategy whose orders are resolved since start-up can be started again."""
+        while True:
+            await asyncio.sleep(seconds)
+            unresolved = await self.orders.reconcile_durable()
+            for sid, why in unresolved.items():
+                log.warning("orders not reconciled yet", strategy_id=sid, reason=why)
+            self._held = {sid: why for sid, why in self._held.items() if sid in unresolved}
 
     async def run(self) -> None:
         """Consume brokers' events that arrive on their own (supervised by the daemon)."""
@@ -395,6 +409,8 @@ class Engine:
             key = StreamKey(normalize_symbol(row.asset), row.interval)
             interval_ms(row.interval)
             venue, portfolio = self._trades_in(row)
+            if row.id in self._held:
+                raise ValueError(f"not trading: its state could not be reconciled ({self._held[row.id]})")
             levels = level_defaults(row.parameters)
             runtime = self._factory(row, key)
         except (StrategyError, ValueError) as exc:
@@ -543,6 +559,7 @@ class Engine:
             # The brokers' price drivers first: the candle touched its levels before it closed.
             self.orders.on_market(candle, out)
             await self._evaluate_all([s for s in self._by_key.get(key, []) if s.warm], candle, batch, out)
+            self.orders.check_protection(out)  # every live position's protective orders are live
         await self.orders.finish(out, batch)  # after the lock: dispatch, record, hand to the writer
         if batch.strategy_errors:
             self._on_streams_changed()

@@ -40,7 +40,7 @@ from typing import Any
 
 import structlog
 
-from ..broker.base import Broker
+from ..broker.base import Broker, Reconciling
 from ..model import Candle
 from ..orders.desk import CancelRequest, Command, Effects, Job, Note, OrderDesk
 from ..orders.model import OrderRequest, ProtectRequest, SubmitResult, Unknown
@@ -75,6 +75,8 @@ class Orders:
         self._now_ms = now_ms
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._durable_venues = {broker.name for broker in brokers if broker.durable_intents}
+        self._said: set[tuple[str | None, str]] = set()  # invariant notes already written (once each)
 
     # -- under the candle lock -------------------------------------------------------------------
 
@@ -227,19 +229,90 @@ class Orders:
                     self.desk.on_event(event, now, out)
                 await self.finish(out, WriteBatch())
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> dict[str, str]:
         """Ask every broker about the orders it has open (start-up, before the feed starts), then
-        make every position's protection match it."""
+        make every position's protection match it. Returns the strategies whose state could not
+        be reconciled (strategy id -> why): the engine does not trade them.
+
+        An order of a broker with durable intents that the store still has as ``new`` had its
+        intent committed and may have been sent before the daemon stopped: it is ``unknown`` now,
+        and the broker asks the exchange about it (never sends it again)."""
         async with self._lock:
             out = Effects()
+            unresolved: dict[str, str] = {}
             for broker in self.brokers.values():
+                now = utc_now()
+                if broker.durable_intents:
+                    for order in self.desk.book.active():
+                        if order.broker == broker.name and order.status == "new":
+                            self.desk.book.sent(order.client_order_id, now)
+                            self.desk.book.apply(Unknown(order.client_order_id, "the daemon stopped after recording "
+                                                         "this order; it may have been sent", self._now_ms()), now)
+                            out.orders[order.client_order_id] = order
                 known = [order.record() for order in self.desk.book.active() if order.broker == broker.name]
                 events = await broker.reconcile(known)
                 now = utc_now()
                 for event in events:
                     self.desk.on_event(event, now, out)
-            self.desk.ensure_protection(utc_now(), out)
+                unresolved.update(self._unresolved(broker))
+            now = utc_now()
+            self._check_protection(now, out)
+            self.desk.ensure_protection(now, out)
             await self.finish(out, WriteBatch())
+        return unresolved
+
+    async def reconcile_durable(self) -> dict[str, str]:
+        """The periodic reconciliation of brokers with durable intents (live): the exchange calls
+        outside the candle lock, their events applied under it, then the protection invariant."""
+        unresolved: dict[str, str] = {}
+        for broker in self.brokers.values():
+            if not broker.durable_intents:
+                continue
+            known = [order.record() for order in self.desk.book.active() if order.broker == broker.name]
+            events = await broker.reconcile(known)
+            async with self._lock:
+                out = Effects()
+                now = utc_now()
+                for event in events:
+                    self.desk.on_event(event, now, out)
+                unresolved.update(self._unresolved(broker))
+                self._check_protection(now, out)
+                await self.finish(out, WriteBatch())
+        return unresolved
+
+    def _unresolved(self, broker: Broker) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if isinstance(broker, Reconciling):
+            for coid, why in broker.unresolved().items():
+                order = self.desk.book.get(coid)
+                if order is not None and order.active:
+                    why = f"order {coid} could not be reconciled with {broker.name}: {why}"
+                    found.setdefault(order.strategy_id, why)
+        return found
+
+    def check_protection(self, out: Effects) -> None:
+        """The protection invariant after a closed candle (under the candle lock; see
+        :meth:`_check_protection`). Nothing to do without a broker with durable intents."""
+        if self._durable_venues:
+            self._check_protection(utc_now(), out)
+
+    def _check_protection(self, now: str, out: Effects) -> None:
+        """Every open position on a broker whose exchange holds its protective orders (durable
+        intents: live) has them live; the missing are placed again (new ids, ``-p<n>``) and the
+        repair logged at ``error``."""
+        missing, notes = self.desk.unprotected(self._durable_venues)
+        for note in notes:
+            said = (note.strategy_id, note.message)
+            if said not in self._said:
+                self._said.add(said)
+                out.notes.append(note)
+        if not missing:
+            return
+        for sid in missing:
+            log.error("position not protected on the exchange; placing its protective orders again", strategy_id=sid)
+            out.notes.append(Note(sid, "error", "the position's protective orders are not live on the exchange; "
+                                  "placing them again"))
+        self.desk.ensure_protection(now, out, missing)
 
     # -- plumbing --------------------------------------------------------------------------------
 

@@ -467,17 +467,27 @@ class CcxtExchange:
         return await self._call("balances", self._client.fetch_balance, _balances)
 
     async def my_trades(
-        self, symbol: str, *, from_id: str | None = None, since_ms: int | None = None, limit: int = 1000
+        self,
+        symbol: str,
+        *,
+        from_id: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 1000,
+        order_id: str | None = None,
     ) -> list[ExchangeTrade]:
         unified, _ = self._market(symbol)
         params = {"fromId": from_id} if from_id is not None else {}
-        since = since_ms if from_id is None else None
+        if order_id is not None:  # one order's fills (Binance: weight 5 instead of 20)
+            params = {"orderId": order_id}
+        since = since_ms if from_id is None and order_id is None else None
+        cost = 5 if order_id is not None and self._binance else None
         return await self._call(
             "my_trades",
             lambda: self._client.fetch_my_trades(unified, since, limit, params),
             lambda answer: sorted(
                 (_trade(t, symbol) for t in answer), key=lambda t: (t.at_ms or 0, _numeric(t.trade_id))
             ),
+            cost=cost,
         )
 
     async def close(self) -> None:

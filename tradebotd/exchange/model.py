@@ -263,12 +263,18 @@ class ExchangePort(Protocol):
     async def balances(self) -> Mapping[str, Balance]: ...
 
     async def my_trades(
-        self, symbol: str, *, from_id: str | None = None, since_ms: int | None = None, limit: int = 1000
+        self,
+        symbol: str,
+        *,
+        from_id: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 1000,
+        order_id: str | None = None,
     ) -> Sequence[ExchangeTrade]:
-        """Fills oldest first: from trade id ``from_id`` (inclusive), else from ``since_ms``, else
-        the most recent ``limit``. Binance answers a ``since_ms`` with at most the 24 hours that
-        follow it, so catching up over a longer gap pages by ``from_id`` (the last trade id + 1)
-        until a page is shorter than ``limit``."""
+        """Fills oldest first: with ``order_id`` that order's; else from trade id ``from_id``
+        (inclusive), else from ``since_ms``, else the most recent ``limit``. Binance answers a
+        ``since_ms`` with at most the 24 hours that follow it, so catching up over a longer gap
+        pages by ``from_id`` (the last trade id + 1) until a page is shorter than ``limit``."""
         ...
 
     async def close(self) -> None: ...

@@ -51,7 +51,7 @@ from .model import (
     Unknown,
     client_order_id,
 )
-from .state import CHANGED, FILL, ILLEGAL, Order, OrderBook, Transition
+from .state import CHANGED, FILL, ILLEGAL, Order, OrderBook, Transition, intent_levels
 from .validate import OrderCap, OrderPolicy, Refusal, validate
 
 _TRADES = frozenset(("entry", "exit"))
@@ -160,6 +160,8 @@ class OrderDesk:
         # The position's protective legs (none unless the strategy has active orders at all).
         legs = book.protection(sid) if checked.side == "sell" and book.has_active(sid) else None
         order = Order.from_request(checked, venue, now)
+        if checked.take_profit is not None or checked.stop_loss is not None:
+            order.raw = intent_levels(checked.take_profit, checked.stop_loss)
         order.base_asset = rules.base_asset
         order.quote_asset = rules.quote_asset
         book.add(order)
@@ -354,7 +356,28 @@ class OrderDesk:
             stop_loss,
             notes,
         )
+        if order.side == "sell" and fill.position_after is not None and order.status == "filled":
+            fill = self._dust(order, fill)
         out.fills.append((fill, event))
+
+    def _dust(self, order: Order, fill: Fill) -> Fill:
+        """An exit that leaves less than the market lets anyone sell (fees taken in the base asset,
+        rounding to the step): the rest is dust. The position is closed and the dust recorded as
+        such with the trade, so it is neither protected nor sold again and again."""
+        position = fill.position_after
+        assert position is not None
+        try:
+            rules = self.venues[order.broker].rules(order.key)
+        except (MarketUnavailable, KeyError):
+            return fill
+        left = position.amount
+        if rules.amount(left) > 0 and not (rules.min_amount and left < rules.min_amount):
+            return fill
+        self.ledger.replace(order.strategy_id, None)
+        note = (f"dust: {left} {rules.base_asset} left, below what {rules.symbol} can sell (step "
+                f"{rules.amount_step.normalize():f}, minimum {rules.min_amount.normalize():f}); recorded as dust, "
+                "the position is closed")
+        return fill._replace(position_after=None, notes=(*fill.notes, note))
 
     @staticmethod
     def _fill_candle(order: Order, at_ms: int) -> int:
@@ -379,6 +402,44 @@ class OrderDesk:
             if venue is not None:
                 position = holding.position
                 self._protect(sid, venue, position.entry_time, None, position.entry_price, now, out)
+
+    def unprotected(self, venues: Iterable[str]) -> tuple[list[str], list[Note]]:
+        """The protection invariant for positions on ``venues`` (exchanges that hold the orders
+        themselves): strategies whose position has levels but whose protective orders are not
+        live (the exchange cancelled or rejected them, a restart found them gone), and notes
+        about positions that cannot be protected (dust, nine attempts used up). Positions with
+        an order still awaiting an answer are left to that answer. No side effects."""
+        wanted = set(venues)
+        missing: list[str] = []
+        notes: list[Note] = []
+        if not wanted:
+            return missing, notes
+        book = self.book
+        for sid, holding in list(self.ledger.holdings()):
+            position = holding.position
+            if position.take_profit is None and position.stop_loss is None:
+                continue
+            legs = book.protection(sid)
+            venue = legs[0].broker if legs else self._venue_of(holding)
+            if venue not in wanted or (legs and _matches(legs, position)) or book.awaiting(sid) is not None:
+                continue
+            try:
+                rules = self.venues[venue].rules(holding.key)
+            except (MarketUnavailable, KeyError):
+                continue  # cannot tell now; the next check can
+            amount = rules.amount(position.amount)
+            if amount <= 0 or (rules.min_amount and amount < rules.min_amount):
+                notes.append(Note(sid, "info", f"position {position.amount} is dust: too small to protect or sell"))
+                continue
+            last = [client_order_id(sid, position.entry_time, leg, 9) for leg in ("tp", "sl")]
+            if any(coid in book for coid in last):
+                notes.append(Note(sid, "error", "the position is not protected: nine protection attempts are used up"))
+                continue
+            missing.append(sid)
+        return missing, notes
+
+    def venue_of(self, holding: Holding) -> str | None:
+        return self._venue_of(holding)
 
     def _venue_of(self, holding: Holding) -> str | None:
         """The venue of a position without protective orders: the one its portfolio trades on."""

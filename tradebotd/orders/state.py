@@ -36,6 +36,7 @@ the frozen :class:`~tradebotd.orders.model.OrderRecord` a write batch stores, on
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
@@ -62,7 +63,7 @@ from .model import (
     Unknown,
 )
 
-__all__ = ["CHANGED", "DUPLICATE", "FILL", "ILLEGAL", "Order", "OrderBook", "Outcome", "Transition"]
+__all__ = ["CHANGED", "DUPLICATE", "FILL", "ILLEGAL", "Order", "OrderBook", "Outcome", "Transition", "intent_levels"]
 
 Outcome = Literal["changed", "fill", "duplicate", "illegal"]
 CHANGED: Final = "changed"  # the status (or an id) changed
@@ -263,6 +264,8 @@ class Order:
         order._fills = tuple(trade_ids)
         if record.average_price is not None:
             order._cost = record.average_price * record.filled_amount
+        if record.leg == "entry" and record.status in _AWAITING and record.raw and record.raw.startswith(_INTENT):
+            order.take_profit, order.stop_loss = _levels_of(record.raw)
         return order
 
     @property
@@ -427,7 +430,9 @@ class OrderBook:
             return Transition(ILLEGAL, order, status, f"accepted, but the order is {status}")
         if type(event) is Unknown:
             if status == "pending":
-                order.error, order.raw = event.reason, event.raw
+                order.error = event.reason
+                if event.raw is not None:  # else it keeps the intent's levels (see intent_levels)
+                    order.raw = event.raw
                 return self._move(order, "unknown", now)
             return Transition(ILLEGAL, order, status, f"an ambiguous result for an order that is {status}")
         if type(event) is Rejected:
@@ -573,6 +578,28 @@ class OrderBook:
         done[order.client_order_id] = order
         if len(done) > self._done_kept:
             done.popitem(last=False)
+
+
+_INTENT = '{"intent":'
+
+
+def intent_levels(take_profit: Decimal | None, stop_loss: Decimal | None) -> str:
+    """An entry's take-profit and stop-loss, kept in its ``raw`` column until the exchange answers
+    (the ``orders`` table has no columns for them: once the entry fills, the position holds them).
+    An entry whose answer was lost to a crash is restored with its levels from here, so its
+    protection is placed (or found on the exchange) like any other's."""
+    tp = "null" if take_profit is None else f'"{take_profit}"'
+    sl = "null" if stop_loss is None else f'"{stop_loss}"'
+    return f'{_INTENT}{{"take_profit":{tp},"stop_loss":{sl}}}}}'
+
+
+def _levels_of(raw: str) -> tuple[Decimal | None, Decimal | None]:
+    try:
+        levels = json.loads(raw)["intent"]
+        tp, sl = levels.get("take_profit"), levels.get("stop_loss")
+        return (None if tp is None else Decimal(tp)), (None if sl is None else Decimal(sl))
+    except (ValueError, KeyError, TypeError, ArithmeticError):
+        return None, None
 
 
 def _for_leg(result: SubmitResult, client_order_id: str) -> SubmitResult:
