@@ -161,7 +161,7 @@ def live_account(
     desk = OrderDesk(
         ledger=Ledger({PORTFOLIO: D(cash)}, holdings or {}),
         policy=OrderPolicy(D(default_amount)),
-        venues={broker.name: Venue(broker.name, broker.rules, broker.order_cap)},
+        venues={broker.name: Venue(broker.name, broker.rules, broker.order_cap, durable=True)},
         book=OrderBook(orders or []),
     )
     desk.portfolio_venues = {PORTFOLIO: broker.name}

@@ -162,7 +162,7 @@ class Engine:
         self._brokers = dict(brokers)  # by portfolio type
         self._portfolios = None if portfolios is None else dict(portfolios)
         self._default_portfolio = default_portfolio
-        venues = {b.name: Venue(b.name, b.rules, b.order_cap) for b in self._brokers.values()}
+        venues = {b.name: Venue(b.name, b.rules, b.order_cap, b.durable_intents) for b in self._brokers.values()}
         self.desk = OrderDesk(ledger=ledger or Ledger(), policy=policy, venues=venues, book=OrderBook(orders))
         if self._portfolios is not None:
             self.desk.portfolio_venues = {

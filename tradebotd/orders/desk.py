@@ -76,6 +76,9 @@ class Venue:
     name: str
     rules: Callable[[StreamKey], MarketRules]
     cap: OrderCap | None = None
+    durable: bool = False
+    """the broker commits intents before sending (live): an entry's levels are kept with its
+    intent (``raw``) for a restart that finds it unanswered"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ class OrderDesk:
         # The position's protective legs (none unless the strategy has active orders at all).
         legs = book.protection(sid) if checked.side == "sell" and book.has_active(sid) else None
         order = Order.from_request(checked, venue, now)
-        if checked.take_profit is not None or checked.stop_loss is not None:
+        if place.durable and (checked.take_profit is not None or checked.stop_loss is not None):
             order.raw = intent_levels(checked.take_profit, checked.stop_loss)
         order.base_asset = rules.base_asset
         order.quote_asset = rules.quote_asset
