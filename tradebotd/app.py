@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, cast
@@ -267,11 +267,14 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
         request_budgets=request_budgets,
         engine=engine,
         feed=feed,
-        sync=make_sync(settings, store, hooks),
+        # The sync's tasks hold their work back while a candle is evaluated or waits for its commit.
+        sync=make_sync(settings, store, hooks, busy=lambda: engine.busy or writer.queued > 0),
     )
 
 
-def make_sync(settings: Settings, store: SqliteStore, hooks: Hooks) -> SyncService | None:
+def make_sync(
+    settings: Settings, store: SqliteStore, hooks: Hooks, busy: Callable[[], bool] | None = None
+) -> SyncService | None:
     """store.backend = "supabase": the outbox, mirror and leases (tradebotd.sync.service)."""
     if settings.store.backend != "supabase":
         uninstall_outbox(store.path)
@@ -285,4 +288,5 @@ def make_sync(settings: Settings, store: SqliteStore, hooks: Hooks) -> SyncServi
         on_takeover=hooks.taken_over,
         on_portfolio=hooks.portfolio_added,
         market_now_ms=hooks.server_now_ms,
+        busy=busy,
     )

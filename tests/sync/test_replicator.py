@@ -4,6 +4,7 @@ re-sends, nothing lost in an outage, refused rows set aside instead of blocking.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal as D
 from pathlib import Path
@@ -164,4 +165,101 @@ async def test_rows_from_before_supabase_mode_are_shipped_once(
     assert pg.execute("SELECT name, status FROM strategies").fetchall() == [("old", "paused")]
     assert pg.execute("SELECT count(*) FROM strategy_logs").fetchone() == (1,)
     assert outbox.dead() == 0
+    await gateway.close()
+
+
+async def test_holds_back_while_the_candle_path_is_busy_then_ships_everything_once(
+    tmp_path: Path, rest: PostgrestStandin, pg: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """While a candle is being evaluated or committed the replicator reads, sends and trims
+    nothing (it shares the event loop with the candles); once the path is quiet the rows go out,
+    each once."""
+    store, pid, sid = _store(tmp_path)
+    store.apply([_candle_batch(sid, pid, 60_000)])
+    outbox = Outbox(str(store.path))
+    gateway = await SupabaseGateway.connect(rest.url, SERVICE_KEY)
+    busy = True
+    replicator = Replicator(outbox, gateway, busy=lambda: busy, max_defer_s=3600)
+    held_back = replicator.next_deferral()
+    task = asyncio.create_task(replicator.run())
+    replicator.notify()  # the writer committed
+    async with asyncio.timeout(30):
+        await held_back.wait()
+    backlog = outbox.backlog()
+    assert backlog > 0 and replicator.stats.requests == 0
+    assert pg.execute("SELECT count(*) FROM trades").fetchone() == (0,)
+
+    # Still busy: a second deferral, and still nothing sent.
+    held_back = replicator.next_deferral()
+    async with asyncio.timeout(30):
+        await held_back.wait()
+    assert replicator.stats.requests == 0 and outbox.backlog() == backlog
+
+    busy = False
+    async with asyncio.timeout(30):
+        await replicator.drained()
+    assert outbox.backlog() == 0 and replicator.stats.forced == 0
+    assert pg.execute("SELECT count(*) FROM trades").fetchone() == (1,)
+    assert pg.execute("SELECT count(*) FROM strategy_logs").fetchone() == (1,)
+    replicator.stop()
+    await task
+    await gateway.close()
+
+
+async def test_a_candle_arriving_mid_chunk_holds_the_rest_of_the_chunk_back(
+    tmp_path: Path, rest: PostgrestStandin, pg: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The candle path is asked again before each request of a chunk and before the trim: a candle
+    that starts while a chunk is being shipped gets the loop; the chunk then completes, in order,
+    and is trimmed only after all of it arrived."""
+    store, pid, sid = _store(tmp_path)
+    store.apply([_candle_batch(sid, pid, 60_000)])
+    outbox = Outbox(str(store.path))
+    gateway = await SupabaseGateway.connect(rest.url, SERVICE_KEY)
+    state = {"busy": False}
+    sent: list[str] = []
+
+    class Gateway:
+        """The real gateway; the first request sent is when the next candle arrives."""
+
+        async def upsert(self, table: str, *args: object, **kwargs: object) -> None:
+            sent.append(table)
+            state["busy"] = len(sent) == 1
+            await gateway.upsert(table, *args, **kwargs)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(gateway, name)
+
+    replicator = Replicator(outbox, Gateway(), busy=lambda: state["busy"], max_defer_s=3600)  # type: ignore[arg-type]
+    held_back = replicator.next_deferral()
+    task = asyncio.create_task(replicator.ship(outbox.pending(1000)))
+    async with asyncio.timeout(30):
+        await held_back.wait()
+    assert len(sent) == 1 and outbox.backlog() > 0  # one request out, the rest held back
+
+    state["busy"] = False
+    async with asyncio.timeout(30):
+        await task
+    assert outbox.backlog() == 0
+    assert {"portfolios", "strategies", "trades", "strategy_logs", "market_data"} <= set(sent)
+    assert pg.execute("SELECT count(*) FROM trades").fetchone() == (1,)
+    await gateway.close()
+
+
+async def test_a_candle_path_that_is_never_quiet_does_not_stop_shipping(
+    tmp_path: Path, rest: PostgrestStandin, pg: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """Deferring is bounded (max_defer_s): a daemon that is always busy still ships."""
+    store, pid, sid = _store(tmp_path)
+    store.apply([_candle_batch(sid, pid, 60_000)])
+    outbox = Outbox(str(store.path))
+    gateway = await SupabaseGateway.connect(rest.url, SERVICE_KEY)
+    replicator = Replicator(outbox, gateway, busy=lambda: True, max_defer_s=0)
+    task = asyncio.create_task(replicator.run())
+    async with asyncio.timeout(30):
+        await replicator.drained()
+    assert outbox.backlog() == 0 and replicator.stats.forced > 0
+    assert pg.execute("SELECT count(*) FROM trades").fetchone() == (1,)
+    replicator.stop()
+    await task
     await gateway.close()

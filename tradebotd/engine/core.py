@@ -187,6 +187,12 @@ class Engine:
     def ledger(self) -> Ledger:
         return self.desk.ledger
 
+    @property
+    def busy(self) -> bool:
+        """A candle, a strategy sync or a close is being worked on under the candle lock (the
+        sync's replicator holds its network work back meanwhile)."""
+        return self._lock.locked()
+
     def position(self, strategy_id: str) -> Position | None:
         return self.desk.ledger.position(strategy_id)
 

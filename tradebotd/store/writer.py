@@ -82,6 +82,12 @@ class StoreWriter:
         self.failed_attempts = 0
 
     @property
+    def queued(self) -> int:
+        """Batches waiting for their commit (set-aside run times not counted: they wait for a
+        quiet moment on purpose)."""
+        return len(self._pending)
+
+    @property
     def backlog(self) -> int:
         """Batches not yet committed (set-aside run times count as one)."""
         return len(self._pending) + (1 if self._runs else 0)

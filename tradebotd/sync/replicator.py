@@ -18,6 +18,13 @@ its outbox rows. Failures:
   retried row by row, and the rows still refused move to ``outbox_dead`` with the error (kept,
   logged, counted), so one bad row never blocks the rest.
 
+The replicator yields to the candle path (it shares the daemon's event loop): it reads,
+encodes and sends nothing while a candle is being evaluated or committed (``busy``), nor until the
+last commit is ``gather_s`` old, so the rest of a candle burst is evaluated and committed first
+and its rows go out as one chunk; it checks again before each request of a chunk and before
+trimming the outbox. It never holds back longer than ``max_defer_s`` at a time, so a daemon that
+is never quiet still ships. Deferring delays rows, never drops or reorders them.
+
 The outbox is bounded by the disk only: past ``store.outbox_warn_rows`` a warning is logged (once
 per crossing) and ``over_warn`` is set for the metrics.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +164,8 @@ class ReplicatorStats:
     last_error: str | None = None
     last_error_at: float | None = None
     last_shipped_at: float | None = None
+    deferrals: int = 0  # times it held back for the candle path
+    forced: int = 0  # times it went ahead after max_defer_s although the candle path was busy
 
 
 class Replicator:
@@ -173,7 +182,11 @@ class Replicator:
         retry_max_s: float = 30.0,
         idle_check_s: float = 1.0,
         gather_s: float = 0.01,
+        busy: Callable[[], bool] | None = None,
+        max_defer_s: float = 1.0,
     ) -> None:
+        """``busy``: whether the candle path is at work now (the daemon: a candle under the
+        engine's lock, or batches waiting for the store writer)."""
         self._outbox = outbox
         self._gateway = gateway
         self._chunk_rows = chunk_rows
@@ -181,6 +194,10 @@ class Replicator:
         self._retry_min_s, self._retry_max_s = retry_min_s, retry_max_s
         self._idle_check_s = idle_check_s
         self._gather_s = gather_s
+        self._busy = busy or (lambda: False)
+        self._max_defer_s = max_defer_s
+        self._active_at = float("-inf")  # time.monotonic() of the last commit notified
+        self._deferred = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._retry = asyncio.Event()
         self._drained = asyncio.Event()
@@ -190,7 +207,30 @@ class Replicator:
 
     def notify(self) -> None:
         """Something may have been written to the outbox (the store writer committed)."""
+        self._active_at = time.monotonic()
         self._wakeup.set()
+
+    def next_deferral(self) -> asyncio.Event:
+        """The event set the next time the replicator holds back for the candle path (tests)."""
+        return self._deferred
+
+    async def yield_to_candles(self) -> None:
+        """Return once the candle path is quiet: not ``busy`` and the last commit ``gather_s``
+        old; or after ``max_defer_s`` regardless."""
+        give_up = time.monotonic() + self._max_defer_s
+        while True:
+            now = time.monotonic()
+            settle = self._active_at + self._gather_s - now
+            if settle <= 0 and not self._busy():
+                return
+            if now >= give_up:
+                self.stats.forced += 1
+                return
+            self.stats.deferrals += 1
+            self._deferred.set()
+            self._deferred = asyncio.Event()
+            # Busy: look again soon (its commit will also push the settling time on).
+            await asyncio.sleep(min(give_up - now, settle if settle > 0 else self._gather_s / 2))
 
     def next_attempt(self) -> asyncio.Event:
         """The event the next shipping attempt sets, shipped or failed (health, tests)."""
@@ -228,7 +268,7 @@ class Replicator:
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_check_s)
                 # Let the rest of a candle burst commit first: its rows go out in one chunk, and
                 # this task's work stays off the candles' path.
-                await asyncio.sleep(self._gather_s)
+                await self.yield_to_candles()
                 continue
             try:
                 await self.ship(rows)
@@ -251,10 +291,14 @@ class Replicator:
     async def ship(self, rows: Sequence[OutboxRow]) -> None:
         """Ship one chunk and forget it; ``SupabaseUnavailable`` leaves it all queued."""
         for request in plan(rows):
+            await self.yield_to_candles()
             try:
                 await self._send(request)
             except SupabaseRejected as exc:
                 await self._isolate(request, exc)
+        # The trim commits on the outbox's connection, which makes the store's connection drop its
+        # page cache: not in the middle of a candle either.
+        await self.yield_to_candles()
         self._outbox.remove_through(rows[-1].seq)
         self.stats.shipped_rows += len(rows)
         self.stats.last_shipped_at = time.time()

@@ -61,7 +61,10 @@ class SyncService:
         on_takeover: TakeoverSink,
         on_portfolio: Callable[[str, Decimal], None],
         market_now_ms: Callable[[], int],
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        """``busy``: whether the candle path is at work (a candle being evaluated or committed);
+        the sync's tasks hold their work back meanwhile (:class:`Replicator`)."""
         store = settings.store
         self._url = store.resolved_supabase_url()
         key = store.resolved_supabase_key()
@@ -77,6 +80,7 @@ class SyncService:
         self._on_takeover = on_takeover
         self._on_portfolio = on_portfolio
         self._market_now_ms = market_now_ms
+        self._busy = busy
         self.worker_id = settings.worker.resolved_id(Path(store.path))
         # Triggers first: from here on every committed change is in the outbox.
         self.outbox = Outbox(str(store.path))
@@ -92,7 +96,9 @@ class SyncService:
     async def start(self, supervisor: Supervisor) -> None:
         assert self._url is not None
         self._gateway = await SupabaseGateway.connect(self._url, self._key)
-        self.replicator = Replicator(self.outbox, self._gateway, warn_rows=self._settings.store.outbox_warn_rows)
+        self.replicator = Replicator(
+            self.outbox, self._gateway, warn_rows=self._settings.store.outbox_warn_rows, busy=self._busy
+        )
         self.mirror = Mirror(self.outbox, self._gateway, on_portfolio=self._on_portfolio)
         worker = self._settings.worker
         self.leases = Leases(
@@ -147,7 +153,9 @@ class SyncService:
                 await asyncio.wait_for(self._wakeup.wait(), max(0.0, wake_at - time.monotonic()))
 
     async def _pass(self) -> bool:
-        assert self.mirror is not None and self.leases is not None
+        assert self.mirror is not None and self.leases is not None and self.replicator is not None
+        # The pass shares the event loop with the candles too: it starts when they are done.
+        await self.replicator.yield_to_candles()
         mirrored = await self.mirror.poll()
         lost = self.leases.expire()
         if self.leases.renewal_due():
