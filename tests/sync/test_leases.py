@@ -71,3 +71,21 @@ def test_cursor_rule_on_takeover() -> None:
     assert start_cursor({**row, "taken_over": False}, MIN, market_now) == 10 * MIN  # our own lease back
     assert start_cursor(row, MIN, None) == 10 * MIN  # replay: candle times are not live times
     assert start_cursor({**row, "last_candle_time": None}, MIN, market_now) == 19 * MIN
+
+
+async def test_a_claim_sent_before_the_local_store_knows_the_strategy_counts_from_its_sending() -> None:
+    """The claim goes out with the mirror's poll (request_claims), and is taken once the mirror
+    applied the strategy (accept, with its interval): the lease's deadline counts from when the
+    request was sent, not from when its answer was taken."""
+    clock, gateway = FakeClock(), Gateway()
+    leases = Leases(gateway, worker_id="w", lease_s=120, clock=clock)  # type: ignore[arg-type]
+    answer = await leases.request_claims()
+    assert not leases.owns("s1")  # nothing held before the answer is taken
+    clock.now += 30  # the mirror's poll and apply
+    claimed = leases.accept(answer, {"s1": MIN})
+    assert [(c.strategy_id, c.cursor) for c in claimed] == [("s1", 5 * MIN)]
+    clock.now += 69  # 99 s after the request went out
+    assert leases.owns("s1")
+    clock.now += 2  # 101 s: past 5/6 of 120 s from the sending
+    assert not leases.owns("s1")
+    assert gateway.calls == ["tradebotd_claim_strategies"]

@@ -31,7 +31,7 @@ import structlog
 
 from .client import SupabaseGateway
 
-__all__ = ["Claimed", "Leases", "start_cursor"]
+__all__ = ["ClaimAnswer", "Claimed", "Leases", "start_cursor"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,12 @@ class Claimed:
     strategy_id: str
     cursor: int | None  # open time of the last candle the strategy may be taken to have evaluated
     taken_over: bool  # from another instance: its position and cash come from the database too
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    sent_at: float  # the lease clock before the request went out (deadlines count from here)
+    rows: list[dict[str, Any]]
 
 
 def start_cursor(row: Mapping[str, Any], interval_ms: int, market_now_ms: int | None) -> int | None:
@@ -117,13 +123,23 @@ class Leases:
         """Take free running strategies (and this worker's own leases, as after a restart: those
         it already holds here are simply renewed); returns the newly held ones. ``intervals``:
         strategy id -> candle interval in ms (from the local store), for the cursor rule."""
+        return self.accept(await self.request_claims(limit), intervals)
+
+    async def request_claims(self, limit: int = 1000) -> ClaimAnswer:
+        """The claim's request alone (:meth:`claim` = this, then :meth:`accept`): it needs nothing
+        from the local store, so it can go out together with the mirror's poll."""
         sent_at = self._clock()
         params: dict[str, Any] = {"p_worker_id": self.worker_id, "p_lease_s": _seconds(self.lease_s), "p_limit": limit}
         if self._symbols is not None:
             params["p_symbols"] = self._symbols
         rows = await self._gateway.rpc("tradebotd_claim_strategies", params)
+        return ClaimAnswer(sent_at, list(rows or []))
+
+    def accept(self, answer: ClaimAnswer, intervals: Mapping[str, int]) -> list[Claimed]:
+        """Hold what a claim's answer granted; returns the newly held ones (see :meth:`claim`)."""
+        sent_at = answer.sent_at
         claimed = []
-        for row in rows or []:
+        for row in answer.rows:
             sid = str(row["strategy_id"])
             known = sid in self._deadlines
             self._deadlines[sid] = self._deadline(sent_at)

@@ -156,13 +156,16 @@ class SyncService:
         assert self.mirror is not None and self.leases is not None and self.replicator is not None
         # The pass shares the event loop with the candles too: it starts when they are done.
         await self.replicator.yield_to_candles()
-        mirrored = await self.mirror.poll()
+        # The claim goes out with the poll (one round trip, not two): a strategy the web app set
+        # running is claimed in the pass that mirrors it; the cursor rule needs its interval
+        # from the local store, so the answer is taken once the mirror has applied the change.
+        mirrored, answer = await asyncio.gather(self.mirror.poll(), self.leases.request_claims())
         lost = self.leases.expire()
         if self.leases.renewal_due():
             lost += await self.leases.renew()
         rows = self.outbox.db.execute("SELECT id, asset, interval FROM strategies WHERE status = 'running'").fetchall()
         streams = {sid: (normalize_symbol(asset), interval) for sid, asset, interval in rows}
-        claimed = await self.leases.claim({sid: _interval_ms(i) for sid, (_, i) in streams.items()})
+        claimed = self.leases.accept(answer, {sid: _interval_ms(i) for sid, (_, i) in streams.items()})
         taken = [c.strategy_id for c in claimed if c.taken_over]
         if taken:
             await self._take_over(taken, streams)
