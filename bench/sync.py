@@ -16,8 +16,9 @@ in a database created for the run and dropped after.
   machine's load during the section lands on both. On a shared machine the p99 of either mode
   is the OS taking the core away in the middle of one step (measured: the slowest candles are
   one callback, the evaluation or the commit, stretched to 3-10 ms, with nothing of the sync's
-  running inside them), so the difference of the p99s is only meaningful on a quiet machine. (Released back to back, sqlite's candles ran on a hot CPU
-  and supabase's after the ~15 ms idle of shipping: that alone was +0.5 ms at the median.)
+  running inside them), so the difference of the p99s is only meaningful on a quiet machine.
+  (Released back to back, sqlite's candles ran on a hot CPU and supabase's after the ~15 ms
+  idle of shipping: that alone was +0.5 ms at the median.)
 * **Set running -> first evaluation**: a strategy set running in the database (as the web app
   does) while the daemon runs with the default mirror poll (2 s), at a random moment of the
   poll's cycle; measured: the time until it is loaded and warm, and the part of it after the
