@@ -11,6 +11,7 @@ JSON (decimals as strings, times ISO-8601 UTC and epoch ms).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sqlite3
@@ -143,9 +144,19 @@ def _stored_outbox(settings: Settings) -> dict[str, Any] | None:
         outbox.close()
 
 
-def live_report(daemon: Daemon) -> dict[str, Any]:
-    """``GET /status`` of a running daemon: the store's part plus what only it knows."""
-    report = store_report(daemon.store, daemon.settings)
+def _store_report_at(path: Path, settings: Settings) -> dict[str, Any]:
+    store = SqliteStore(path, auto_checkpoint=False)  # a reader of its own: WAL readers never block the writer
+    try:
+        return store_report(store, settings)
+    finally:
+        store.close()
+
+
+async def live_report(daemon: Daemon) -> dict[str, Any]:
+    """``GET /status`` of a running daemon: the store's part plus what only it knows. The store's
+    part is read in a thread on a connection of its own (about 15 ms for 100 strategies: not on
+    the event loop, where candles are evaluated)."""
+    report = await asyncio.to_thread(_store_report_at, daemon.store.path, daemon.settings)
     ops = daemon.ops
     health = ops.health() if ops is not None else None
     feed = daemon.feed

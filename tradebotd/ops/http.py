@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -160,7 +160,7 @@ class OpsServer:
         registry: CollectorRegistry,
         trigger: Trigger | None,
         secret: str | None,
-        status: Callable[[], Mapping[str, Any]] | None = None,
+        status: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
     ) -> None:
         check_exposure(host, port, secret)
         self._host, self._port = host, port
@@ -235,7 +235,7 @@ class OpsServer:
                 {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="tradebotd"'}
             )
         try:
-            body = self._status()
+            body = await self._status()
         except Exception:
             log.exception("status report failed")
             return _json({"error": "status failed; see the daemon's log"}, status=500)

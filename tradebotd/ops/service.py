@@ -80,7 +80,7 @@ class OpsService:
         progress_timeout_s: float,
         server_now_ms: Callable[[], int],
         trigger: Trigger | None,
-        status: Callable[[], Mapping[str, Any]] | None = None,
+        status: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         orders_today: Callable[[], int] | None = None,
         environ: MutableMapping[str, str] | None = None,
     ) -> None:
