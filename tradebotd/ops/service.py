@@ -83,6 +83,7 @@ class OpsService:
         status: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         orders_today: Callable[[], int] | None = None,
         environ: MutableMapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         env = os.environ if environ is None else environ
         interval = watchdog_interval_s(env)
@@ -93,6 +94,7 @@ class OpsService:
         self.watchdog = ProgressWatchdog(progress_timeout_s)
         self._server_now_ms = server_now_ms
         self._orders_today = orders_today
+        self._clock = clock  # the watchdog's and the evaluation wait's (time.monotonic's scale)
         self.ready = False
         self.withheld: tuple[Problem, ...] = ()  # what keeps WATCHDOG=1 back now
         self.registry = build_registry(sources, server_now_ms=server_now_ms, health=self.health)
@@ -108,9 +110,8 @@ class OpsService:
         )
 
     def health(self) -> Health:
-        snap = snapshot(
-            self.sources, watchdog=self.watchdog, now_s=time.monotonic(), now_ns=time.monotonic_ns(), ready=self.ready
-        )
+        now = self._clock()
+        snap = snapshot(self.sources, watchdog=self.watchdog, now_s=now, now_ns=int(now * 1e9), ready=self.ready)
         return assess(snap, self._server_now_ms(), self.policy)
 
     def status_line(self, health: Health | None = None) -> str:
