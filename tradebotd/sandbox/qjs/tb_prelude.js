@@ -156,6 +156,12 @@
     return null;
   }
 
+  // Made only for a message: building it for every key of every result cost a string per
+  // indicator per candle.
+  function where(key) {
+    return `indicators.${clip(key, 40)}`;
+  }
+
   function checkIndicators(indicators, out) {
     if (typeof indicators !== 'object' || isArray(indicators)) {
       return `indicators must be an object, got ${describeValue(indicators)}`;
@@ -167,25 +173,24 @@
     for (let k = 0; k < keys.length; k++) {
       const key = keys[k];
       const value = indicators[key];
-      const where = `indicators.${clip(key, 40)}`;
       if (typeof value === 'number') {
-        if (!isFinite(value)) return `${where} must be a finite number, got ${value}`;
+        if (!isFinite(value)) return `${where(key)} must be a finite number, got ${value}`;
         budget -= 24;
       } else if (typeof value === 'string') {
         budget -= value.length;
       } else if (typeof value === 'boolean') {
         budget -= 5;
       } else if (isArray(value)) {
-        if (value.length > budget / 2) return `${where} has ${value.length} entries: result too large`;
+        if (value.length > budget / 2) return `${where(key)} has ${value.length} entries: result too large`;
         for (let i = 0; i < value.length; i++) {
           const x = value[i];
           if (typeof x !== 'number' || !isFinite(x)) {
-            return `${where}[${i}] must be a finite number, got ${describeValue(x)}`;
+            return `${where(key)}[${i}] must be a finite number, got ${describeValue(x)}`;
           }
         }
         budget -= value.length * 2;
       } else {
-        return `${where} must be a number, string, boolean or array of numbers, got ${describeValue(value)}`;
+        return `${where(key)} must be a number, string, boolean or array of numbers, got ${describeValue(value)}`;
       }
       if (budget < 0) return `indicators exceed the ${limits.maxResultBytes}-byte result limit`;
       if (clean !== null) clean[key] = isArray(value) ? bareArray(apply(arraySlice, value, [])) : value;
