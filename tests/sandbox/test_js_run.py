@@ -112,3 +112,72 @@ def test_bad_candles_are_rejected_before_reaching_the_sandbox(make: MakeStrategy
     with pytest.raises(ValueError, match="shape"):
         strategy.push_history(np.zeros((3, 5)))
     assert strategy.history_length == 0
+
+
+# A hold in a backtest run is checked natively when that cannot differ from the prelude's check
+# (tb_shim.c, hold_is_plain); these holds must come out of run_until_signal exactly as they come
+# out of step, which always uses the prelude: same decisions, same errors, and the same number of
+# getter calls (the fourth candle's buy reports them).
+HOLDS = {
+    "plain": ("", "{signal: 'hold'}"),
+    "plain indicators": ("", "{signal: 'hold', reason: 'r', indicators: {a: 1, b: 2.5, c: 'x', d: true}}"),
+    "null and undefined levels": ("", "{signal: 'hold', amount: null, stopLoss: undefined, reason: null}"),
+    "a computed 'hold'": ("", "{signal: ['ho', 'ld'].join('')}"),
+    "a class instance": ("class R { constructor() { this.signal = 'hold'; } }", "new R()"),
+    "a getter on the result": ("", "{signal: 'hold', get amount() { calls++; return undefined; }}"),
+    "a getter on the indicators": ("", "{signal: 'hold', indicators: {get a() { calls++; return 1; }}}"),
+    "a getter on Object.prototype": (
+        "Object.defineProperty(Object.prototype, 'limitPrice', {get() { calls++; }, configurable: true});",
+        "{signal: 'hold'}",
+    ),
+    "a level on Object.prototype": ("Object.prototype.takeProfit = -1;", "{signal: 'hold'}"),
+    "a proxy": ("", "new Proxy({signal: 'hold'}, {get(t, k) { calls++; return t[k]; }})"),
+    "a NaN indicator": ("", "{signal: 'hold', indicators: {a: NaN}}"),
+    "an array indicator": ("", "{signal: 'hold', indicators: {a: [1, 2]}}"),
+    "an object indicator": ("", "{signal: 'hold', indicators: {a: {}}}"),
+    "indicators that are an array": ("", "{signal: 'hold', indicators: [1]}"),
+    "an invalid amount": ("", "{signal: 'hold', amount: 0}"),
+    "an order type": ("", "{signal: 'hold', orderType: 'limit'}"),
+    "a long reason": ("", "{signal: 'hold', reason: 'x'.repeat(1001)}"),
+    "a reason that is no string": ("", "{signal: 'hold', reason: 5}"),
+    "indicators over the size limit": ("", "{signal: 'hold', indicators: {a: 'x'.repeat(70000)}}"),
+    "hidden indicator keys": (
+        "function hidden() { const o = {a: 1}; o[Symbol('s')] = {};"
+        " Object.defineProperty(o, 'h', {get() { calls++; return {}; }, enumerable: false}); return o; }",
+        "{signal: 'hold', indicators: hidden()}",
+    ),
+    "a deleted key": ("function gone() { const o = {signal: 'hold', amount: -1}; delete o.amount; return o; }",
+                      "gone()"),
+    "no signal": ("", "{indicators: {a: 1}}"),
+}
+
+
+def _outcome(run: object) -> tuple[str, str]:
+    try:
+        result = run()  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return "ok", repr(result)
+
+
+@pytest.mark.parametrize("name", sorted(HOLDS))
+def test_holds_in_a_run_are_checked_as_in_a_step(make: MakeStrategy, name: str) -> None:
+    setup, result = HOLDS[name]
+    source = f"""
+let calls = 0;
+{setup}
+function evaluate(ctx) {{
+  if (ctx.candles.length === 4) return {{signal: 'buy', amount: 1, reason: 'calls ' + calls}};
+  return {result};
+}}"""
+    series = candles(1, 4)
+    batch, stepwise = make(source), make(source)
+
+    def stepped() -> tuple[int, Decision | None]:
+        for i, row in enumerate(series, start=1):
+            decision, _ = stepwise.step(tuple(row), None)  # type: ignore[arg-type]
+            if decision.signal != "hold":
+                return i, decision
+        return len(series), None
+
+    assert _outcome(lambda: batch.run_until_signal(series, None)) == _outcome(stepped)

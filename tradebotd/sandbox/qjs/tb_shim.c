@@ -131,11 +131,15 @@ static const tb_io_t tb_io_desc = {
 
 enum { A_TIME, A_OPEN, A_HIGH, A_LOW, A_CLOSE, A_VOLUME,
        A_CANDLES, A_CURRENT_PRICE, A_POSITION, A_PARAMETERS,
-       A_SIDE, A_AMOUNT, A_ENTRY_PRICE, A_ENTRY_TIME, A_COUNT };
+       A_SIDE, A_AMOUNT, A_ENTRY_PRICE, A_ENTRY_TIME,
+       A_SIGNAL, A_TAKE_PROFIT, A_STOP_LOSS, A_LIMIT_PRICE, A_ORDER_TYPE, A_REASON, A_INDICATORS,
+       A_HOLD, A_COUNT };
 static const char *const atom_names[A_COUNT] = {
     "time", "open", "high", "low", "close", "volume",
     "candles", "currentPrice", "position", "parameters",
     "side", "amount", "entryPrice", "entryTime",
+    "signal", "takeProfit", "stopLoss", "limitPrice", "orderType", "reason", "indicators",
+    "hold",
 };
 
 static struct {
@@ -145,6 +149,7 @@ static struct {
     JSValue entry;         /* the strategy's function */
     JSValue parameters;    /* deep-frozen */
     JSValue side_long;     /* the string "long" */
+    JSValue hold;          /* the string "hold": the atom's own string, as a literal 'hold' is */
     JSShape *candle_shape, *context_shape, *position_shape; /* see "records" */
     JSValue finish, take_logs, describe_error; /* prelude helpers */
     JSValue *history;      /* ring of frozen candle objects */
@@ -672,6 +677,140 @@ static JSValue settle(JSValue promise, int32_t *status)
     }
 }
 
+/* ---------------------------------------------------------------- holds checked natively
+ *
+ * In a backtest run most results are holds, and checking one with the prelude's finish() (a JS
+ * call that reads eight keys and walks the indicators) cost about as much as a simple strategy's
+ * own evaluation. hold_is_plain() decides natively, for the common case only, what finish() would
+ * decide: that the result is a valid hold. It says so only when reading what finish() reads can
+ * have no side effect and cannot differ from what it sees here: the result is an ordinary object
+ * whose properties are all plain data properties; signal is its own property holding the
+ * interned string 'hold' (what a literal 'hold' is); amount, takeProfit, stopLoss, limitPrice and
+ * orderType are absent, undefined or null, and where absent no prototype has them either; reason
+ * is absent, null or a short enough string; indicators is absent, null, or an ordinary object
+ * whose enumerable own properties (what Object.keys lists) are plain data properties holding
+ * finite numbers, strings or booleans within the result size budget. Anything else (getters,
+ * proxies, arrays, an invalid value, a computed 'hold' string) returns 0 before anything was
+ * read through JS, and finish() decides as always, error messages included. */
+
+/* The atom is found nowhere on the prototype chain of `p`: reading it gives undefined, no getter runs. */
+static int chain_lacks(JSObject *p, JSAtom atom)
+{
+    JSProperty *pr;
+    for (JSObject *proto = p->shape->proto; proto; proto = proto->shape->proto) {
+        if (proto->class_id != JS_CLASS_OBJECT || find_own_property(&pr, proto, atom))
+            return 0;
+    }
+    return 1;
+}
+
+static int string_length(JSValueConst v, uint32_t *len)
+{
+    if (JS_VALUE_GET_TAG(v) != JS_TAG_STRING)
+        return 0; /* ropes and everything else: finish() decides */
+    *len = JS_VALUE_GET_STRING(v)->len;
+    return 1;
+}
+
+static int indicators_plain(JSValueConst v)
+{
+    if (JS_VALUE_GET_TAG(v) != JS_TAG_OBJECT)
+        return 0;
+    JSObject *p = JS_VALUE_GET_OBJ(v);
+    if (p->class_id != JS_CLASS_OBJECT || p->fast_array)
+        return 0;
+    int64_t budget = tb_config.max_result_bytes; /* the prelude's rough guard, step for step */
+    JSShape *sh = p->shape;
+    JSShapeProperty *prs = get_shape_prop(sh);
+    for (int i = 0; i < sh->prop_count; i++) {
+        JSAtom atom = prs[i].atom;
+        if (atom == JS_ATOM_NULL || !(prs[i].flags & JS_PROP_ENUMERABLE))
+            continue; /* deleted, or not listed by Object.keys */
+        if (JS_AtomGetKind(S.ctx, atom) != JS_ATOM_KIND_STRING)
+            continue; /* symbols are not listed either */
+        if ((prs[i].flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+            return 0;
+        JSValue value = p->prop[i].u.value;
+        uint32_t len;
+        switch (JS_VALUE_GET_NORM_TAG(value)) { /* NaN-boxed: a double's raw tag is not FLOAT64 */
+        case JS_TAG_INT:
+            budget -= 24;
+            break;
+        case JS_TAG_FLOAT64:
+            if (!isfinite(JS_VALUE_GET_FLOAT64(value)))
+                return 0;
+            budget -= 24;
+            break;
+        case JS_TAG_BOOL:
+            budget -= 5;
+            break;
+        case JS_TAG_STRING:
+            string_length(value, &len);
+            budget -= len;
+            break;
+        default:
+            return 0;
+        }
+    }
+    return budget >= 0; /* the budget only falls, so never below 0 on the way either */
+}
+
+static int hold_is_plain(JSValueConst result)
+{
+    if (JS_VALUE_GET_TAG(result) != JS_TAG_OBJECT)
+        return 0;
+    JSObject *p = JS_VALUE_GET_OBJ(result);
+    if (p->class_id != JS_CLASS_OBJECT || p->fast_array)
+        return 0;
+    enum { SEEN_SIGNAL = 1, SEEN_AMOUNT = 2, SEEN_TAKE_PROFIT = 4, SEEN_STOP_LOSS = 8,
+           SEEN_LIMIT_PRICE = 16, SEEN_ORDER_TYPE = 32, SEEN_REASON = 64, SEEN_INDICATORS = 128 };
+    static const int checked[] = { A_AMOUNT, A_TAKE_PROFIT, A_STOP_LOSS, A_LIMIT_PRICE, A_ORDER_TYPE,
+                                   A_REASON, A_INDICATORS };
+    static const int seen_bit[] = { SEEN_AMOUNT, SEEN_TAKE_PROFIT, SEEN_STOP_LOSS, SEEN_LIMIT_PRICE,
+                                    SEEN_ORDER_TYPE, SEEN_REASON, SEEN_INDICATORS };
+    int seen = 0;
+    JSShape *sh = p->shape;
+    JSShapeProperty *prs = get_shape_prop(sh);
+    for (int i = 0; i < sh->prop_count; i++) {
+        JSAtom atom = prs[i].atom;
+        if (atom == JS_ATOM_NULL)
+            continue;
+        if ((prs[i].flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+            return 0;
+        JSValue value = p->prop[i].u.value;
+        int tag = JS_VALUE_GET_NORM_TAG(value);
+        int absent = tag == JS_TAG_UNDEFINED || tag == JS_TAG_NULL;
+        if (atom == S.atoms[A_SIGNAL]) {
+            if (tag != JS_TAG_STRING || JS_VALUE_GET_PTR(value) != JS_VALUE_GET_PTR(S.hold))
+                return 0;
+            seen |= SEEN_SIGNAL;
+        } else if (atom == S.atoms[A_REASON]) {
+            uint32_t len;
+            if (!absent && !(string_length(value, &len) && len <= tb_config.max_reason_chars))
+                return 0;
+            seen |= SEEN_REASON;
+        } else if (atom == S.atoms[A_INDICATORS]) {
+            if (!absent && !indicators_plain(value))
+                return 0;
+            seen |= SEEN_INDICATORS;
+        } else {
+            for (int k = 0; k < 5; k++) { /* amount ... orderType: only absent is plain */
+                if (atom == S.atoms[checked[k]]) {
+                    if (!absent)
+                        return 0;
+                    seen |= seen_bit[k];
+                }
+            }
+        }
+    }
+    if (!(seen & SEEN_SIGNAL))
+        return 0;
+    for (int k = 0; k < 7; k++)
+        if (!(seen & seen_bit[k]) && !chain_lacks(p, S.atoms[checked[k]]))
+            return 0;
+    return 1;
+}
+
 /* One evaluation. With hold_is_empty, a hold produces no output (tb_run keeps going). */
 static int32_t evaluate(double current_price, int hold_is_empty)
 {
@@ -691,6 +830,10 @@ static int32_t evaluate(double current_price, int hold_is_empty)
     } else if (drain_jobs() < 0) { /* stray jobs must not leak into the next evaluation */
         JS_FreeValue(S.ctx, result);
         return report_exception(TB_JS_ERROR);
+    }
+    if (hold_is_empty && hold_is_plain(result)) { /* what finish() would say, without calling it */
+        JS_FreeValue(S.ctx, result);
+        return finish_call(TB_OK);
     }
     JSValue args[2] = { result, JS_NewBool(S.ctx, hold_is_empty) };
     JSValue json = JS_Call(S.ctx, S.finish, JS_UNDEFINED, 2, (JSValueConst *)args);
@@ -726,7 +869,7 @@ static void unload(void)
         JS_FreeValue(S.ctx, S.view);
         for (uint32_t i = 0; i < S.count; i++)
             JS_FreeValue(S.ctx, S.history[(S.head + i) % S.capacity]);
-        JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.finish, &S.take_logs,
+        JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
                               &S.describe_error };
         for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
             JS_FreeValue(S.ctx, *values[i]);
@@ -743,7 +886,7 @@ static void unload(void)
     H.used = 0; /* everything QuickJS held went with its runtime */
     free(S.history);
     free(S.scratch);
-    JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.finish, &S.take_logs,
+    JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
                           &S.describe_error };
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
         *values[i] = JS_UNDEFINED;
@@ -829,6 +972,7 @@ static int32_t load(const char *source, uint32_t source_len, const char *params,
     for (int i = 0; i < A_COUNT; i++)
         S.atoms[i] = JS_NewAtom(S.ctx, atom_names[i]);
     S.side_long = JS_NewString(S.ctx, "long");
+    S.hold = JS_AtomToString(S.ctx, S.atoms[A_HOLD]);
     if (make_record_shapes() < 0)
         return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
     arm_deadline(tb_config.load_timeout_ms);
