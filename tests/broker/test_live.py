@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from tests.exchange.conftest import KEY as API_KEY
 from tests.exchange.conftest import SECRET, SecondsClock
 from tradebotd.broker.live import LiveBroker, list_client_order_id, order_rules
+from tradebotd.exchange.errors import Banned
 from tradebotd.exchange.throttle import RequestBudget
 from tradebotd.model import Position, StreamKey
 from tradebotd.orders.ledger import Holding
@@ -455,3 +456,49 @@ async def test_an_order_the_exchange_cannot_be_asked_about_holds_its_strategy(se
         assert "s1" in b.held and buy in b.held["s1"]  # type: ignore[attr-defined]
     finally:
         await b.close()
+
+
+async def test_protection_cancelled_on_the_exchange_is_noticed_and_placed_again(account: LiveAccount) -> None:
+    await account.decide("buy", amount="0.01", tp="43000", sl="41000")
+    tp, sl = account.desk.book.protection("s1")
+    # Someone cancels the list by hand (or the exchange does): the poller sees the legs gone.
+    await account.port.cancel_oco("BTCUSDT", list_client_order_id(tp.client_order_id))
+    await account.poll()
+    assert (tp.status, sl.status) == ("cancelled", "cancelled") and account.position() is not None
+    await account.candle("42000")  # the invariant after the closed candle
+    tp2, sl2 = account.desk.book.protection("s1")
+    assert tp2.client_order_id.endswith("-tp-p2") and (tp2.status, sl2.status) == ("open", "open")
+    assert [e for e in account.logs("error") if "not live on the exchange" in e.message]
+    assert len(account.server.account.open_orders()) == 2
+
+
+async def test_periodic_reconciliation_finds_what_the_poller_did_not_watch(account: LiveAccount) -> None:
+    await account.decide("buy", amount="0.01", tp="43000", sl="41000")
+    tp, sl = account.desk.book.protection("s1")
+    account.broker._tracked.clear()  # as if the broker had lost track of them
+    await account.poll()  # watches nothing
+    account.price("43000")
+    await account.poll()
+    assert account.position() is not None
+    await account.orders.reconcile_durable()  # the engine's active orders, asked by client order id
+    await account.orders.drain()
+    assert account.position() is None and (tp.status, sl.status) == ("filled", "cancelled")
+
+
+async def test_the_invariant_waits_while_the_exchange_cannot_take_orders(
+    account: LiveAccount, clock: SecondsClock
+) -> None:
+    await account.decide("buy", amount="0.01", tp="43000", sl="41000")
+    tp, _ = account.desk.book.protection("s1")
+    await account.port.cancel_oco("BTCUSDT", list_client_order_id(tp.client_order_id))
+    await account.poll()
+    account.server.faults.ban(retry_after_s=300)
+    with pytest.raises(Banned):
+        await account.port.balances()  # any request of this account's IP: 418
+    assert account.broker.banned_until_ms is not None and not account.broker.available()
+    await account.candle("42000")
+    assert account.desk.book.protection("s1") == []  # no attempt spent on a request that cannot go out
+    clock.t += 300
+    account.server.api.lift_ban()
+    await account.candle("42000", t=T + 120_000)
+    assert [o.client_order_id[-5:] for o in account.desk.book.protection("s1")] == ["tp-p2", "sl-p2"]

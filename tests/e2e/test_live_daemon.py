@@ -21,11 +21,15 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from tradebotd.broker.base import client_order_id
+from tradebotd.cli import main
 from tradebotd.config import ExchangeSettings
 from tradebotd.daemon import Daemon
 from tradebotd.errors import ConfigError
+from tradebotd.orders.model import OrderRecord
 from tradebotd.replay.exchange import ExchangeServer
 from tradebotd.replay.server import ReplayServer
+from tradebotd.store.base import WriteBatch
 from tradebotd.store.sqlite import SqliteStore
 from tradebotd.testing import replay_settings, until_stored
 
@@ -218,3 +222,43 @@ def _warmed_up(replay: ReplayServer) -> bool:
     subscribed = any("btcusdt@kline_1m" in streams for streams in replay.subscriptions())
     fetched = any(path.endswith("/klines") and q.get("symbol") == "BTCUSDT" for path, q in replay.rest_requests)
     return subscribed and fetched
+
+
+async def test_a_strategy_whose_orders_cannot_be_reconciled_is_not_traded_and_says_why(
+    market: tuple[ReplayServer, ExchangeServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    replay, exchange = market
+    db = tmp_path / "held.db"
+    pid, sid = live_store(db)
+    coid = client_order_id(sid, 1_700_000_000_000, "buy")
+    store = SqliteStore(db)
+    try:  # an order whose answer was lost: the daemon must ask the exchange before trading again
+        store.apply([WriteBatch(orders={coid: OrderRecord(
+            coid, sid, pid, "binance", "BTCUSDT", "1m", "buy", "market", "entry", D("0.01"), None, None,
+            D("30000"), "unknown", None, None, None, D(0), None, D(0), None, 1_700_000_000_000, None,
+            "timed out", None, "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000Z",
+        )})])
+    finally:
+        store.close()
+    exchange.faults.server_error(503, method="GET", path="/api/v3/order", count=1_000)  # it cannot answer
+    daemon = Daemon(replay_settings(replay, db, history=HISTORY, exchange=exchange_settings(exchange)))
+    await daemon.start()
+    try:
+        await until_stored(daemon, lambda: daemon.store.get_strategy(sid).status == "error")
+        row = daemon.store.get_strategy(sid)
+        assert row.error_message is not None and "could not be reconciled" in row.error_message
+        assert coid in row.error_message
+        logs = [e for _, e in daemon.store.logs_after(sid)]
+        assert any(e.level == "error" and "could not be reconciled" in e.message for e in logs)
+        assert exchange.requests_to("/api/v3/order", "POST") == []  # nothing traded
+    finally:
+        await daemon.shutdown()
+    for name in list(os.environ):
+        if name.startswith("TRADEBOTD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TRADEBOTD_STORE__PATH", str(db))
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["strategy", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "error" in listed and "could not be reconciled" in listed

@@ -158,6 +158,10 @@ class Reconciling(Protocol):
     def unresolved(self) -> Mapping[str, str]:
         """client order id -> why its state is unknown (the exchange unreachable, keys refused)"""
 
+    def available(self) -> bool:
+        """Whether orders can go out now (markets loaded, no ban): the protection invariant waits
+        otherwise, rather than spend its attempts on requests that cannot be sent."""
+
 
 @runtime_checkable
 class Polling(Protocol):

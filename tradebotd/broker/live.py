@@ -213,6 +213,10 @@ class LiveBroker:
             return self._banned_until_ms
         return None
 
+    def available(self) -> bool:
+        """Markets loaded and no ban: orders can go out."""
+        return self._markets_loaded and self.banned_until_ms is None
+
     def unresolved(self) -> Mapping[str, str]:
         """Active orders the exchange could not be asked about (client order id -> why)."""
         return dict(self._unresolved)

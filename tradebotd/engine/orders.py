@@ -256,8 +256,15 @@ class Orders:
                     self.desk.on_event(event, now, out)
                 unresolved.update(self._unresolved(broker))
             now = utc_now()
-            self._check_protection(now, out)
-            self.desk.ensure_protection(now, out)
+            self._check_protection(now, out)  # live positions (while their exchange can be reached)
+            if self._durable_venues:
+                desk = self.desk
+                others = [sid for sid, holding in desk.ledger.holdings()
+                          if (next((o.broker for o in desk.book.protection(sid)), None) or desk.venue_of(holding))
+                          not in self._durable_venues]
+                desk.ensure_protection(now, out, others)
+            else:
+                self.desk.ensure_protection(now, out)
             await self.finish(out, WriteBatch())
         return unresolved
 
@@ -300,7 +307,11 @@ class Orders:
         """Every open position on a broker whose exchange holds its protective orders (durable
         intents: live) has them live; the missing are placed again (new ids, ``-p<n>``) and the
         repair logged at ``error``."""
-        missing, notes = self.desk.unprotected(self._durable_venues)
+        venues = [
+            broker.name for broker in self.brokers.values()
+            if broker.durable_intents and not (isinstance(broker, Reconciling) and not broker.available())
+        ]
+        missing, notes = self.desk.unprotected(venues)
         for note in notes:
             said = (note.strategy_id, note.message)
             if said not in self._said:
