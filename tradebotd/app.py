@@ -289,4 +289,5 @@ def make_sync(
         on_portfolio=hooks.portfolio_added,
         market_now_ms=hooks.server_now_ms,
         busy=busy,
+        store_connection=store.connection,
     )

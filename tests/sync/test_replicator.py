@@ -5,6 +5,7 @@ re-sends, nothing lost in an outage, refused rows set aside instead of blocking.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from decimal import Decimal as D
 from pathlib import Path
@@ -262,4 +263,28 @@ async def test_a_candle_path_that_is_never_quiet_does_not_stop_shipping(
     assert pg.execute("SELECT count(*) FROM trades").fetchone() == (1,)
     replicator.stop()
     await task
+    await gateway.close()
+
+
+async def test_the_trim_commits_on_the_store_writers_connection_or_else_its_own(
+    tmp_path: Path, rest: PostgrestStandin, pg: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The shipped rows are deleted on the store's own connection (a commit on another one makes
+    SQLite drop that connection's page cache before the next candle's commit); when that
+    connection cannot write, on the outbox's own: either way the chunk is trimmed once."""
+    store, pid, sid = _store(tmp_path)
+    store.apply([_candle_batch(sid, pid, 60_000)])
+    outbox = Outbox(str(store.path), trim_on=store.connection)
+    gateway = await SupabaseGateway.connect(rest.url, SERVICE_KEY)
+    backlog, before = outbox.backlog(), store.connection.total_changes
+    await Replicator(outbox, gateway).ship(outbox.pending(1000))
+    assert outbox.backlog() == 0 and store.connection.total_changes - before == backlog
+
+    store.apply([_candle_batch(sid, pid, 120_000)])
+    read_only = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, isolation_level=None)
+    fallback = Outbox(str(store.path), trim_on=read_only)
+    await Replicator(fallback, gateway).ship(fallback.pending(1000))
+    assert fallback.backlog() == 0
+    assert pg.execute("SELECT count(*) FROM trades").fetchone() == (2,)
+    read_only.close()
     await gateway.close()

@@ -207,9 +207,18 @@ def install(db: sqlite3.Connection, *, market_data: bool = True) -> None:
 
 
 class Outbox:
-    """Reading and trimming the outbox (the replicator's side), on its own connection."""
+    """Reading and trimming the outbox (the replicator's side), on its own connection.
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 2000) -> None:
+    ``trim_on``: the store writer's connection (same thread, the event loop's), for the trim
+    alone. SQLite has a connection drop its whole page cache when another connection committed
+    to the file since its last read; a trim committed here after every shipped chunk made the
+    next candle's commit read its pages again (measured: +15 us median for one strategy's
+    commit, +40 us median and +200 us at p90 for 100 strategies'). The trim's own transaction
+    there never spans an await. If that connection is busy (its short busy timeout) the trim
+    falls back to this one."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 2000, trim_on: sqlite3.Connection | None = None) -> None:
+        self._trim_on = trim_on
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         # As the store's own connection: durable across process crashes in WAL mode, and no fsync
@@ -249,6 +258,13 @@ class Outbox:
 
     def remove_through(self, seq: int) -> None:
         """Forget shipped rows: everything up to ``seq`` (a chunk is always the oldest rows)."""
+        if self._trim_on is not None:
+            try:
+                with _Tx(self._trim_on):
+                    self._trim_on.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+                return
+            except sqlite3.OperationalError:
+                pass  # locked by another process past that connection's busy timeout: here, then
         with self.transaction():
             self._db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
 

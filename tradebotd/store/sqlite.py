@@ -904,5 +904,10 @@ class SqliteStore:
         """Raw read access for tests and diagnostics."""
         return cast(list[sqlite3.Row], self._db.execute(sql, args).fetchall())
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's own connection (the outbox trims on it: see ``tradebotd.store.outbox``)."""
+        return self._db
+
     def close(self) -> None:
         self._db.close()

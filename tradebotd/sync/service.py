@@ -21,6 +21,7 @@ another instance resumes exactly there. What did not ship stays in the outbox fo
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -62,9 +63,11 @@ class SyncService:
         on_portfolio: Callable[[str, Decimal], None],
         market_now_ms: Callable[[], int],
         busy: Callable[[], bool] | None = None,
+        store_connection: sqlite3.Connection | None = None,
     ) -> None:
         """``busy``: whether the candle path is at work (a candle being evaluated or committed);
-        the sync's tasks hold their work back meanwhile (:class:`Replicator`)."""
+        the sync's tasks hold their work back meanwhile (:class:`Replicator`). ``store_connection``:
+        the store writer's, for the outbox's trims (:class:`Outbox`)."""
         store = settings.store
         self._url = store.resolved_supabase_url()
         key = store.resolved_supabase_key()
@@ -83,7 +86,7 @@ class SyncService:
         self._busy = busy
         self.worker_id = settings.worker.resolved_id(Path(store.path))
         # Triggers first: from here on every committed change is in the outbox.
-        self.outbox = Outbox(str(store.path))
+        self.outbox = Outbox(str(store.path), trim_on=store_connection)
         install(self.outbox.db, market_data=store.sync_market_data)
         self._gateway: SupabaseGateway | None = None
         self.replicator: Replicator | None = None
