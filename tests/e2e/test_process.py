@@ -1,4 +1,5 @@
-"""``tradebotd run`` as a process: clear retry lines when Binance is unreachable, exit 0 on SIGTERM."""
+"""``tradebotd run`` as a process: clear retry lines when Binance is unreachable, ``tradebotd orders``
+beside it, exit 0 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def test_unreachable_exchange_logs_one_line_per_retry_and_stops_cleanly(tmp_path
             assert "error" in record and "retry_in_s" in record
             if retries == 3:
                 break
+    # read-only commands work beside the running daemon, which holds the store's lock
+    orders = subprocess.run([*cli, "orders", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert (orders.returncode, json.loads(orders.stdout)) == (0, []), orders.stderr
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     lines.extend(out.splitlines(keepends=True))
