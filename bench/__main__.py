@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tradebotd.replay.series import Series, demo_csv, load_csv
 
-from . import backtest, latency, sandbox, scale, startup, sync, versus
+from . import backtest, latency, live_orders, sandbox, scale, startup, sync, versus
 from .rows import Row
 
 SECTIONS: dict[str, Callable[[Series, Path | None], list[Row]]] = {
@@ -26,6 +26,7 @@ SECTIONS: dict[str, Callable[[Series, Path | None], list[Row]]] = {
     "backtest": lambda series, data: backtest.run(data),
     "versus": lambda series, data: versus.run(data),
     "sync": lambda series, data: sync.run(series),
+    "live-orders": lambda series, data: live_orders.run(),
 }
 
 

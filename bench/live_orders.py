@@ -1,0 +1,445 @@
+"""Issue 8: live orders. Time from a closed kline arriving to its orders' requests leaving the
+daemon, with 1 and 100 strategies trading on one candle; and the decision latency of strategies
+that do not trade, with and without 100 orders in flight.
+
+The real daemon (feed, engine, JS sandboxes, the live broker on the real ccxt, SQLite writer)
+trades a ``live`` portfolio against the local Binance spot stand-in
+(``tradebotd.replay.exchange``), served with the candles by the replay server in a process of its
+own (``tradebotd replay-server --exchange``'s setup: HMAC signatures and ``recvWindow`` checked,
+orders matched at the replayed price, fees in the quote asset), with its rate limits raised far
+above Binance's (see ``LIMITS``): candles are released back to back here, so a minute's weight
+and the account's 50 orders per 10 s would otherwise be spent in a second, and the request
+budget would pace the orders (as it must on the real exchange). In the daemon process every
+order request is stamped with ``time.monotonic_ns()`` right before ccxt hands it to aiohttp
+(``ClientSession._request``, a POST to ``/api/v3/order``); the stand-in stamps its arrival (the
+same clock: ``CLOCK_MONOTONIC`` is system-wide); the kline's arrival is the feed's stamp
+(``received_ns``, what the engine gets). A sell first reads the account's free balance (the live
+broker sizes exits from it), so sells carry one more round trip than buys.
+
+* **kline -> order sent**: each candle released alone; every trader buys on one candle and sells
+  on the next, so every candle has 1 (or 100) orders; the next candle is released only when the
+  previous one's orders are all answered and recorded. One sample per order; for 100 also the
+  last order of each candle (when the whole candle's orders are out). A candle's orders wait for
+  their intents' commit (intent first), then go out at most ``engine.max_in_flight`` (16) at a
+  time, so the 17th waits for the stand-in to answer one of the first 16: the stand-in's own
+  speed is in the 100-order numbers.
+* **decisions while orders are in flight**: 100 traders and 100 strategies that never trade on
+  one stream; traders buy on one candle in 8 and sell four candles later; the candles in between
+  are hold candles for everyone, and their kline -> recorded latency is measured (the daemon's
+  ``LatencyRecorder``) with every order answered before (no orders in flight), and with the
+  stand-in holding each order's answer for ``DELAY_S`` (the hold candles released while the
+  trade candle's 100 orders are outstanding: 16 at the stand-in, the rest queued in the engine).
+
+This 2-vCPU VM is shared: compare with the machine reference row and run it more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+import aiohttp
+from aiohttp import web
+from pydantic import SecretStr
+
+from tradebotd.config import DaemonSettings, ExchangeSettings, LogSettings, MarketSettings, Settings, StoreSettings
+from tradebotd.daemon import Daemon
+from tradebotd.logs import configure_logging
+from tradebotd.model import Candle, StreamKey
+from tradebotd.replay.demo import generate
+from tradebotd.replay.exchange import ExchangeServer, RateLimits
+from tradebotd.replay.series import Series
+from tradebotd.replay.server import ReplayServer
+from tradebotd.store.sqlite import SqliteStore
+from tradebotd.testing import until_stored
+
+from .rows import Row, median, percentile
+
+SECTION = "live orders (issue 8)"
+KEY = StreamKey("BTCUSDT", "1m")
+PAST = 200
+HISTORY = 50
+ORDER_PATH = "/api/v3/order"
+# Binance lets one account place 50 orders per 10 s (and an IP spend 6000 weight a
+# minute): 100 strategies trading on one candle would be paced over 20 s by the
+# request budget, and candles released back to back (one a second, not one a minute)
+# spend a minute's weight in seconds. Raised here, so that the bench measures the
+# daemon's path, not the account's limits (which the request budget sizes itself to).
+LIMITS = RateLimits(
+    weight_per_minute=100_000_000, orders_per_10s=1_000_000, orders_per_day=100_000_000, raw_requests_per_5m=100_000_000
+)
+DELAY_S = 0.25  # the stand-in's answer delay while orders are in flight
+
+# Buys on candles whose minute % period == 0, sells on those at period / 2; holds otherwise.
+TRADER = """
+function tradingStrategy({ candles, position, parameters }) {
+  const n = Math.floor(candles[candles.length - 1].time / 60000) % parameters.period;
+  if (n === 0 && !position) return { signal: 'buy', amount: parameters.amount };
+  if (n === parameters.period / 2 && position) return { signal: 'sell' };
+  return { signal: 'hold' };
+}
+"""
+WATCHER = "function tradingStrategy() { return { signal: 'hold' }; }\n"
+
+
+# -- the replay server and exchange stand-in's process ------------------------------------------
+
+
+class _Exchange(ExchangeServer):
+    """The stand-in, stamping each new order's arrival and holding its answer ``delay_s``."""
+
+    delay_s = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: list[tuple[str, int]] = []
+        self.answered = 0
+        self.arrived = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        order = request.method == "POST" and request.path.endswith(ORDER_PATH)
+        arrived = time.monotonic_ns()
+        response = await super()._handle(request)
+        if order:
+            body = (await request.read()).decode()
+            coid = (parse_qs(body).get("newClientOrderId") or [""])[0]
+            self.arrivals.append((coid, arrived))
+            self.arrived.set()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)  # processed (the order exists), answered later
+            self.answered += 1
+        return response
+
+
+def _serve(conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int) -> None:
+    asyncio.run(_serve_async(conn, key, secret, candles))
+
+
+async def _serve_async(conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int) -> None:
+    loop = asyncio.get_running_loop()
+    series = Series(KEY, tuple(generate(PAST + candles, seed=8)))
+    server = ReplayServer([series], past=PAST, ping_interval_s=None)
+    exchange = cast(
+        _Exchange,
+        _Exchange.for_replay(  # mounted before the replay server starts
+            server,
+            api_keys={key: secret},
+            balances={"USDT": Decimal(10_000_000)},
+            fee_mode="quote",
+            limits=LIMITS,
+        ),
+    )
+    async with server:
+        conn.send(("port", server.port, exchange.rest_url))
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            match command:
+                case ("stop",):
+                    break
+                case ("advance", n):
+                    conn.send(await server.advance(n))
+                case ("delay", seconds):
+                    exchange.delay_s = seconds
+                    conn.send(True)
+                case ("arrivals",):
+                    arrivals, exchange.arrivals = exchange.arrivals, []
+                    conn.send(arrivals)
+                case ("wait_arrivals", n):
+                    async with asyncio.timeout(60):
+                        while len(exchange.arrivals) < n:
+                            exchange.arrived.clear()
+                            await exchange.arrived.wait()
+                    conn.send(len(exchange.arrivals))
+                case ("answered",):
+                    conn.send(exchange.answered)
+
+
+class _StandIn:
+    """The bench's end of the stand-in's process."""
+
+    def __init__(self, candles: int) -> None:
+        self.key, self.secret = secrets.token_hex(32), secrets.token_hex(32)
+        context = multiprocessing.get_context("spawn")
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(target=_serve, args=(theirs, self.key, self.secret, candles), daemon=True)
+        self._process.start()
+        theirs.close()
+        if not self._conn.poll(120):
+            raise RuntimeError("the stand-in did not start within 120 s")
+        _, port, self.exchange_url = self._conn.recv()
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.rest_url = f"http://127.0.0.1:{port}"
+
+    async def ask(self, *command: object) -> Any:
+        self._conn.send(command)
+        return await asyncio.get_running_loop().run_in_executor(None, self._conn.recv)
+
+    def close(self) -> None:
+        self._conn.send(("stop",))
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+# -- the daemon's process -------------------------------------------------------------------------
+
+
+class _Sends:
+    """Every order request's send time in this process, by client order id."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self._original: Callable[..., Awaitable[aiohttp.ClientResponse]] | None = None
+
+    def __enter__(self) -> _Sends:
+        original = self._original = aiohttp.ClientSession._request
+        sent = self.sent
+
+        async def _request(session: aiohttp.ClientSession, method: str, url: Any, **kwargs: Any) -> Any:
+            if method == "POST" and str(url).endswith(ORDER_PATH):
+                stamp = time.monotonic_ns()
+                data = kwargs.get("data")
+                text = data.decode() if isinstance(data, bytes) else str(data or "")
+                sent.append(((parse_qs(text).get("newClientOrderId") or [""])[0], stamp))
+            return await original(session, method, url, **kwargs)
+
+        aiohttp.ClientSession._request = _request  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._original is not None:
+            aiohttp.ClientSession._request = self._original  # type: ignore[method-assign,assignment]
+
+
+def _settings(stand_in: _StandIn, db: Path) -> Settings:
+    return Settings(
+        market=MarketSettings(
+            ws_url=stand_in.ws_url,
+            rest_url=stand_in.rest_url,
+            history=HISTORY,
+            max_candle_lag_s=0,  # replayed candles carry historical times
+            reconnect_min_s=0.05,
+            reconnect_max_s=1.0,
+        ),
+        exchange=ExchangeSettings(
+            mode="testnet",
+            rest_url=stand_in.exchange_url,
+            api_key=SecretStr(stand_in.key),
+            api_secret=SecretStr(stand_in.secret),
+            poll_s=3600.0,  # no polling inside a measurement: orders are answered by their requests
+            reconcile_s=3600.0,
+        ),
+        store=StoreSettings(path=db),
+        daemon=DaemonSettings(),
+        log=LogSettings(format="json"),
+    )
+
+
+class _Run:
+    """A daemon trading a live portfolio against the stand-in."""
+
+    def __init__(self, stand_in: _StandIn, db: Path, traders: int, watchers: int, period: int) -> None:
+        self.stand_in = stand_in
+        # The portfolio and strategies first: the daemon builds its brokers from the store's portfolios.
+        store = SqliteStore(db)
+        store.migrate()
+        live = store.add_portfolio(name="live", user_id="bench", type="live", cash=Decimal(0), currency="USDT")
+        self.traders = [
+            store.add_strategy(
+                name=f"trader-{i}", user_id="bench", code=TRADER, kind="js", asset=KEY.symbol, interval=KEY.interval,
+                parameters={"period": period, "amount": 0.001}, portfolio_id=live, status="running",
+            )
+            for i in range(traders)
+        ]  # fmt: skip
+        self.watchers = [
+            store.add_strategy(
+                name=f"watcher-{i}", user_id="bench", code=WATCHER, kind="js", asset=KEY.symbol,
+                interval=KEY.interval, parameters={}, portfolio_id=live, status="running",
+            )
+            for i in range(watchers)
+        ]  # fmt: skip
+        store.close()
+        self.daemon = Daemon(_settings(stand_in, db))
+        self.arrived_ns: dict[int, int] = {}  # candle open time -> its final kline's arrival
+        self.period = period
+
+    async def start(self) -> None:
+        daemon = self.daemon
+        engine = daemon.engine
+        on_closed = engine.on_closed
+        arrived = self.arrived_ns
+
+        async def stamped(candle: Candle, received_ns: int) -> None:
+            arrived.setdefault(candle.open_time, received_ns)
+            await on_closed(candle, received_ns)
+
+        engine.on_closed = stamped  # type: ignore[method-assign]
+        await daemon.start()
+        everyone = set(self.traders) | set(self.watchers)
+        await until_stored(daemon, lambda: everyone <= set(daemon.store.cursors()), limit_s=180)
+
+    def last_candle(self) -> int:
+        return max(self.daemon.store.cursors()[sid] for sid in self.traders or self.watchers)
+
+    async def candle(self) -> int:
+        """Release one candle; return its open time once every strategy's decision is recorded."""
+        daemon, before = self.daemon, self.last_candle()
+        sids = self.traders + self.watchers
+        await self.stand_in.ask("advance", 1)
+        await until_stored(daemon, lambda: min(daemon.store.cursors()[s] for s in sids) > before, limit_s=60)
+        return self.last_candle()
+
+    def orders_done(self, candle_time: int) -> bool:
+        rows = self.daemon.store.execute(
+            "SELECT count(*) AS n, sum(status IN ('filled', 'cancelled', 'rejected')) AS done FROM orders "
+            "WHERE candle_time = ?",
+            (candle_time,),
+        )
+        return bool(rows[0]["n"]) and rows[0]["n"] == rows[0]["done"]
+
+    async def settle(self, candle_time: int) -> None:
+        await until_stored(self.daemon, lambda: self.orders_done(candle_time), limit_s=120)
+
+    def trades_on(self, candle_time: int) -> bool:
+        return candle_time // 60_000 % self.period in (0, self.period // 2)
+
+    async def to_trade_candle(self) -> None:
+        """Release hold candles until the next one is a trade candle."""
+        while not self.trades_on(self.last_candle() + 60_000):
+            await self.candle()
+
+    async def close(self) -> None:
+        await self.daemon.shutdown()
+
+
+@dataclass(frozen=True)
+class _Sent:
+    sent: list[float]  # per order: kline -> request sent (ms)
+    arrived: list[float]  # per order: kline -> arrived at the stand-in (ms)
+    first: list[float]  # per candle: kline -> its first order sent
+    last: list[float]  # per candle: kline -> its last order sent
+    committed: list[float]  # per candle: kline -> its batch (decisions and intents) committed
+    unfilled: int
+
+
+async def _send_latency(traders: int, candles: int) -> _Sent:
+    stand_in = _StandIn(candles + 40)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, _Sends() as sends:
+            run = _Run(stand_in, Path(tmp) / "bench.db", traders, 0, period=2)
+            await run.start()
+            for _ in range(4):  # warm-up (not measured): the first orders open connections, load paths
+                await run.settle(await run.candle())
+            sends.sent.clear()
+            await stand_in.ask("arrivals")
+            run.daemon.latency.clear()
+            times = []
+            for _ in range(candles):
+                t = await run.candle()
+                await run.settle(t)
+                times.append(t)
+            arrivals = dict(await stand_in.ask("arrivals"))
+            committed = [ns / 1e6 for ns in run.daemon.latency.samples_ns]
+            unfilled = run.daemon.store.execute(
+                "SELECT count(*) AS n FROM orders WHERE status != 'filled' AND candle_time >= ?", (times[0],)
+            )[0]["n"]
+            await run.close()
+    finally:
+        stand_in.close()
+    sent_ms: list[float] = []
+    arrived_ms: list[float] = []
+    by_candle: dict[int, list[float]] = {}
+    for coid, ns in sends.sent:
+        candle_time = int(coid.split("-")[1])
+        start = run.arrived_ns[candle_time]
+        ms = (ns - start) / 1e6
+        sent_ms.append(ms)
+        by_candle.setdefault(candle_time, []).append(ms)
+        if coid in arrivals:
+            arrived_ms.append((arrivals[coid] - start) / 1e6)
+    first = [min(v) for v in by_candle.values()]
+    last = [max(v) for v in by_candle.values()]
+    return _Sent(sent_ms, arrived_ms, first, last, committed, int(unfilled))
+
+
+async def _in_flight(cycles: int) -> tuple[list[float], list[float], list[int]]:
+    """Hold-candle latencies (ms) with no orders in flight, and with the trade candle's orders
+    in flight; how many orders were still unanswered after each in-flight measurement."""
+    stand_in = _StandIn(cycles * 2 * 8 + 60)
+    idle_ms: list[float] = []
+    busy_ms: list[float] = []
+    outstanding: list[int] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = _Run(stand_in, Path(tmp) / "bench.db", 100, 100, period=8)
+            daemon = run.daemon
+            await run.start()
+            for phase in ("idle", "busy", "idle", "busy"):  # interleaved: the machine's speed drifts
+                await stand_in.ask("delay", DELAY_S if phase == "busy" else 0.0)
+                for _ in range(cycles // 2):
+                    await run.to_trade_candle()
+                    answered = await stand_in.ask("answered")
+                    await stand_in.ask("arrivals")
+                    traded = await run.candle()
+                    if phase == "idle":
+                        await run.settle(traded)
+                    else:
+                        await stand_in.ask("wait_arrivals", 16)  # the first 16 are at the stand-in
+                    daemon.latency.clear()
+                    for _ in range(3):
+                        await run.candle()
+                    samples = [ns / 1e6 for ns in daemon.latency.samples_ns]
+                    if phase == "busy":
+                        outstanding.append(100 - (await stand_in.ask("answered") - answered))
+                        busy_ms.extend(samples)
+                        await run.settle(traded)
+                    else:
+                        idle_ms.extend(samples)
+            await run.close()
+    finally:
+        stand_in.close()
+    return idle_ms, busy_ms, outstanding
+
+
+def run(*, candles: int = 100, cycles: int = 10) -> list[Row]:
+    configure_logging("info", "json", stream=open(os.devnull, "w"))  # left open: loggers keep it
+    rows: list[Row] = []
+    for traders, target in ((1, 5.0), (100, 25.0)):
+        r = asyncio.run(_send_latency(traders, candles))
+        label = f"{traders} strateg{'y' if traders == 1 else 'ies'}"
+        note = f"{len(r.sent)} orders over {candles} candles" + (f", {r.unfilled} not filled" if r.unfilled else "")
+        rows.append(Row(SECTION, f"kline->order sent, {label}, median", median(r.sent), "ms"))
+        rows.append(Row(SECTION, f"kline->order sent, {label}, p99", percentile(r.sent, 99), "ms", target, note=note))
+        rows.append(Row(SECTION, "  arrived at the stand-in, median", median(r.arrived), "ms"))
+        rows.append(Row(SECTION, "  arrived at the stand-in, p99", percentile(r.arrived, 99), "ms"))
+        rows.append(
+            Row(SECTION, "  kline->decisions and intents committed, median", median(r.committed), "ms",
+                note="the commit the orders wait for (intent first)")
+        )  # fmt: skip
+        if traders > 1:
+            rows.append(Row(SECTION, "  first order of the candle sent, median", median(r.first), "ms"))
+            rows.append(Row(SECTION, "  last order of the candle sent, median", median(r.last), "ms"))
+            rows.append(Row(SECTION, "  last order of the candle sent, p99", percentile(r.last, 99), "ms"))
+    idle, busy, outstanding = asyncio.run(_in_flight(cycles))
+    note = f"100 traders + 100 holders on one stream; {len(idle)} hold candles"
+    rows.append(Row(SECTION, "hold candle kline->recorded, no orders in flight, median", median(idle), "ms", note=note))
+    rows.append(Row(SECTION, "hold candle kline->recorded, no orders in flight, p99", percentile(idle, 99), "ms"))
+    note = (
+        f"{len(busy)} hold candles; stand-in answers after {DELAY_S:g} s; "
+        f"unanswered after each: min {min(outstanding, default=0)} of 100"
+    )
+    name = "hold candle kline->recorded, 100 orders in flight"
+    rows.append(Row(SECTION, f"{name}, median", median(busy), "ms", note=note))
+    rows.append(Row(SECTION, f"{name}, p99", percentile(busy, 99), "ms"))
+    return rows
