@@ -502,3 +502,13 @@ async def test_the_invariant_waits_while_the_exchange_cannot_take_orders(
     account.server.api.lift_ban()
     await account.candle("42000", t=T + 120_000)
     assert [o.client_order_id[-5:] for o in account.desk.book.protection("s1")] == ["tp-p2", "sl-p2"]
+
+
+async def test_many_symbols_are_polled_with_one_request(account: LiveAccount, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tradebotd.broker.live.ALL_SYMBOLS_AFTER", 0)
+    await account.decide("buy", amount="0.01", tp="43000", sl="41000")
+    account.price("43000")
+    await account.poll()
+    assert account.position() is None
+    polls = [r.params for r in account.server.requests_to("/api/v3/openOrders", "GET")]
+    assert polls and all("symbol" not in p for p in polls)

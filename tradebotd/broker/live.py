@@ -99,6 +99,8 @@ log = structlog.get_logger(__name__)
 _ZERO = Decimal(0)
 _LEG_ID = re.compile(r"-(tp|sl)(-p\d)?$")
 _IMMEDIATE = ("would trigger immediately", "would immediately match")
+ALL_SYMBOLS_AFTER = 12
+"""With open orders on more symbols than this, one poll asks for all open orders at once."""
 
 
 def list_client_order_id(leg_client_order_id: str) -> str:
@@ -466,7 +468,9 @@ class LiveBroker:
             coid = record.client_order_id
             if record.broker != self.name or record.status not in ACTIVE or coid in self._in_flight:
                 continue
-            if not first and record.status in ("new", "pending") and coid not in self._tracked:
+            if not first and coid in self._tracked:
+                continue  # the poller watches it
+            if not first and record.status in ("new", "pending"):
                 continue  # not handed to this broker yet (its intent is being committed, or it waits its turn)
             watched.append(self._track_record(record))
         events: list[BrokerEvent] = []
@@ -511,13 +515,25 @@ class LiveBroker:
         for tracked in list(self._tracked.values()):
             if tracked.client_order_id not in self._in_flight:
                 by_symbol.setdefault(tracked.symbol, []).append(tracked)
-        for symbol, trackeds in by_symbol.items():
+        everything: dict[str, ExchangeOrder] | None = None
+        if len(by_symbol) > ALL_SYMBOLS_AFTER:
+            # Binance: openOrders costs 6 per symbol, 80 for all of them.
             try:
-                open_orders = {o.client_order_id: o for o in await self.exchange.open_orders(symbol)}
+                everything = {o.client_order_id: o for o in await self.exchange.open_orders()}
             except ExchangeError as exc:
                 self._note_error(exc)
-                log.warning("polling open orders failed", broker=self.name, symbol=symbol, error=str(exc))
-                continue
+                log.warning("polling open orders failed", broker=self.name, error=str(exc))
+                return events
+        for symbol, trackeds in by_symbol.items():
+            if everything is not None:
+                open_orders = everything
+            else:
+                try:
+                    open_orders = {o.client_order_id: o for o in await self.exchange.open_orders(symbol)}
+                except ExchangeError as exc:
+                    self._note_error(exc)
+                    log.warning("polling open orders failed", broker=self.name, symbol=symbol, error=str(exc))
+                    continue
             gone: list[_Tracked] = []
             for tracked in trackeds:
                 order = open_orders.get(tracked.client_order_id)
