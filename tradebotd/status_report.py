@@ -296,25 +296,30 @@ def render(report: dict[str, Any]) -> None:
         )
 
     table = Table(show_lines=False, pad_edge=False, box=None, header_style="bold")
-    for column in ("id", "status", "stream", "last candle", "position", "realised", "unrealised"):
-        table.add_column(column, no_wrap=True)
-    for column in ("name", "last signal", "error"):  # long text: cut, the JSON has all of it
-        table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=32)
+    wide = console.width >= 130  # a narrow terminal gets the columns that fit in 80
+    columns = ["id", "status", "stream"] + (["last candle"] if wide else []) + ["position", "realised"]
+    columns += ["unrealised", "name", "last signal", "error"] if wide else ["unrealised", "error"]
+    for column in columns:
+        if column in ("name", "last signal", "error"):  # long text: cut, the JSON has all of it
+            table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=32)
+        else:
+            table.add_column(column, no_wrap=True)
     for s in report["strategies"]:
         position = s["position"]
         signal = s["last_signal"]
-        table.add_row(
-            s["id"][:8],
-            s["status"],
-            s["stream"] or "?",
-            s["last_candle_time_iso"] or "-",
-            "flat" if position is None else f"{position['amount']} @ {position['entry_price']}",
-            s["realised_pnl"],
-            s["unrealised_pnl"] or "?",
-            s["name"],
-            "-" if signal is None else f"{signal['at']} {signal['message']}",
-            s["error"] or "",
-        )
+        cells = {
+            "id": s["id"][:8],
+            "status": s["status"],
+            "stream": s["stream"] or "?",
+            "last candle": s["last_candle_time_iso"] or "-",
+            "position": "flat" if position is None else f"{position['amount']} @ {position['entry_price']}",
+            "realised": s["realised_pnl"],
+            "unrealised": s["unrealised_pnl"] or "?",
+            "name": s["name"],
+            "last signal": "-" if signal is None else f"{signal['at']} {signal['message']}",
+            "error": s["error"] or "",
+        }
+        table.add_row(*(cells[c] for c in columns))
     if report["strategies"]:
         console.print(table)
     else:
