@@ -16,6 +16,7 @@ from tradebotd.ops.status import snapshot
 from tradebotd.replay.server import ReplayServer
 from tradebotd.testing import until_stored
 
+
 @pytest.fixture
 async def server() -> AsyncIterator[ReplayServer]:
     async with ReplayServer([wave_series()], past=PAST, ping_interval_s=None) as replay:
