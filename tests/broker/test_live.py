@@ -4,6 +4,8 @@ partial fills, refusals and the cap, all driven through the engine's order shell
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal as D
 
@@ -15,7 +17,7 @@ from tests.exchange.conftest import SECRET, SecondsClock
 from tradebotd.broker.live import LiveBroker, list_client_order_id, order_rules
 from tradebotd.exchange.errors import Banned
 from tradebotd.exchange.throttle import RequestBudget
-from tradebotd.model import Position, StreamKey
+from tradebotd.model import Candle, Position, StreamKey
 from tradebotd.orders.ledger import Holding
 from tradebotd.orders.model import MarketUnavailable, OrderRecord
 from tradebotd.orders.state import Order
@@ -512,3 +514,21 @@ async def test_many_symbols_are_polled_with_one_request(account: LiveAccount, mo
     assert account.position() is None
     polls = [r.params for r in account.server.requests_to("/api/v3/openOrders", "GET")]
     assert polls and all("symbol" not in p for p in polls)
+
+
+async def test_the_poller_runs_at_once_after_a_closed_kline_and_fills_the_inbox(account: LiveAccount) -> None:
+    await account.decide("buy", amount="0.01", tp="43000", sl="41000")
+    task = asyncio.create_task(account.broker.run())  # poll_s is an hour: only the nudge wakes it
+    try:
+        account.server.set_price("BTCUSDT", D("43000"))
+        account.broker.on_candle(Candle("BTCUSDT", "1m", T + 60_000, *(D("43000"),) * 4, D("1"), True))
+        async with asyncio.timeout(10):
+            await account.broker.inbox_ready.wait()
+        events = account.broker.drain()
+        assert [type(e).__name__ for e in events] == ["Expired", "Filled"]
+        await account.apply(events)
+        assert account.position() is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

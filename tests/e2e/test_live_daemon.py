@@ -33,7 +33,7 @@ from tradebotd.store.base import WriteBatch
 from tradebotd.store.sqlite import SqliteStore
 from tradebotd.testing import replay_settings, until_stored
 
-from .conftest import HISTORY, PAST, wave_series
+from .conftest import EXAMPLE, HISTORY, PAST, fills_of, reference_fills, wave_series
 
 API_KEY, API_SECRET = "live-test-key", "live-test-secret"
 # Buys once with a take-profit 1 % above the close and a stop 5 % below; then holds.
@@ -54,14 +54,15 @@ async def market() -> AsyncIterator[tuple[ReplayServer, ExchangeServer]]:
         yield replay, exchange
 
 
-def live_store(db: Path, code: str = BUY_PROTECTED) -> tuple[str, str]:
+def live_store(db: Path, code: str = BUY_PROTECTED, parameters: dict[str, object] | None = None) -> tuple[str, str]:
     """A store with a live portfolio and one running strategy in it: (portfolio id, strategy id)."""
     store = SqliteStore(db)
     try:
         store.migrate()
         pid = store.add_portfolio(name="live", user_id="u", type="live", cash=D("10000"), currency="USDT")
         sid = store.add_strategy(
-            name="live-s", user_id="u", code=code, kind="js", asset="btcusdt", interval="1m", parameters={},
+            name="live-s", user_id="u", code=code, kind="js", asset="btcusdt", interval="1m",
+            parameters=parameters or {},
             portfolio_id=pid, status="running",
         )
     finally:
@@ -262,3 +263,38 @@ async def test_a_strategy_whose_orders_cannot_be_reconciled_is_not_traded_and_sa
     assert await asyncio.to_thread(main, ["strategy", "list"]) == 0
     listed = capsys.readouterr().out
     assert "error" in listed and "could not be reconciled" in listed
+
+
+async def test_live_and_paper_give_the_same_trades_on_the_same_candles(tmp_path: Path) -> None:
+    """One engine path: the example strategy on a live portfolio (the stand-in charging its fee in
+    the quote asset, as paper does) makes exactly the trades of the reference implementation,
+    which paper trading makes too (tests/e2e/test_live_paper.py)."""
+    series = wave_series()
+    replay = ReplayServer([series], past=PAST, ping_interval_s=None)
+    exchange = ExchangeServer.for_replay(
+        replay, api_keys={API_KEY: API_SECRET}, balances={"USDT": D("10000")}, fee_mode="quote"
+    )
+    live = 60
+    expected = reference_fills(series, PAST, PAST + live - 1)
+    assert len(expected) >= 3
+    async with replay:
+        db = tmp_path / "parity.db"
+        _, sid = live_store(db, EXAMPLE.read_text(), {"fast": 5, "slow": 20, "amount": 0.01})
+        daemon = Daemon(replay_settings(replay, db, history=HISTORY, exchange=exchange_settings(exchange)))
+        await daemon.start()
+        try:
+            await until_stored(daemon, lambda: sid in daemon.store.cursors())
+            for i in range(PAST, PAST + live):
+                await replay.advance(1)  # the stand-in trades at this candle's close until the next
+                due = sum(f.candle_time <= series.candles[i].open_time for f in expected)
+                await until_stored(daemon, lambda: daemon.store.cursors()[sid] == series.candles[i].open_time  # noqa: B023
+                                   and len(daemon.store.trades(sid)) == due)  # noqa: B023
+            assert fills_of(daemon, sid) == expected
+            trades = daemon.store.trades(sid)
+            assert {t.fee_asset for t in trades} == {"USDT"} and all(t.exchange_order_id for t in trades)
+            [portfolio] = [p for p in daemon.store.portfolios() if p.type == "live"]
+            spent = sum((t.price * t.amount * (1 if t.side == "buy" else -1) + t.fee for t in trades), start=D(0))
+            assert portfolio.cash == D("10000") - spent
+            assert exchange.account.free["USDT"] == portfolio.cash  # the exchange's books and ours agree
+        finally:
+            await daemon.shutdown()

@@ -498,7 +498,11 @@ class LiveBroker:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             self._wake.clear()
-            events = await self.poll()
+            try:
+                events = await self.poll()
+            except Exception:  # a surprise in one round must not stop the watching (nor crash-loop)
+                log.exception("poll round failed", broker=self.name)
+                continue
             if events:
                 self._inbox.extend(events)
                 self.inbox_ready.set()

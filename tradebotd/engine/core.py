@@ -270,7 +270,11 @@ class Engine:
         daemon). A strategy whose orders are resolved since start-up can be started again."""
         while True:
             await asyncio.sleep(seconds)
-            unresolved = await self.orders.reconcile_durable()
+            try:
+                unresolved = await self.orders.reconcile_durable()
+            except Exception:  # one failed round must not end the reconciliation
+                log.exception("periodic reconciliation failed")
+                continue
             for sid, why in unresolved.items():
                 log.warning("orders not reconciled yet", strategy_id=sid, reason=why)
             self._held = {sid: why for sid, why in self._held.items() if sid in unresolved}
