@@ -12,7 +12,6 @@ from .sandbox.errors import StrategyLoadError
 from .sandbox.js import JsStrategy
 from .sandbox.native import WasmStrategy, load_wasm_source
 from .sandbox.sandboxed import SandboxLimits
-from .sandbox.typescript import erase_types
 from .store.base import StrategyKind, StrategyRow
 
 __all__ = ["load_code", "make_runtime_factory", "sandbox_limits"]
@@ -43,6 +42,9 @@ def make_runtime_factory(settings: SandboxSettings, *, fuel: int | None = None) 
         if row.kind == "js":
             source, filename = row.source, "strategy.js"
         elif row.kind == "ts":
+            # Imported here: tree-sitter is for TypeScript only (a JS backtest does not load it).
+            from .sandbox.typescript import erase_types
+
             # Types become spaces, so line and column numbers in JS errors match the user's TS.
             source, filename = erase_types(row.source), "strategy.ts"
         else:

@@ -243,3 +243,30 @@ def test_a_strategy_that_does_not_load(
     other.write_text("print('hi')")
     assert main(["--strategy", str(other), "--data", str(data)]) == 2
     assert "unknown strategy file type '.py'" in capsys.readouterr().err
+
+
+def test_a_backtest_imports_no_exchange_store_sync_or_server_code_and_plots_in_a_child(tmp_path: Path) -> None:
+    """What ``tradebotd backtest --out`` loads in its own process: not ccxt, supabase, aiohttp (the
+    replay server) or matplotlib, which draws equity.png in the chart process."""
+    import subprocess
+    import sys
+
+    from bench.versus import write_candles_csv
+    from tradebotd.examples.synthetic import synthetic_candles
+
+    data = tmp_path / "SYNTH_1m.csv"
+    write_candles_csv(data, synthetic_candles(300, 3))
+    example = Path(__file__).resolve().parents[2] / "tradebotd" / "examples" / "sma_crossover.js"
+    code = (
+        "import sys, contextlib, io\n"
+        "from tradebotd.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main(['backtest', '--strategy', {str(example)!r}, '--data', {str(data)!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}])\n"
+        "heavy = ('ccxt', 'supabase', 'aiohttp', 'matplotlib', 'psycopg', 'tree_sitter')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.strip() == "0 []", result.stderr
+    assert (tmp_path / "out" / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "drawn in-process" not in result.stderr
