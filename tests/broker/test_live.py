@@ -532,3 +532,69 @@ async def test_the_poller_runs_at_once_after_a_closed_kline_and_fills_the_inbox(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# -- markets where the exchange cannot hold the protection ------------------------------------
+
+
+@pytest.fixture
+async def plain_server(clock: SecondsClock) -> AsyncIterator[ExchangeServer]:
+    """BTCUSDT without OCO lists or stop orders: only market and limit orders."""
+    spec = SymbolSpec.named("BTCUSDT", oco_allowed=False, order_types=("LIMIT", "LIMIT_MAKER", "MARKET"))
+    async with ExchangeServer([spec], api_keys={API_KEY: SECRET}, balances={"USDT": D("10000")},
+                              prices={"BTCUSDT": D("42000.00")}, limits_clock=clock) as exchange:
+        yield exchange
+
+
+async def _touched(a: LiveAccount, low: str, high: str, t: int) -> None:
+    """A kline update whose range touches a watched level; the exit's events, once it is done."""
+    a.server.set_price("BTCUSDT", D(low))
+    a.broker.on_candle(Candle("BTCUSDT", "1m", t, D(high), D(high), D(low), D(low), D("1"), False))
+    async with asyncio.timeout(10):
+        await a.broker.inbox_ready.wait()
+    a.broker.inbox_ready.clear()
+    await a.apply(a.broker.drain())
+
+
+async def test_levels_the_exchange_cannot_hold_are_watched_from_the_klines(plain_server: ExchangeServer) -> None:
+    a = await started(live_account(plain_server))
+    try:
+        await a.decide("buy", amount="0.01", tp="43000", sl="41000")
+        assert a.posts("/api/v3/orderList/oco") == [] and len(a.posts()) == 1  # the entry only
+        tp, sl = a.desk.book.protection("s1")
+        assert (tp.status, sl.status) == ("open", "open") and list(a.broker.watched_keys()) == [KEY]
+        a.broker.on_candle(Candle("BTCUSDT", "1m", T, *(D("40000"),) * 4, D("1"), False))  # its own candle: no
+        assert a.broker.drain() == [] and a.position() is not None
+        await _touched(a, "40950", "42100", T + 60_000)
+        assert a.position() is None
+        assert (sl.status, sl.average_price, tp.status) == ("filled", D("40950"), "cancelled")
+        assert sl.exchange_order_id not in (None, sl.client_order_id)  # the market sell's real id
+        [exit_order] = [p for p in a.posts() if p["newClientOrderId"] == sl.client_order_id]
+        assert exit_order["type"] == "MARKET" and list(a.broker.watched_keys()) == []
+    finally:
+        await a.close()
+
+
+async def test_watched_levels_survive_a_restart_and_a_sell_cancels_them(plain_server: ExchangeServer) -> None:
+    a = await started(live_account(plain_server))
+    await a.decide("buy", amount="0.01", tp="43000", sl="41000")
+    await a.close()
+    holdings, active = _restored(a)
+    b = await started(live_account(plain_server, holdings=holdings, orders=active, cash=str(a.desk.ledger.cash("p"))))
+    try:
+        asked = [r.params.get("origClientOrderId") for r in plain_server.requests_to("/api/v3/order", "GET")]
+        assert not any(c and c.endswith(("-tp", "-sl")) for c in asked)  # watched here: nothing to ask
+        tp, sl = b.desk.book.protection("s1")
+        assert (tp.status, sl.status) == ("open", "open")
+        await _touched(b, "43000", "43000", T + 120_000)
+        assert b.position() is None and (tp.status, tp.average_price, sl.status) == ("filled", D("43000"), "cancelled")
+    finally:
+        await b.close()
+    c = await started(live_account(plain_server))
+    try:
+        await c.decide("buy", amount="0.01", tp="45000", sl="40000", t=T + 180_000)
+        sell = await c.decide("sell", t=T + 240_000)
+        assert c.order(sell).status == "filled" and c.position() is None
+        assert list(c.broker.watched_keys()) == [] and c.desk.book.protection("s1") == []
+    finally:
+        await c.close()

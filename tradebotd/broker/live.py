@@ -21,6 +21,11 @@ you, each handled in one place:
   touched (the last kline price, or the exchange's "Order would trigger immediately.") becomes a
   market exit now, on the touched leg's client order id: the position is never left unprotected
   because its stop was too tight.
+* **Protection the exchange cannot hold** (a market without OCO lists, or without stop orders
+  for a stop alone): the levels are watched here from the kline feed, as the paper exchange does
+  (candles after the one it was placed on; the stop first), and the touched level is sold at
+  market on its leg's client order id. Until then the legs carry placeholder exchange ids (the
+  list's or the leg's client order id); after a restart they are watched again, not asked about.
 * **Exchange-side exits.** :meth:`LiveBroker.run` polls every ``poll_s`` (and at once after a
   closed kline): the open orders of each symbol with tracked orders, then every tracked order
   that is no longer open, by client order id; its fills come from ``myTrades`` with the real
@@ -121,7 +126,7 @@ def order_rules(rules: ExchangeRules) -> MarketRules:
         min_notional=rules.min_notional or _ZERO,
         max_amount=rules.max_amount,
         trading=rules.trading,
-        native_protection=rules.oco or "STOP_LOSS" in rules.order_types,
+        native_protection=rules.oco,
     )
 
 
@@ -143,6 +148,22 @@ class _Tracked:
     was_open: bool = False  # the exchange reported it open once
     filled: Decimal = _ZERO  # the quantity whose fills the engine has been told of
     trades: set[str] = field(default_factory=set)  # trade ids reported
+
+
+@dataclass(eq=False)
+class _Watch:
+    """A protection the exchange cannot hold (no OCO, no stop orders on that market): its levels
+    are watched here, from the kline feed, as the paper exchange does; the touched level is sold
+    at market on its leg's client order id."""
+
+    list_client_order_id: str
+    key: StreamKey
+    amount: Decimal
+    after: int  # candles opening after this time count
+    tp_client_order_id: str | None
+    take_profit: Decimal | None
+    sl_client_order_id: str | None
+    stop_loss: Decimal | None
 
 
 class LiveBroker:
@@ -189,6 +210,9 @@ class LiveBroker:
         self._banned_until_ms: int | None = None
         self._wake = asyncio.Event()
         self.polls = 0  # completed poll rounds (tests, metrics)
+        self._watches: dict[str, _Watch] = {}  # by list client order id
+        self._watch_of: dict[str, str] = {}  # leg client order id -> its watch's list client order id
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -228,7 +252,8 @@ class LiveBroker:
         return list(self._tracked)
 
     def watched_keys(self) -> Iterable[StreamKey]:
-        return ()
+        """Streams whose klines drive a protection watched here (none on Binance spot)."""
+        return {watch.key for watch in self._watches.values()}
 
     def drain(self) -> list[BrokerEvent]:
         events, self._inbox = self._inbox, []
@@ -240,6 +265,8 @@ class LiveBroker:
         self._last_price[candle.symbol] = candle.close
         if candle.closed and self._tracked:
             self._wake.set()
+        if self._watches:
+            self._check_watches(candle)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -302,6 +329,8 @@ class LiveBroker:
             if last is not None and tp is not None and last >= tp:
                 why = f"the price {last} is at or above the take-profit {tp}"
                 return await self._exit_now(request, amount, "tp", why)
+            if not _native(rules, tp_coid is not None, sl_coid is not None):
+                return self._watch(request, amount, at)
             if tp_coid is not None and sl_coid is not None:
                 assert tp is not None and sl is not None
                 return await self._place_oco(request, amount, tp, sl, tp_coid, sl_coid, at)
@@ -425,6 +454,14 @@ class LiveBroker:
         return Accepted(list_coid, order.exchange_order_id, at, order.amount, _raw(order.raw))
 
     async def cancel(self, client_order_id: str) -> None:
+        watched = self._watch_of.get(client_order_id)
+        if watched is not None:
+            watch = self._unwatch(watched)
+            at = self._now_ms()
+            for coid in (watch.tp_client_order_id, watch.sl_client_order_id):
+                if coid is not None:
+                    self._inbox.append(Cancelled(coid, "cancelled on request", at))
+            return
         tracked = self._tracked.get(client_order_id)
         if tracked is None:
             log.warning("cancel of an order this broker does not watch", broker=self.name,
@@ -472,6 +509,8 @@ class LiveBroker:
                 continue  # the poller watches it
             if not first and record.status in ("new", "pending"):
                 continue  # not handed to this broker yet (its intent is being committed, or it waits its turn)
+            if coid in self._watch_of or self._rewatch(record):
+                continue  # a protective leg watched here, not on the exchange
             watched.append(self._track_record(record))
         events: list[BrokerEvent] = []
         by_symbol: dict[str, list[_Tracked]] = {}
@@ -487,7 +526,110 @@ class LiveBroker:
         return events
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.exchange.close()
+
+    # -- protection watched here -----------------------------------------------------------------
+
+    def _watch(self, request: ProtectRequest, amount: Decimal, at: int) -> SubmitResult:
+        list_coid = request.list_client_order_id
+        watch = _Watch(list_coid, request.key, amount, request.candle_time, request.tp_client_order_id,
+                       request.take_profit, request.sl_client_order_id, request.stop_loss)
+        self._add_watch(watch)
+        log.info("protective levels watched by the daemon: the exchange cannot hold them on this market",
+                 broker=self.name, symbol=request.key.symbol, list=list_coid)
+        legs = [c for c in (watch.tp_client_order_id, watch.sl_client_order_id) if c is not None]
+        # Like paper: a list's id is its list id, a single order's its client order id (until the
+        # exchange order that carries the exit out gives it a real one).
+        return Accepted(list_coid, list_coid if len(legs) > 1 else legs[0], at, amount)
+
+    def _add_watch(self, watch: _Watch) -> None:
+        self._watches[watch.list_client_order_id] = watch
+        for coid in (watch.tp_client_order_id, watch.sl_client_order_id):
+            if coid is not None:
+                self._watch_of[coid] = watch.list_client_order_id
+
+    def _unwatch(self, list_coid: str) -> _Watch:
+        watch = self._watches.pop(list_coid)
+        for coid in (watch.tp_client_order_id, watch.sl_client_order_id):
+            if coid is not None:
+                self._watch_of.pop(coid, None)
+        return watch
+
+    def _rewatch(self, record: OrderRecord) -> bool:
+        """A protective leg watched here before a restart (its exchange ids are placeholders)."""
+        coid = record.client_order_id
+        if record.leg not in ("tp", "sl") or record.status not in ("open", "partially_filled"):
+            return False
+        list_coid = list_client_order_id(coid)
+        single = record.list_id is None and record.exchange_order_id == coid
+        if not single and record.list_id != list_coid:
+            return False
+        key = list_coid if not single else coid
+        watch = self._watches.get(key) or _Watch(key, record.key, record.amount - record.filled_amount,
+                                                 record.candle_time, None, None, None, None)
+        if record.leg == "tp":
+            watch.tp_client_order_id, watch.take_profit = coid, record.limit_price
+        else:
+            watch.sl_client_order_id, watch.stop_loss = coid, record.stop_price
+        self._add_watch(watch)
+        return True
+
+    def _check_watches(self, candle: Candle) -> None:
+        for watch in list(self._watches.values()):
+            if watch.key.symbol != candle.symbol or candle.open_time <= watch.after:
+                continue
+            if watch.stop_loss is not None and candle.low <= watch.stop_loss:
+                touched = "sl"
+            elif watch.take_profit is not None and candle.high >= watch.take_profit:
+                touched = "tp"
+            else:
+                continue
+            self._unwatch(watch.list_client_order_id)
+            task = asyncio.get_running_loop().create_task(self._carry_out(watch, touched))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _carry_out(self, watch: _Watch, touched: str) -> None:
+        """Sell at market the position a watched level protects (the other leg cancelled first)."""
+        coid = watch.sl_client_order_id if touched == "sl" else watch.tp_client_order_id
+        other = watch.tp_client_order_id if touched == "sl" else watch.sl_client_order_id
+        assert coid is not None
+        symbol = watch.key.symbol
+        at = self._now_ms()
+        rules = self._exchange_rules.get(symbol)
+        events: list[BrokerEvent] = []
+        self._in_flight.add(coid)
+        try:
+            amount, problem = (watch.amount, None) if rules is None else await self._sellable(
+                rules, watch.amount, self._last_price.get(symbol, _ZERO))
+            if problem is not None:
+                log.error("a watched level was touched but the position cannot be sold", broker=self.name,
+                          client_order_id=coid, reason=problem)
+                return
+            tracked = self._track(coid, symbol, "sl" if touched == "sl" else "tp", at)
+            try:
+                order = await self.exchange.create_order(symbol, "sell", "market", amount, client_order_id=coid)
+            except Ambiguous as exc:
+                log.error("the exit of a watched level got no definite answer; asked at the next poll",
+                          broker=self.name, client_order_id=coid, error=str(exc))
+                return
+            except ExchangeError as exc:
+                self._untrack(coid)
+                self._add_watch(watch)  # still protecting: the next kline that touches it tries again
+                log.error("the exit of a watched level failed; still watched", broker=self.name,
+                          client_order_id=coid, error=str(exc))
+                return
+            if other is not None:
+                events.append(Cancelled(other, f"the {touched} leg was touched", at))
+            events.extend(await self._events(tracked, order))
+        finally:
+            self._in_flight.discard(coid)
+            if events:
+                self._inbox.extend(events)
+                self.inbox_ready.set()
 
     # -- the poller ------------------------------------------------------------------------------
 
@@ -772,6 +914,16 @@ class LiveBroker:
             self._banned_until_ms = self._now_ms() + int(exc.retry_after_s * 1000)
         elif isinstance(exc, RateLimited):
             pass  # the request budget backs off by itself (Retry-After)
+
+
+def _native(rules: ExchangeRules, take_profit: bool, stop_loss: bool) -> bool:
+    """Whether the exchange holds this protection itself on this market: both levels need an OCO
+    list, a stop alone a stop-loss order; a take-profit alone is a plain limit sell."""
+    if take_profit and stop_loss:
+        return rules.oco
+    if stop_loss:
+        return "STOP_LOSS" in rules.order_types
+    return True
 
 
 def _answered(tracked: _Tracked, order: ExchangeOrder) -> None:

@@ -422,7 +422,11 @@ class OrderBook:
                 self._ids(order, event.exchange_order_id, event.raw)
                 return self._move(order, "open", now)
             if status in ("open", "partially_filled", "filled"):
-                if order.exchange_order_id is None:
+                known = order.exchange_order_id
+                if known is None or (known == coid and event.exchange_order_id != coid):
+                    # No id yet, or the placeholder a broker gives an order it holds itself (its
+                    # client order id: a protective level watched by the broker, not the exchange)
+                    # and now the exchange's own id for the order that carried it out.
                     self._ids(order, event.exchange_order_id, event.raw)
                     order.updated_at = now
                     return Transition(CHANGED, order, status)
