@@ -259,6 +259,8 @@ def test_a_backtest_imports_no_exchange_store_sync_or_server_code_and_plots_in_a
     example = Path(__file__).resolve().parents[2] / "tradebotd" / "examples" / "sma_crossover.js"
     code = (
         "import sys, contextlib, io\n"
+        "import tradebotd.backtest.plot\n"
+        "tradebotd.backtest.plot.spare_core = lambda: True  # however busy the machine is\n"
         "from tradebotd.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    code = main(['backtest', '--strategy', {str(example)!r}, '--data', {str(data)!r}, "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from tradebotd.backtest.plot import (
     envelope,
     equity_figure,
     marker_size,
+    spare_core,
     write_equity_png,
 )
 from tradebotd.backtest.runner import BacktestResult, BacktestSettings, run_backtest
@@ -155,3 +157,22 @@ def test_a_cancelled_chart_draws_nothing(tmp_path: Path) -> None:
     chart = BackgroundChart(tmp_path / "equity.png")
     chart.cancel()
     assert not (tmp_path / "equity.png").exists()
+
+
+def test_without_a_spare_core_the_chart_is_drawn_here(tmp_path: Path) -> None:
+    chart = BackgroundChart(tmp_path / "equity.png", spawn=False)
+    chart.send(_chart(alternating(20)))
+    assert not (tmp_path / "equity.png").exists()  # not before finish(): after the report
+    chart.finish()
+    assert chart.fallback_reason is None
+    assert (tmp_path / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("cpus", "load", "spare"), [(2, 0.2, True), (2, 1.5, True), (2, 1.6, False), (1, 0.0, False),
+                                                     (4, 3.4, True), (4, 3.6, False)])
+def test_a_spare_core_is_half_a_cpu_left_by_the_load_average(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, load: float, spare: bool
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert spare_core() is spare

@@ -146,10 +146,11 @@ def backtest(args: argparse.Namespace, settings: Settings) -> tuple[BacktestResu
         raise UsageError(str(exc)) from None
     chart = None
     if args.out is not None and not args.no_plot:
-        from tradebotd.backtest.plot import BackgroundChart
+        from tradebotd.backtest.plot import BackgroundChart, spare_core
 
-        # Started first: it imports matplotlib and warms up on another core while the backtest runs.
-        chart = BackgroundChart(args.out / "equity.png")
+        # Started first: it imports matplotlib and warms up on another core while the backtest
+        # runs (when there is one to spare; else equity.png is drawn here after the report).
+        chart = BackgroundChart(args.out / "equity.png", spawn=spare_core())
     try:
         result, summary = _backtest(args, settings, chart)
     except BaseException:

@@ -3,12 +3,16 @@
 
 :class:`BackgroundChart` draws it in a child process (``python -m tradebotd.backtest.chart``),
 started before the backtest runs: matplotlib's import and the drawing then overlap the evaluation
-and the report instead of following them. If the child cannot be started, or fails, the chart is
-drawn here instead, so equity.png never depends on it.
+and the report instead of following them. That only pays when a CPU is otherwise idle; on a busy
+machine the child would take CPU from the evaluation and the whole run would take longer, so
+without a spare core (:func:`spare_core`: the 1-minute load average leaves less than half a CPU of
+those this process may use) the chart is drawn here, after the report. If the child cannot be
+started, or fails, the chart is drawn here too, so equity.png never depends on it.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,13 +42,17 @@ if TYPE_CHECKING:
 __all__ = [
     "ENVELOPE_COLUMNS",
     "MAX_MARKED_FILLS",
+    "SPARE_CPU",
     "BackgroundChart",
     "chart_data",
     "envelope",
     "equity_figure",
     "marker_size",
+    "spare_core",
     "write_equity_png",
 ]
+
+SPARE_CPU = 0.5  # idle CPUs (by the load average) needed to draw in a child process
 
 
 def _kind(fill: Fill) -> str:
@@ -81,21 +89,38 @@ def write_equity_png(path: Path, result: BacktestResult, curve: EquityCurve, tit
     write_png(path, chart_data(result, curve, title))
 
 
+def spare_core() -> bool:
+    """Whether a CPU is idle enough for the chart process to run beside the evaluation."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cpus >= 2
+    return cpus >= 2 and cpus - load >= SPARE_CPU
+
+
 class BackgroundChart:
     """``equity.png`` drawn by a child process started now: :meth:`send` hands it the data,
     :meth:`finish` waits for the file (drawing it here if the child could not);
-    :meth:`cancel` if there is nothing to draw after all."""
+    :meth:`cancel` if there is nothing to draw after all. With ``spawn=False`` there is no child:
+    :meth:`finish` draws here."""
 
     COMMAND = (sys.executable, "-m", "tradebotd.backtest.chart")  # + the PNG's path
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, spawn: bool = True) -> None:
         self.path = path
-        self.fallback_reason: str | None = None  # why the chart was drawn in this process, if it was
+        self.fallback_reason: str | None = None  # why the child failed, if it did (then drawn here)
         self._data: ChartData | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         # Its errors go to a file, not a pipe: a pipe it filled could block it before it reads.
         self._errors = tempfile.TemporaryFile()
+        if not spawn:
+            return
         try:
-            self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self._child = subprocess.Popen(
                 [*self.COMMAND, str(path)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
