@@ -30,6 +30,7 @@ from tradebotd.sandbox.sandboxed import EvalInfo
 from tradebotd.store.base import StrategyRow
 from tradebotd.workers import protocol as p
 from tradebotd.workers.pool import EvalPool, EvalProcess, ProcessDied, ProcessHung, RemoteRuntime
+from tradebotd.workers.process import MAX_IN_FLIGHT
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
 KEY = StreamKey("BTCUSDT", "1m")
@@ -358,3 +359,23 @@ def test_history_on_its_way_when_the_process_dies_arrives_in_a_new_one(process: 
         finish()
     assert [r.step(floats(10), None)[0].indicators for r in remotes] == [{"n": 11}, {"n": 11}]
     assert process.pid != pid
+
+
+def test_more_requests_than_the_socket_buffers_hold_are_pipelined_without_a_deadlock() -> None:
+    """The child stops reading while its answers fill the socket buffer; a daemon that only kept
+    sending (750 strategies loaded at once) blocked forever on a full buffer the other way."""
+    pool = EvalPool(SETTINGS, make_runtime_factory(SETTINGS), 1, daemon_weight=1000.0)
+    try:
+        code = COUNT + "\n// " + "x" * 4000  # 400 loads: 1.6 MB of requests, 400 answers
+        results = pool.load_many([(row(code, f"s{i}"), KEY) for i in range(400)])
+        remote = [r for r in results if isinstance(r, RemoteRuntime)]
+        assert len(remote) == 399 and pool.processes[0].strategies == 399  # the first: in the daemon
+        process = pool.processes[0]
+        tickets = [process.begin([(r, None)], floats(0)) for r in remote]
+        assert process.queued <= MAX_IN_FLIGHT
+        assert [t()[0] for t in tickets] == [(Decision("hold", indicators={"n": 1}), ANY)] * 399
+        for r in results:
+            assert not isinstance(r, Exception)
+            r.close()
+    finally:
+        pool.close()

@@ -221,7 +221,10 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
     eval_pool: EvalPool | None = None
     processes = settings.sandbox.eval_processes
     if processes:
-        eval_pool = EvalPool(settings.sandbox, local, processes, log_level=settings.log.level)
+        eval_pool = EvalPool(
+            settings.sandbox, local, processes, log_level=settings.log.level,
+            daemon_weight=settings.sandbox.daemon_weight,
+        )
         runtimes = eval_pool
     market = settings.market
     engine = Engine(

@@ -94,6 +94,14 @@ class SandboxSettings(_Section):
         description="child processes holding a share of the strategies; 0 = none (then eval_threads); "
         "default: one per CPU beyond the first, at most 4",
     )
+    daemon_weight: float = Field(
+        3.0,
+        ge=1.0,
+        le=1000.0,
+        description="with eval_processes: how much a strategy evaluated in the daemon counts against one in an "
+        "evaluation process when placing them (the daemon also parses the feed, settles, records and logs every "
+        "decision, so it takes fewer: 3 = a third as many as each process)",
+    )
 
 
 class StoreSettings(_Section):

@@ -5,13 +5,14 @@ public interface."""
 
 from ..orders.intent import order_intent, order_intent_at, to_decimal
 from .core import Engine, EngineConfig, EngineStats, fingerprint
-from .evaluation import PARALLEL_MIN_STRATEGIES, Evaluator
+from .evaluation import PARALLEL_MIN_STRATEGIES, Evaluator, Round
 from .runtime import (
     BatchRuntime,
     EvalReport,
     Floats6,
     GroupedRuntime,
     RuntimeFactory,
+    StepCollect,
     StepGroup,
     StepOutcome,
     StrategyRuntime,
@@ -30,7 +31,9 @@ __all__ = [
     "Evaluator",
     "Floats6",
     "GroupedRuntime",
+    "Round",
     "RuntimeFactory",
+    "StepCollect",
     "StepGroup",
     "StepOutcome",
     "StrategyRuntime",

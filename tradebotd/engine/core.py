@@ -17,6 +17,16 @@ orders) first, since the candle touched them before it closed; then every strate
 and its decision becomes a validated, recorded order or a logged refusal. After the lock the
 orders are dispatched (:mod:`.orders`); exchange calls never run under the lock.
 
+Many streams close at the same instant (every minute boundary). A candle whose strategies are
+partly evaluated in evaluation processes is *in flight* (:class:`_Flight`) from when their shares
+are sent until their outcomes are in: meanwhile ``on_closed`` returns, so the next stream's
+candle is started while the processes still evaluate this one. Candles are settled and their
+batches handed to the writer in the order they arrived, each as soon as its own outcomes (and
+those of the candles before it) are in, not when the whole boundary is done. While any candle is
+in flight the candle pipeline holds the candle lock, so the control plane still never
+interleaves with a candle; a stream's next candle, and its in-progress updates, wait for its
+candle in flight to be settled.
+
 Portfolios: a strategy trades in the portfolio its ``portfolio_id`` names (none: the default
 portfolio); the portfolio's type (``paper`` | ``live``) picks the broker. A portfolio that does
 not exist, or whose type has no broker, keeps the strategy from loading (status ``error``).
@@ -31,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -52,7 +63,7 @@ from ..orders.validate import OrderPolicy
 from ..store.base import CloseRequest, StrategyRow, WriteBatch
 from ..store.sqlite import utc_now
 from .counters import EngineCounters, ManualRun
-from .evaluation import Evaluator
+from .evaluation import Evaluator, Round
 from .orders import Orders
 from .records import Narration, Recorder, decision_data, entry, error_data, narrate
 from .runtime import Floats6, GroupedRuntime, RuntimeFactory, StepGroup, StepOutcome, StrategyRuntime, step
@@ -159,6 +170,13 @@ class Engine:
         # Control-plane changes and candle processing never interleave mid-candle.
         self._lock = asyncio.Lock()
         self._held: dict[str, str] = {}  # strategies not traded: their state could not be reconciled
+        # Candles in flight (see the module docstring), oldest first; while there are any, or an
+        # on_closed is under way, the candle pipeline holds self._lock (_holding).
+        self._flights: deque[_Flight] = deque()
+        self._holding = False
+        self._entered = 0  # on_closed calls under way
+        self._publishing = asyncio.Lock()  # one settler of flights at a time
+        self._drainer: asyncio.Task[None] | None = None
         self._brokers = dict(brokers)  # by portfolio type
         self._portfolios = None if portfolios is None else dict(portfolios)
         self._default_portfolio = default_portfolio
@@ -296,13 +314,17 @@ class Engine:
                     self._remove(sid)
                     changed = True
                     log.info("strategy stopped", strategy_id=sid)
+            starts: list[StrategyRow] = []
             for row in rows:
                 if self._failed.get(row.id) == row.updated_at:
                     continue
                 slot = self._slots.get(row.id)
                 if slot is not None and slot.fingerprint == fingerprint(row):
                     continue
-                self._start(row, batch, out, reload=slot is not None)
+                starts.append(row)
+            loaded = self._load_many(starts)
+            for row in starts:
+                self._start(row, batch, out, reload=row.id in self._slots, loaded=loaded.get(row.id))
                 changed = True
         await self.orders.finish(out, batch)
         self._on_streams_changed()
@@ -414,7 +436,31 @@ class Engine:
             raise ValueError(f"portfolio {portfolio} is a {kind} portfolio, and {kind} trading is not configured")
         return broker.name, portfolio
 
-    def _start(self, row: StrategyRow, batch: WriteBatch, out: Effects, *, reload: bool) -> None:
+    def _load_many(self, rows: Sequence[StrategyRow]) -> dict[str, StrategyRuntime | Exception]:
+        """Many strategies loaded at once, where the factory can (``EvalPool.load_many``: the
+        evaluation processes load theirs while the daemon loads its own); by strategy id, the
+        runtime or what loading it raised. Rows that cannot trade are left to ``_start``."""
+        load_many = getattr(self._factory, "load_many", None)
+        if load_many is None or len(rows) < 2:
+            return {}
+        requests: list[tuple[StrategyRow, StreamKey]] = []
+        for row in rows:
+            try:
+                key = StreamKey(normalize_symbol(row.asset), row.interval)
+                interval_ms(row.interval)
+                self._trades_in(row)
+                level_defaults(row.parameters)
+            except ValueError:
+                continue
+            requests.append((row, key))
+        results: list[StrategyRuntime | Exception] = load_many(requests)
+        return {row.id: result for (row, _), result in zip(requests, results, strict=True)}
+
+    def _start(
+        self, row: StrategyRow, batch: WriteBatch, out: Effects, *, reload: bool,
+        loaded: StrategyRuntime | Exception | None = None,
+    ) -> None:
+        """``loaded``: the strategy's runtime (or its load error) if ``_load_many`` made it."""
         try:
             key = StreamKey(normalize_symbol(row.asset), row.interval)
             interval_ms(row.interval)
@@ -422,7 +468,9 @@ class Engine:
             if row.id in self._held:
                 raise ValueError(f"not trading: its state could not be reconciled ({self._held[row.id]})")
             levels = level_defaults(row.parameters)
-            runtime = self._factory(row, key)
+            if isinstance(loaded, Exception):
+                raise loaded
+            runtime = self._factory(row, key) if loaded is None else loaded
         except (StrategyError, ValueError) as exc:
             if reload:
                 self._remove(row.id)
@@ -547,15 +595,18 @@ class Engine:
             self._on_streams_changed()
 
     async def on_closed(self, candle: Candle, received_ns: int) -> None:
+        """A closed candle: started now, settled and recorded once its outcomes are in (which may
+        be after this returns: see the module docstring)."""
+        key = candle.key
         self.counters.candle_in(received_ns)
+        self._entered += 1
+        started = False  # its flight exists: the counters hear of it when it is settled
         try:
-            await self._on_closed(candle, received_ns)
-        finally:
-            self.counters.candle_done(candle.key)
-
-    async def _on_closed(self, candle: Candle, received_ns: int) -> None:
-        async with self._lock:
-            key = candle.key
+            if not self._holding:
+                await self._lock.acquire()
+                self._holding = True
+            while any(flight.key == key for flight in self._flights):
+                await self._settle_oldest()  # the stream's previous candle first
             self.stats.candles += 1
             history = self._history.get(key)
             if history is None:
@@ -568,11 +619,75 @@ class Engine:
                 batch.candles.append(candle)
             # The brokers' price drivers first: the candle touched its levels before it closed.
             self.orders.on_market(candle, out)
-            await self._evaluate_all([s for s in self._by_key.get(key, []) if s.warm], candle, batch, out)
-            self.orders.check_protection(out)  # every live position's protective orders are live
-        await self.orders.finish(out, batch)  # after the lock: dispatch, record, hand to the writer
-        if batch.strategy_errors:
-            self._on_streams_changed()
+            claimed = [slot for slot in self._by_key.get(key, []) if slot.warm and self._claim(slot, candle, batch)]
+            inputs = self._inputs(candle)
+            round_ = None
+            if claimed:
+                ledger = self.desk.ledger
+                work = [(slot.runtime, ledger.position(slot.row.id)) for slot in claimed]
+                round_ = self._evaluator.begin(work, [slot.group for slot in claimed], inputs.floats)
+            flight = _Flight(key, inputs, claimed, round_, batch, out)
+            self._flights.append(flight)
+            started = True
+            await self._settle_flights()
+            # Worker threads: their candle is settled before the next one starts.
+            while round_ is not None and not round_.remote and not round_.ready and flight in self._flights:
+                await self._settle_oldest()
+        finally:
+            if not started:
+                self.counters.candle_done(key)
+            self._entered -= 1
+            self._after_candle()
+
+    async def _settle_flights(self) -> None:
+        """Settle and hand over the candles in flight whose outcomes are in, oldest first."""
+        async with self._publishing:
+            while self._flights:
+                flight = self._flights[0]
+                if flight.round is not None and not flight.round.ready:
+                    return
+                self._flights.popleft()
+                try:
+                    if flight.round is not None:
+                        flight.round.settle(flight.settler(self._settle))
+                    self.orders.check_protection(flight.out)  # every live position's protective orders are live
+                    # Dispatch, record, hand to the writer (paper orders run inline here).
+                    await self.orders.finish(flight.out, flight.batch)
+                finally:
+                    self.counters.candle_done(flight.key)
+                for update in flight.updates:
+                    self._on_update(update)
+                if flight.batch.strategy_errors:
+                    self._on_streams_changed()
+
+    async def _settle_oldest(self) -> None:
+        """Wait (without blocking the event loop) for the oldest candle in flight, then settle."""
+        flight = self._flights[0]
+        if flight.round is not None and not flight.round.ready:
+            await flight.round.wait()
+        await self._settle_flights()
+
+    def _after_candle(self) -> None:
+        """Release the candle lock once no candle is in flight, or make sure one task waits for
+        those that are."""
+        if self._flights:
+            if self._drainer is None:
+                self._drainer = asyncio.get_running_loop().create_task(self._drain_flights())
+        elif self._holding and self._entered == 0:
+            self._holding = False
+            self._lock.release()
+
+    async def _drain_flights(self) -> None:
+        try:
+            while self._flights:
+                await self._settle_oldest()
+        except Exception:  # the feed's next candle would meet the same; keep the lock's promise
+            log.exception("settling candles in flight failed")
+            while self._flights:
+                self.counters.candle_done(self._flights.popleft().key)
+        finally:
+            self._drainer = None
+            self._after_candle()
 
     def _submit(self, batch: WriteBatch) -> None:
         """Hand the batch to the writer, then narrate: the decision log lines (one per strategy and
@@ -591,7 +706,15 @@ class Engine:
         """An in-progress kline: only the brokers' price drivers react to it (protective levels,
         resting limit orders). What that causes is recorded at once; follow-up orders (protecting
         an entry a resting limit filled) go out in a task, under the candle lock. A waiting
-        close request may take its price."""
+        close request may take its price. While the stream's previous candle is in flight, this
+        waits for it to be settled (its decisions may open the positions these levels guard)."""
+        for flight in self._flights:
+            if flight.key == candle.key:
+                flight.updates.append(candle)
+                return
+        self._on_update(candle)
+
+    def _on_update(self, candle: Candle) -> None:
         self._saw_price(candle)
         out = Effects()
         self.orders.on_market(candle, out)
@@ -618,21 +741,6 @@ class Engine:
             outcome = step(slot.runtime, floats, self.desk.ledger.position(slot.row.id))
             self._settle(slot, candle, outcome, batch, out)
 
-    async def _evaluate_all(self, slots: Sequence[_Slot], candle: Candle, batch: WriteBatch, out: Effects) -> None:
-        """Evaluate every strategy on a closed candle (:mod:`.evaluation` decides where); settle
-        each outcome, in a deterministic order."""
-        claimed = [slot for slot in slots if self._claim(slot, candle, batch)]
-        if not claimed:
-            return
-        ledger = self.desk.ledger
-        work = [(slot.runtime, ledger.position(slot.row.id)) for slot in claimed]
-        groups = [slot.group for slot in claimed]
-
-        def settle(i: int, outcome: StepOutcome) -> None:
-            self._settle(claimed[i], candle, outcome, batch, out)
-
-        await self._evaluator.evaluate(work, groups, self._inputs(candle).floats, settle)
-
     def _claim(self, slot: _Slot, candle: Candle, batch: WriteBatch) -> bool:
         """Advance the strategy's cursor to ``candle``; False if it already evaluated it."""
         if slot.cursor is not None and candle.open_time <= slot.cursor:
@@ -642,10 +750,14 @@ class Engine:
         self.stats.evaluations += 1
         return True
 
-    def _settle(self, slot: _Slot, candle: Candle, outcome: StepOutcome, batch: WriteBatch, out: Effects) -> None:
-        """Record one evaluation's outcome and turn its decision into an order (or a refusal)."""
+    def _settle(
+        self, slot: _Slot, candle: Candle, outcome: StepOutcome, batch: WriteBatch, out: Effects,
+        inputs: _CandleInputs | None = None,
+    ) -> None:
+        """Record one evaluation's outcome and turn its decision into an order (or a refusal).
+        ``inputs``: the candle's, as taken when it was started (default: now)."""
         sid = slot.row.id
-        inputs = self._inputs(candle)
+        inputs = inputs or self._inputs(candle)
         now_iso = inputs.now_iso
         if isinstance(outcome, BaseException):
             self.counters.failed(sid, outcome)
@@ -800,6 +912,27 @@ def history_last(history: CandleHistory) -> Candle:
     last = history.last_open_time
     assert last is not None
     return history.after(last - 1)[-1]
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """A closed candle started and not settled yet (see the module docstring)."""
+
+    key: StreamKey
+    inputs: _CandleInputs
+    slots: list[_Slot]  # the strategies it is evaluated for, as claimed
+    round: Round | None  # None: no strategy evaluates it
+    batch: WriteBatch
+    out: Effects
+    updates: list[Candle] = field(default_factory=list)  # the stream's updates that came meanwhile
+
+    def settler(self, settle: Callable[..., None]) -> Callable[[int, StepOutcome], None]:
+        """``Engine._settle`` for outcome ``i`` of this candle."""
+
+        def one(i: int, outcome: StepOutcome) -> None:
+            settle(self.slots[i], self.inputs.candle, outcome, self.batch, self.out, self.inputs)
+
+        return one
 
 
 @dataclass(frozen=True, slots=True)

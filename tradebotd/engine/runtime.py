@@ -34,6 +34,7 @@ __all__ = [
     "Floats6",
     "GroupedRuntime",
     "RuntimeFactory",
+    "StepCollect",
     "StepGroup",
     "StepOutcome",
     "StrategyRuntime",
@@ -82,14 +83,24 @@ class BatchRuntime(StrategyRuntime, Protocol):
     ) -> tuple[int, Decision | None]: ...
 
 
+class StepCollect(Protocol):
+    """One candle's work on its way to a group: call it to wait (blocking) for the outcomes, in
+    order, or await :meth:`wait`; ``done`` says, without blocking, whether they are in (a call
+    then returns at once). None of these raises: a failure is an exception in the list."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def __call__(self) -> list[StepOutcome]: ...
+
+    async def wait(self) -> list[StepOutcome]: ...
+
+
 class StepGroup(Protocol):
     """Runtimes evaluated together elsewhere (an evaluation process). ``begin`` sends one candle's
-    work and returns the function that waits for its outcomes, in order; neither raises (a
-    failure is an exception in the list)."""
+    work and returns its :class:`StepCollect`; it never raises."""
 
-    def begin(
-        self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6
-    ) -> Callable[[], list[StepOutcome]]: ...
+    def begin(self, work: Sequence[tuple[StrategyRuntime, Position | None]], floats: Floats6) -> StepCollect: ...
 
 
 @runtime_checkable

@@ -121,6 +121,17 @@ class StepTicket:
         except ProcessDied as exc:  # found dead while sending: answered like a death found by reading
             self._lost = exc
 
+    @property
+    def done(self) -> bool:
+        """The outcomes are in (reading the replies already there, without blocking): a call
+        returns at once. After a death found here, a call sends the request again and waits."""
+        pending = self._pending
+        if not self._sent or pending is None:
+            return True
+        if not pending.done:
+            self._process.read_ready()
+        return pending.done
+
     def __call__(self) -> list[StepOutcome]:
         """Waits (blocking) for the outcomes."""
         for attempt in (1, 2):

@@ -33,12 +33,19 @@ from tradebotd.config import SandboxSettings
 from tradebotd.sandbox.errors import SandboxUnavailable
 from tradebotd.workers import protocol as p
 
-__all__ = ["REQUEST_MARGIN_S", "START_TIMEOUT_S", "ChildProcess", "Pending", "ProcessDied", "ProcessHung"]
+__all__ = [
+    "MAX_IN_FLIGHT", "REQUEST_MARGIN_S", "START_TIMEOUT_S", "ChildProcess", "Pending", "ProcessDied", "ProcessHung",
+]
 
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 20.0  # a first start may compile the QuickJS module (~0.5 s); the loop waits this long at most
 REQUEST_MARGIN_S = 5.0  # beyond the sandbox's own deadlines, before a process counts as hung
+MAX_IN_FLIGHT = 32
+"""Requests sent and not answered, at most: past this, ``send`` first reads the oldest replies.
+The child answers in order and stops reading while its answers fill the socket's buffer (about
+200 KiB on Linux, a few hundred small frames); a daemon that only kept sending would then block
+forever on a full buffer the other way (750 strategies loaded at once did)."""
 # What a child needs of the daemon's environment (to find Python, the package and the compiled
 # module cache); nothing else, so no secret ever reaches a process that runs strategies.
 _ENV_KEEP = (
@@ -165,6 +172,8 @@ class ChildProcess:
     def send(self, message: list[Any], payload: bytes | None = None, *, timeout_s: float) -> Pending:
         """Writes a request (starting the process if needed); its reply is due ``timeout_s`` after
         the child can start on it. Raises ``ProcessDied`` if the process cannot be reached."""
+        if len(self._inflight) >= MAX_IN_FLIGHT:
+            self._make_room()
         conn = self._conn if self._conn is not None else self._start()
         now = time.monotonic()
         start = max(now, self._inflight[-1].deadline - self.margin_s) if self._inflight else now
@@ -177,6 +186,17 @@ class ChildProcess:
         except OSError as exc:
             raise self.failed(exc) from None
         return pending
+
+    def _make_room(self) -> None:
+        """Reads replies (blocking) until fewer than ``MAX_IN_FLIGHT`` requests wait for one."""
+        while len(self._inflight) >= MAX_IN_FLIGHT:
+            conn, head = self._conn, self._inflight[0]
+            if conn is None:
+                break
+            if conn.poll(max(head.deadline - time.monotonic(), 0.0)):
+                self._read_one(conn)
+            else:
+                self._hung()
 
     def request(self, message: list[Any], payload: bytes | None = None, *, timeout_s: float | None = None) -> list[Any]:
         """Sends a request and waits for its reply; an ``["error", ...]`` reply raises the error
@@ -200,6 +220,15 @@ class ChildProcess:
             else:
                 self._hung()
         return pending.result()
+
+    def read_ready(self) -> None:
+        """Reads the replies that have arrived, without blocking, handing each to its request."""
+        conn = self._conn
+        while conn is not None and self._inflight and conn.poll(0):
+            self._read_one(conn)
+            conn = self._conn
+        if not self._inflight:
+            self._stop_reading()
 
     async def wait_async(self, pending: Pending) -> list[Any]:
         """``wait`` without blocking the event loop."""
