@@ -38,6 +38,7 @@ async def test_counters_progress_queues_and_an_idempotent_trigger(server: Replay
         assert daemon.is_ready()
         await server.advance(2)
         await until_stored(daemon, lambda: daemon.engine.counters.candles_evaluated >= 2)
+        await daemon.writer.flush()  # counted when handed to the writer; the store below: committed
         counters = daemon.engine.counters
         key = next(iter(daemon.feed.streams))
         assert counters.evaluated_by_stream()[key] == 2
