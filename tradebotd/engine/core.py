@@ -177,6 +177,8 @@ class Engine:
         self._entered = 0  # on_closed calls under way
         self._publishing = asyncio.Lock()  # one settler of flights at a time
         self._drainer: asyncio.Task[None] | None = None
+        # strategy id -> (rows, wait): warm-up candles sent ahead to an evaluation process
+        self._histories_sent: dict[str, tuple[npt.NDArray[np.float64], Callable[[], None]]] = {}
         self._brokers = dict(brokers)  # by portfolio type
         self._portfolios = None if portfolios is None else dict(portfolios)
         self._default_portfolio = default_portfolio
@@ -550,7 +552,11 @@ class Engine:
         """Give a strategy its history. That can fail too (its top-level code left its heap full,
         a sandbox bug): it costs that strategy, never the feed or control loop calling this."""
         try:
-            slot.runtime.push_history(rows)
+            sent = self._histories_sent.pop(slot.row.id, None)
+            if sent is not None and len(sent[0]) == len(rows) and (not len(rows) or sent[0][-1, 0] == rows[-1, 0]):
+                sent[1]()  # sent ahead (_send_histories): wait for it to arrive
+            else:
+                slot.runtime.push_history(rows)
         except Exception as exc:
             if not isinstance(exc, StrategyError):
                 log.exception("strategy runtime failed unexpectedly", strategy_id=slot.row.id)
@@ -558,6 +564,22 @@ class Engine:
             self._fail(slot.row.id, f"cannot give the strategy its history: {exc}", batch, error_data(exc))
             return False
         return True
+
+    def _send_histories(self, slots: Sequence[_Slot], history: CandleHistory) -> None:
+        """Send the warm-up candles ahead to the strategies in evaluation processes
+        (``begin_history``), so that the processes take them in while the daemon gives its own
+        strategies theirs; ``_push_history`` then only waits for each to arrive."""
+        first = history.first_open_time
+        for slot in slots:
+            begin = getattr(slot.runtime, "begin_history", None)
+            if begin is None or first is None:
+                continue
+            cursor = slot.cursor
+            rows = history.rows() if cursor is None or cursor < first else history.rows(up_to_open_time=cursor)
+            try:
+                self._histories_sent[slot.row.id] = (rows, begin(rows))
+            except Exception:  # _push_history gives it the normal way, and reports what fails
+                continue
 
     # -- market data (the feed's sink) -------------------------------------------------------
 
@@ -586,10 +608,12 @@ class Engine:
                                 self._evaluate(slot, candle, batch, out)
                         await self.orders.run_inline(out)  # this candle's paper orders before the next candle
             if len(history):
+                self._send_histories([slot for slot in slots if not slot.warm], history)
                 for slot in slots:
                     if not slot.warm:
                         self._warm(slot, history, batch, out)
                         await self.orders.run_inline(out)
+                self._histories_sent.clear()
         await self.orders.finish(out, batch)
         if batch.strategy_errors:
             self._on_streams_changed()
