@@ -290,14 +290,21 @@ class _Run:
         await until_stored(daemon, lambda: everyone <= set(daemon.store.cursors()), limit_s=180)
 
     def last_candle(self) -> int:
-        return max(self.daemon.store.cursors()[sid] for sid in self.traders or self.watchers)
+        """The newest candle every strategy's decision is recorded for. One cheap query: the
+        waits below run on the daemon's event loop, and a slow predicate after a commit would
+        delay what is measured (the orders' dispatch right after the intents' commit)."""
+        rows = self.daemon.store.execute("SELECT min(last_candle_time) AS t FROM strategy_cursors")
+        return int(rows[0]["t"])
 
-    async def candle(self) -> int:
-        """Release one candle; return its open time once every strategy's decision is recorded."""
+    async def candle(self, orders_by_then: int | None = None) -> int:
+        """Release one candle; return its open time once every strategy's decision is recorded.
+        ``orders_by_then``: first wait (in the stand-in's process) until it has received that
+        many orders since its arrivals were last taken: the candle's orders are all sent."""
         daemon, before = self.daemon, self.last_candle()
-        sids = self.traders + self.watchers
         await self.stand_in.ask("advance", 1)
-        await until_stored(daemon, lambda: min(daemon.store.cursors()[s] for s in sids) > before, limit_s=60)
+        if orders_by_then is not None:
+            await self.stand_in.ask("wait_arrivals", orders_by_then)
+        await until_stored(daemon, lambda: self.last_candle() > before, limit_s=60)
         return self.last_candle()
 
     def orders_done(self, candle_time: int) -> bool:
@@ -345,8 +352,8 @@ async def _send_latency(traders: int, candles: int) -> _Sent:
             await stand_in.ask("arrivals")
             run.daemon.latency.clear()
             times = []
-            for _ in range(candles):
-                t = await run.candle()
+            for i in range(candles):
+                t = await run.candle(orders_by_then=traders * (i + 1))
                 await run.settle(t)
                 times.append(t)
             arrivals = dict(await stand_in.ask("arrivals"))
