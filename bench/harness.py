@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -95,3 +96,16 @@ def bench_main(
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+# One /dev/null for every section's decision log lines, open for the whole process. Loggers cache
+# their output on first use (logs.configure_logging), so a section that opened its own file and
+# dropped it would close the buffer that loggers cached by an earlier section still write to.
+_DEVNULL = open(os.devnull, "w")
+
+
+def log_to_devnull() -> None:
+    """Render log lines as in production (JSON), into /dev/null."""
+    from tradebotd.logs import configure_logging
+
+    configure_logging("info", "json", stream=_DEVNULL)

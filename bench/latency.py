@@ -25,17 +25,16 @@ daemon does not try to pre-warm.
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 from pathlib import Path
 
 from tradebotd.config import LogSettings
 from tradebotd.daemon import Daemon
-from tradebotd.logs import configure_logging
 from tradebotd.replay.series import Series
 from tradebotd.replay.server import ReplayServer
 from tradebotd.testing import replay_settings, until_stored
 
+from .harness import log_to_devnull
 from .rows import Row, median, percentile
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
@@ -102,7 +101,7 @@ async def _one(daemon: Daemon, server: ReplayServer, series: Series, sid: str) -
 def run(series: Series, *, candles: int = 300, history: int = 500, idle: int = 20) -> list[Row]:
     # Decision log lines are part of the path: render them as in production, into /dev/null
     # (left open: loggers stay bound to it for the rest of the process).
-    configure_logging("info", "json", stream=open(os.devnull, "w"))
+    log_to_devnull()
     section = "latency (issue 2)"
     rows: list[Row] = []
     for strategies, target in ((1, 1.0), (100, 10.0)):

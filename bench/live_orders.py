@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
-import os
 import secrets
 import tempfile
 import time
@@ -55,7 +54,6 @@ from pydantic import SecretStr
 
 from tradebotd.config import DaemonSettings, ExchangeSettings, LogSettings, MarketSettings, Settings, StoreSettings
 from tradebotd.daemon import Daemon
-from tradebotd.logs import configure_logging
 from tradebotd.model import Candle, StreamKey
 from tradebotd.replay.demo import generate
 from tradebotd.replay.exchange import ExchangeServer, RateLimits
@@ -64,6 +62,7 @@ from tradebotd.replay.server import ReplayServer
 from tradebotd.store.sqlite import SqliteStore
 from tradebotd.testing import until_stored
 
+from .harness import log_to_devnull
 from .rows import Row, median, percentile
 
 SECTION = "live orders (issue 8)"
@@ -420,7 +419,7 @@ async def _in_flight(cycles: int) -> tuple[list[float], list[float], list[int]]:
 
 
 def run(*, candles: int = 100, cycles: int = 10) -> list[Row]:
-    configure_logging("info", "json", stream=open(os.devnull, "w"))  # left open: loggers keep it
+    log_to_devnull()
     rows: list[Row] = []
     for traders, target in ((1, 5.0), (100, 25.0)):
         r = asyncio.run(_send_latency(traders, candles))

@@ -43,13 +43,13 @@ from pathlib import Path
 
 from tradebotd.config import DaemonSettings, LogSettings, MarketSettings, PaperSettings, Settings, StoreSettings
 from tradebotd.daemon import Daemon
-from tradebotd.logs import configure_logging
 from tradebotd.model import StreamKey
 from tradebotd.replay.server import ReplayServer
 from tradebotd.replay.synthetic import symbol_names, synthetic_market
 from tradebotd.sandbox.wasm import WasmRuntime
 from tradebotd.testing import until_stored
 
+from .harness import log_to_devnull
 from .rows import Row, median, percentile
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
@@ -225,7 +225,7 @@ async def _run(boundaries: int) -> tuple[float, float, list[Minute], dict[str, t
 
 def run(*, boundaries: int = 40) -> list[Row]:
     """``boundaries`` quarter hours (15 minutes each, the last of them closing all 150 streams)."""
-    configure_logging("info", "json", stream=open(os.devnull, "w"))  # stays bound
+    log_to_devnull()
     WasmRuntime.shared()  # compile and cache the module first, as any earlier run of the daemon has
     load_before = os.getloadavg()[0]
     loaded, warm, minutes, memory, connections = asyncio.run(_run(boundaries))
