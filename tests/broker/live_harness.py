@@ -11,8 +11,8 @@ import asyncio
 from dataclasses import dataclass, field
 from decimal import Decimal as D
 
+from tests.broker.intents import decision_intent
 from tests.exchange.conftest import make_port
-from tradebotd.broker.base import client_order_id
 from tradebotd.broker.live import LiveBroker
 from tradebotd.engine.orders import Orders
 from tradebotd.engine.records import Recorder
@@ -21,7 +21,7 @@ from tradebotd.exchange.throttle import RequestBudget
 from tradebotd.model import Candle, Position, StreamKey
 from tradebotd.orders.desk import Effects, OrderDesk, Venue
 from tradebotd.orders.ledger import Holding, Ledger
-from tradebotd.orders.model import OrderIntent, OrderRecord
+from tradebotd.orders.model import OrderRecord
 from tradebotd.orders.state import Order, OrderBook
 from tradebotd.orders.validate import OrderPolicy
 from tradebotd.replay.exchange import ExchangeServer
@@ -59,19 +59,8 @@ class LiveAccount:
     ) -> str:
         """A strategy's decision on candle ``t``, through the desk and the shell; returns its
         client order id once everything it caused has been sent and recorded."""
-        intent = OrderIntent(
-            client_order_id=client_order_id(sid, t, side),  # type: ignore[arg-type]
-            strategy_id=sid,
-            portfolio_id=PORTFOLIO,
-            key=key,
-            side=side,  # type: ignore[arg-type]
-            amount=None if amount is None else D(amount),
-            reference_price=D(price),
-            candle_time=t,
-            take_profit=None if tp is None else D(tp),
-            stop_loss=None if sl is None else D(sl),
-            type="limit" if limit is not None else "market",
-            limit_price=None if limit is None else D(limit),
+        intent = decision_intent(
+            sid, t, side, price, portfolio_id=PORTFOLIO, key=key, amount=amount, tp=tp, sl=sl, limit=limit
         )
         async with self.orders._lock:
             out = Effects()

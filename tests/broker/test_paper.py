@@ -9,6 +9,7 @@ from decimal import Decimal as D
 
 import pytest
 
+from tests.broker.intents import decision_intent
 from tradebotd.broker.base import client_order_id
 from tradebotd.broker.paper import PaperBroker
 from tradebotd.model import Candle, Position, StreamKey
@@ -18,7 +19,6 @@ from tradebotd.orders.model import (
     Accepted,
     Cancelled,
     Filled,
-    OrderIntent,
     OrderRequest,
     ProtectRequest,
     Rejected,
@@ -47,19 +47,8 @@ class Account:
         sid: str = "s1",
         limit: str | None = None,
     ) -> Fill | Refusal | None:
-        intent = OrderIntent(
-            client_order_id=client_order_id(sid, t, side),  # type: ignore[arg-type]
-            strategy_id=sid,
-            portfolio_id="p",
-            key=KEY,
-            side=side,  # type: ignore[arg-type]
-            amount=None if amount is None else D(amount),
-            reference_price=D(price),
-            candle_time=t,
-            take_profit=None if tp is None else D(tp),
-            stop_loss=None if sl is None else D(sl),
-            type="limit" if limit is not None else "market",
-            limit_price=None if limit is None else D(limit),
+        intent = decision_intent(
+            sid, t, side, price, portfolio_id="p", key=KEY, amount=amount, tp=tp, sl=sl, limit=limit
         )
         out = Effects()
         job = self.desk.decide(intent, "paper", "now", out)
