@@ -201,6 +201,56 @@ async def test_stale_candle_is_evaluated_but_not_traded(tmp_path: Path) -> None:
     assert len(h.store.trades()) == 1
 
 
+def started(tmp_path: Path, *, age_ms: int, cursors: dict[str, int] | None = None) -> Harness:
+    """An engine whose clock says candle 5 (closing at 6:00) closed ``age_ms`` ago, with a 10 s
+    start window."""
+    return Harness(
+        tmp_path,
+        now_ms=6 * MIN + age_ms,
+        cursors=cursors,
+        config=EngineConfig(max_candle_lag_ms=30_000, start_window_ms=10_000),
+    )
+
+
+async def test_a_new_strategy_evaluates_a_just_closed_last_candle_at_once_and_only_once(tmp_path: Path) -> None:
+    h = started(tmp_path, age_ms=2_000)
+    h.scripts["s1"] = lambda t, p: Decision("buy") if t == 5 * MIN else Decision("hold")
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    rt = h.runtimes["s1"]
+    assert rt.history == [i * MIN for i in range(1, 5)] and rt.evaluated == [5 * MIN]
+    assert [(t.side, t.candle_time) for t in h.store.trades("s1")] == [("buy", 5 * MIN)]
+    assert h.store.cursors() == {"s1": 5 * MIN}
+    await h.engine.on_closed(candle(5), 0)  # the stream delivers the same candle: already evaluated
+    h.now = 7 * MIN + 500
+    await h.engine.on_closed(candle(6), 0)
+    assert rt.evaluated == [5 * MIN, 6 * MIN] and len(h.store.trades("s1")) == 1
+
+
+async def test_a_strategy_started_on_a_warm_stream_evaluates_its_fresh_last_candle(tmp_path: Path) -> None:
+    h = started(tmp_path, age_ms=9_000)
+    await h.engine.sync([row("a")])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    assert h.runtimes["a"].evaluated == [5 * MIN]
+    await h.engine.sync([row("a"), row("b")])  # set running later: warmed from the stream's history
+    assert h.runtimes["b"].history == [i * MIN for i in range(1, 5)] and h.runtimes["b"].evaluated == [5 * MIN]
+    h.now = 6 * MIN + 11_000  # outside the window: the next one starts with all of it as history
+    await h.engine.sync([row("a"), row("b"), row("c")])
+    assert h.runtimes["c"].history == [i * MIN for i in range(1, 6)] and h.runtimes["c"].evaluated == []
+
+
+async def test_the_start_window_leaves_older_candles_and_restarts_alone(tmp_path: Path) -> None:
+    h = started(tmp_path, age_ms=10_001)
+    await h.engine.sync([row()])
+    await h.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    assert h.runtimes["s1"].evaluated == [] and h.store.cursors() == {"s1": 5 * MIN}
+    # a restart: the cursor decides, the window does not add or skip anything
+    r = started(tmp_path / "r", age_ms=1_000, cursors={"s1": 3 * MIN})
+    await r.engine.sync([row()])
+    await r.engine.on_history(KEY, [candle(i) for i in range(1, 6)])
+    assert r.runtimes["s1"].history == [MIN, 2 * MIN, 3 * MIN] and r.runtimes["s1"].evaluated == [4 * MIN, 5 * MIN]
+
+
 async def test_consecutive_errors_disable_only_the_offender(tmp_path: Path) -> None:
     h = Harness(tmp_path, config=EngineConfig(max_candle_lag_ms=0, max_consecutive_errors=3))
 

@@ -235,6 +235,7 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
         config=EngineConfig(
             history=market.history,
             max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
+            start_window_ms=int(market.start_window_s * 1000),
             max_consecutive_errors=settings.sandbox.max_consecutive_errors,
             log_holds=settings.store.log_holds,
             eval_threads=1 if processes else settings.sandbox.eval_threads,

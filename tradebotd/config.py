@@ -43,6 +43,12 @@ class MarketSettings(_Section):
     max_candle_lag_s: float = Field(
         30.0, ge=0, description="refuse to trade on a candle that closed longer ago than this; 0 disables"
     )
+    start_window_s: float = Field(
+        10.0,
+        ge=0,
+        description="a strategy that starts evaluates its stream's last closed candle at once if it closed at most "
+        "this long ago (else it waits for the next candle); 0: always wait",
+    )
     rotate_after_s: float = Field(23.5 * 3600, gt=0, description="reconnect before Binance's 24 h cut-off")
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)

@@ -33,6 +33,7 @@ def replay_settings(server: ReplayServer, db: Path, *, history: int = 50, **sect
         rest_url=server.rest_url,
         history=history,
         max_candle_lag_s=0,
+        start_window_s=0,
         reconnect_min_s=0.02,
         reconnect_max_s=0.2,
     )

@@ -79,6 +79,7 @@ DEFAULT_POLICY = OrderPolicy(Decimal("0.001"))
 class EngineConfig:
     history: int = 500
     max_candle_lag_ms: int = 30_000  # 0 disables the staleness guard
+    start_window_ms: int = 0  # a starting strategy evaluates a last candle this fresh at once; 0: never
     max_consecutive_errors: int = 3
     log_holds: bool = False
     record_candles: bool = True
@@ -522,9 +523,30 @@ class Engine:
         batch.logs.append(entry(strategy_id, "error", message, data))
         log.error("strategy disabled", strategy_id=strategy_id, error=message)
 
+    def _history_end(self, slot: _Slot, history: CandleHistory) -> int | None:
+        """The open time of the last candle a starting strategy takes as history; None: all of it.
+
+        A strategy that has evaluated no candle of this history (new, or back after a gap longer
+        than the history) takes it all as history, except a last candle that closed at most
+        ``start_window_ms`` ago: that one it evaluates at once, as if it had been running when
+        the candle closed (a strategy set running in the web app then decides within the mirror
+        poll, not one candle later). A strategy with a cursor inside the history takes up to its
+        cursor and evaluates the rest (a restart)."""
+        first, last = history.first_open_time, history.last_open_time
+        assert first is not None and last is not None
+        if slot.cursor is not None and slot.cursor >= first:
+            return slot.cursor
+        window = self.config.start_window_ms
+        if window > 0 and len(history) > 1:
+            age_ms = self._now_ms() - (last + slot.key.interval_ms)
+            if 0 <= age_ms <= window:
+                return last - slot.key.interval_ms
+        return None
+
     def _warm(self, slot: _Slot, history: CandleHistory, batch: WriteBatch, out: Effects) -> None:
         first, last = history.first_open_time, history.last_open_time
         assert first is not None and last is not None
+        end = self._history_end(slot, history)
         if slot.cursor is None or slot.cursor < first:
             if slot.cursor is not None:
                 missed = (first - slot.cursor) // slot.key.interval_ms - 1
@@ -533,11 +555,15 @@ class Engine:
                     strategy_id=slot.row.id,
                     missed_candles=missed,
                 )
-            if not self._push_history(slot, history.rows(), batch):
+            if not self._push_history(slot, history.rows(up_to_open_time=end), batch):
                 return
-            slot.cursor = last
-            batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, last)
+            slot.cursor = last if end is None else end
+            batch.cursors[slot.row.id] = (slot.key.symbol, slot.key.interval, slot.cursor)
             slot.warm = True
+            if end is not None:
+                log.info("strategy evaluates the candle that just closed", strategy_id=slot.row.id, candle_time=last)
+                for candle in history.after(end):
+                    self._evaluate(slot, candle, batch, out)
             return
         if not self._push_history(slot, history.rows(up_to_open_time=slot.cursor), batch):
             return
@@ -574,8 +600,7 @@ class Engine:
             begin = getattr(slot.runtime, "begin_history", None)
             if begin is None or first is None:
                 continue
-            cursor = slot.cursor
-            rows = history.rows() if cursor is None or cursor < first else history.rows(up_to_open_time=cursor)
+            rows = history.rows(up_to_open_time=self._history_end(slot, history))
             try:
                 self._histories_sent[slot.row.id] = (rows, begin(rows))
             except Exception:  # _push_history gives it the normal way, and reports what fails
