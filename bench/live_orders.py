@@ -228,6 +228,7 @@ def _settings(stand_in: _StandIn, db: Path) -> Settings:
             rest_url=stand_in.rest_url,
             history=HISTORY,
             max_candle_lag_s=0,  # replayed candles carry historical times
+            start_window_s=0,  # the tape stands still: no evaluation of the last warm-up candle
             reconnect_min_s=0.05,
             reconnect_max_s=1.0,
         ),

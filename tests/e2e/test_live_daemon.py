@@ -155,6 +155,7 @@ async def test_kill_9_between_sending_an_order_and_recording_it(
         "TRADEBOTD_MARKET__REST_URL": replay.rest_url,
         "TRADEBOTD_MARKET__HISTORY": str(HISTORY),
         "TRADEBOTD_MARKET__MAX_CANDLE_LAG_S": "0",
+        "TRADEBOTD_MARKET__START_WINDOW_S": "0",
         "TRADEBOTD_MARKET__RECONNECT_MIN_S": "0.02",
         "TRADEBOTD_MARKET__RECONNECT_MAX_S": "0.2",
         "TRADEBOTD_DAEMON__POLL_INTERVAL_S": "0.2",

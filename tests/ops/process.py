@@ -38,6 +38,7 @@ def daemon_env(server: ReplayServer, db: Path, **extra: str) -> dict[str, str]:
             "TRADEBOTD_MARKET__REST_URL": server.rest_url,
             "TRADEBOTD_MARKET__HISTORY": "30",
             "TRADEBOTD_MARKET__MAX_CANDLE_LAG_S": "0",  # replayed candles are historical
+            "TRADEBOTD_MARKET__START_WINDOW_S": "0",  # and the tape stands still: no evaluation at start
             "TRADEBOTD_SANDBOX__EVAL_PROCESSES": "0",
             "TRADEBOTD_DAEMON__POLL_INTERVAL_S": "0.2",
             "TRADEBOTD_HTTP__LISTEN": "127.0.0.1:0",

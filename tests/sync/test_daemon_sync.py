@@ -244,6 +244,7 @@ async def test_kill_9_with_a_full_outbox_then_restart_loses_and_doubles_nothing(
         "TRADEBOTD_STORE__MIRROR_POLL_S": "0.1", "TRADEBOTD_WORKER__ID": "w1",
         "TRADEBOTD_MARKET__WS_URL": server.ws_url, "TRADEBOTD_MARKET__REST_URL": server.rest_url,
         "TRADEBOTD_MARKET__HISTORY": str(HISTORY), "TRADEBOTD_MARKET__MAX_CANDLE_LAG_S": "0",
+        "TRADEBOTD_MARKET__START_WINDOW_S": "0",
         "TRADEBOTD_SANDBOX__EVAL_PROCESSES": "0", "TRADEBOTD_DAEMON__POLL_INTERVAL_S": "0.2",
         "TRADEBOTD_LOG__FORMAT": "json", "TRADEBOTD_HTTP__LISTEN": "127.0.0.1:0",
     })  # fmt: skip
