@@ -10,17 +10,19 @@ wherever they appear, and keys that look like credentials are masked whatever th
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "mask_secrets", "redact_secrets", "register_secret"]
+__all__ = ["configure_logging", "info_lines", "mask_secrets", "redact_secrets", "register_secret"]
 
 _MASK = "**********"
 _SECRET_KEY_PARTS = ("secret", "api_key", "apikey", "password", "token", "authorization")
@@ -73,6 +75,57 @@ def _orjson_dumps(obj: Any, default: Any = None) -> bytes:
     return orjson.dumps(obj, default=default or str)
 
 
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    """Where :func:`info_lines` writes JSON lines itself: the configuration it was made for
+    (``processors``: structlog's list, to notice a reconfiguration such as a test's
+    ``capture_logs``), whether info lines pass the level, and the output."""
+
+    processors: tuple[Processor, ...]
+    info: bool
+    write: Callable[[bytes], object]
+    flush: Callable[[], object]
+
+
+_bulk: _Bulk | None = None
+
+
+def info_lines(logger: Any, lines: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """``logger.info(event, **fields)`` for each ``(event, fields)``, in order, with the same JSON
+    lines as a result: the processors' work (level, timestamp, secrets) done once for all of
+    them and the lines written in one go. The engine writes one line per strategy and candle
+    (1,000 at a minute boundary), which structlog's per-line chain made a measurable share of
+    the boundary. Falls back to ``logger.info`` per line for any other configuration (console,
+    context variables bound, structlog reconfigured since :func:`configure_logging`)."""
+    bulk = _bulk
+    if (
+        bulk is None
+        or tuple(structlog.get_config()["processors"]) != bulk.processors
+        or structlog.contextvars.get_contextvars()
+    ):
+        for event, fields in lines:
+            logger.info(event, **fields)
+        return
+    if not bulk.info or not lines:
+        return
+    stamp = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+    out: list[bytes] = []
+    for event, fields in lines:
+        line: dict[str, Any] = {}
+        for key, value in fields.items():
+            if _is_secret_key(key):
+                line[key] = _MASK
+            else:
+                line[key] = _scrub(value) if _secrets else value
+        line["event"] = _scrub(event) if _secrets else event
+        line["level"] = "info"
+        line["timestamp"] = stamp
+        out.append(orjson.dumps(line, default=str))
+    out.append(b"")
+    bulk.write(b"\n".join(out))
+    bulk.flush()
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -113,12 +166,21 @@ def configure_logging(
     else:  # a text-only stream (tests): same JSON, as str
         logger_factory = structlog.PrintLoggerFactory(out)
         own_renderer = _to_text(renderer)
+    processors = [*shared, own_renderer]
     structlog.configure(
-        processors=[*shared, own_renderer],
+        processors=processors,
         logger_factory=logger_factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=cache,
     )
+    global _bulk
+    _bulk = None
+    if not use_console:
+        info = numeric_level <= logging.INFO
+        if hasattr(out, "buffer"):
+            _bulk = _Bulk(tuple(processors), info, out.buffer.write, out.buffer.flush)
+        else:
+            _bulk = _Bulk(tuple(processors), info, lambda data: out.write(data.decode()), out.flush)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _to_text(renderer)],

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from ..ids import trade_uuid
+from ..logs import info_lines
 from ..model import Candle, Decision
 from ..orders.desk import Effects
 from ..store.base import LogEntry, LogLevel, TradeRow, WriteBatch
@@ -68,8 +69,7 @@ def decision_data(
 
 
 def narrate(lines: Narration) -> None:
-    for event, fields in lines:
-        log.info(event, **fields)
+    info_lines(log, lines)
 
 
 class Recorder:
