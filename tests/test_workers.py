@@ -29,7 +29,7 @@ from tradebotd.sandbox.errors import (
 from tradebotd.sandbox.sandboxed import EvalInfo
 from tradebotd.store.base import StrategyRow
 from tradebotd.workers import protocol as p
-from tradebotd.workers.pool import EvalPool, EvalProcess, ProcessDied, ProcessHung, RemoteRuntime
+from tradebotd.workers.pool import STEPS_MAX, EvalPool, EvalProcess, ProcessDied, ProcessHung, RemoteRuntime
 from tradebotd.workers.process import MAX_IN_FLIGHT
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tradebotd" / "examples" / "sma_crossover.js"
@@ -280,6 +280,77 @@ def test_many_candles_can_be_on_their_way_before_the_first_answer_is_read(proces
     assert process.queued == 0
     assert [[o[0].indicators for o in t()] for t in tickets[:2]] == [[{"n": 1}, {"n": 1}], [{"n": 2}, {"n": 2}]]
     assert [o[0].indicators for o in last] == [{"n": 3}, {"n": 3}]
+
+
+
+def _record_requests(process: EvalProcess, monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """Every request ``process`` sends, as sent."""
+    sent: list[list[Any]] = []
+    send = process.send
+
+    def recording(message: list[Any], payload: bytes | None = None, *, timeout_s: float) -> Any:
+        sent.append(message)
+        return send(message, payload, timeout_s=timeout_s)
+
+    monkeypatch.setattr(process, "send", recording)
+    return sent
+
+
+async def test_candles_that_close_while_the_process_is_busy_go_out_in_one_request(
+    process: EvalProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first candle goes out at once (the process waits for work); those that follow while it
+    is busy (stopped here, so that it certainly is) leave together, each answered in order."""
+    remotes = [RemoteRuntime(process, row(COUNT, f"s{i}"), KEY, SETTINGS.max_candles) for i in range(2)]
+    sent = _record_requests(process, monkeypatch)
+    pid = signal_child(process, signal.SIGSTOP)
+    try:
+        tickets = [process.begin([(r, None) for r in remotes], floats(i)) for i in range(4)]
+        assert [m[0] for m in sent] == ["step"] and process.queued == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = [await ticket.wait() for ticket in tickets]  # the first wait sends the others
+    assert [m[0] for m in sent] == ["step", "steps"] and len(sent[1][1]) == 3
+    assert [[o[0].indicators for o in outcomes] for outcomes in got] == [[{"n": n}, {"n": n}] for n in (1, 2, 3, 4)]
+    assert process.queued == 0
+
+
+def test_without_an_event_loop_every_candle_goes_out_at_once(
+    process: EvalProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
+    sent = _record_requests(process, monkeypatch)
+    tickets = [process.begin([(remote, None)], floats(i)) for i in range(3)]
+    assert [m[0] for m in sent] == ["step"] * 3
+    assert [t()[0][0].indicators for t in tickets] == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+async def test_a_full_outbox_goes_out_without_waiting_for_the_loop(
+    process: EvalProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
+    sent = _record_requests(process, monkeypatch)
+    pid = signal_child(process, signal.SIGSTOP)
+    try:
+        tickets = [process.begin([(remote, None)], floats(i)) for i in range(STEPS_MAX + 2)]
+        assert [m[0] for m in sent] == ["step", "steps"] and len(sent[1][1]) == STEPS_MAX
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = [(await ticket.wait())[0] for ticket in tickets]
+    assert [m[0] for m in sent] == ["step", "steps", "step"]
+    assert [o[0].indicators for o in got] == [{"n": n} for n in range(1, STEPS_MAX + 3)]
+
+
+async def test_a_death_with_candles_in_one_request_sends_each_again_in_order(process: EvalProcess) -> None:
+    remote = RemoteRuntime(process, row(COUNT), KEY, SETTINGS.max_candles)
+    remote.push_history(CANDLES[:10])
+    pid = signal_child(process, signal.SIGSTOP)
+    tickets = [process.begin([(remote, None)], floats(10 + i)) for i in range(3)]
+    process.flush()  # the last two as one request, then the process dies with all of it unanswered
+    os.kill(pid, signal.SIGKILL)
+    got = [(await t.wait())[0] for t in tickets]
+    assert [o[0].indicators for o in got if not isinstance(o, BaseException)] == [{"n": 11}, {"n": 12}, {"n": 13}]
+    assert process.pid not in (None, pid)
 
 
 async def test_awaiting_answers_leaves_the_event_loop_free() -> None:

@@ -255,6 +255,38 @@ async def test_an_update_waits_for_its_streams_candle_in_flight(tmp_path: Path) 
     assert trades == [("buy", D("100"), 2), ("sell", D("95"), 3)]
 
 
+
+async def test_the_daemons_own_share_is_evaluated_once_every_candles_share_is_handed_out(tmp_path: Path) -> None:
+    """Candles closing together: the processes get every candle's share first, and the daemon
+    evaluates its own share of each (oldest first) before it waits for theirs. The batches keep
+    arrival order, each strategy evaluated once."""
+    scripts = {"e": hold, "el": hold, "b": hold, "bl": hold}
+    pipe = Pipeline(tmp_path, scripts, remote={"e", "b"})
+    rows = [row("e", asset="ethusdt"), row("el", asset="ethusdt"), row("b"), row("bl")]
+    await warm(pipe, rows, [ETH, BTC])
+    local_when_awaited: list[tuple[list[int], list[int]]] = []
+
+    def answer_when_awaited(held: Held) -> Callable[[], Any]:
+        async def wait() -> list[StepOutcome]:
+            local_when_awaited.append((list(pipe.runtimes["el"].evaluated), list(pipe.runtimes["bl"].evaluated)))
+            held.release()
+            return held.outcomes
+
+        return wait
+
+    await pipe.engine.on_closed(candle(ETH, 2), 1)
+    await pipe.engine.on_closed(candle(BTC, 2), 2)
+    assert len(pipe.group.sent) == 2  # both candles' shares handed out ...
+    assert pipe.runtimes["el"].evaluated == [] and pipe.runtimes["bl"].evaluated == []  # ... before the daemon's
+    for held in pipe.group.sent:
+        held.wait = answer_when_awaited(held)  # type: ignore[method-assign]
+    await pipe.engine.drain()
+    assert local_when_awaited[0] == ([2 * MIN], [2 * MIN])  # both evaluated before waiting for the first
+    assert pipe.candle_batches() == [("ETHUSDT", 2), ("BTCUSDT", 2)]
+    assert [set(b.cursors) for b in pipe.batches if b.enqueued_ns] == [{"e", "el"}, {"b", "bl"}]
+    assert all(len(pipe.runtimes[sid].evaluated) == 1 for sid in scripts)
+
+
 # -- real evaluation processes --------------------------------------------------------------------
 
 

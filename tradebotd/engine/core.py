@@ -20,7 +20,10 @@ orders are dispatched (:mod:`.orders`); exchange calls never run under the lock.
 Many streams close at the same instant (every minute boundary). A candle whose strategies are
 partly evaluated in evaluation processes is *in flight* (:class:`_Flight`) from when their shares
 are sent until their outcomes are in: meanwhile ``on_closed`` returns, so the next stream's
-candle is started while the processes still evaluate this one. Candles are settled and their
+candle is started while the processes still evaluate this one. The daemon's own share of a
+candle in flight is evaluated after that, one candle at a time between the feed's next candles
+(or when the candle is settled): so a burst of candles is handed to the processes first, and
+the daemon evaluates its share while they evaluate theirs. Candles are settled and their
 batches handed to the writer in the order they arrived, each as soon as its own outcomes (and
 those of the candles before it) are in, not when the whole boundary is done. While any candle is
 in flight the candle pipeline holds the candle lock, so the control plane still never
@@ -713,8 +716,18 @@ class Engine:
         """Wait (without blocking the event loop) for the oldest candle in flight, then settle."""
         flight = self._flights[0]
         if flight.round is not None and not flight.round.ready:
+            flight.round.evaluate_local()  # the daemon's own share while the processes do theirs
             await flight.round.wait()
         await self._settle_flights()
+
+    def _evaluate_one_local(self) -> bool:
+        """Evaluate the daemon's own share of the oldest candle in flight that still has one;
+        False if none has."""
+        for flight in self._flights:
+            if flight.round is not None and flight.round.local_pending:
+                flight.round.evaluate_local()
+                return True
+        return False
 
     def _after_candle(self) -> None:
         """Release the candle lock once no candle is in flight, or make sure one task waits for
@@ -729,6 +742,12 @@ class Engine:
     async def _drain_flights(self) -> None:
         try:
             while self._flights:
+                if self._evaluate_one_local():
+                    # One candle's share at a time: the feed's next candles, if any arrived
+                    # meanwhile, are handed to the evaluation processes first.
+                    await asyncio.sleep(0)
+                    await self._settle_flights()
+                    continue
                 await self._settle_oldest()
         except Exception:  # the feed's next candle would meet the same; keep the lock's promise
             log.exception("settling candles in flight failed")

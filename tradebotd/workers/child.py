@@ -58,6 +58,8 @@ class Child:
         kind = request[0]
         if kind == "step":
             return ["ok", self._step(request[1], request[2])]
+        if kind == "steps":
+            return ["ok", [self._step(floats, items) for floats, items in request[1]]]
         if kind == "init":
             self._factory = _factory(SandboxSettings.model_validate(request[1]))
             from os import getpid

@@ -11,7 +11,11 @@ Requests (daemon -> child); each gets exactly one reply, ``["ok", ...]`` or ``["
     ["load", handle, strategy_row, symbol, interval] -> ["ok"]
     ["history", handle] + rows frame               -> ["ok"]
     ["step", candle_floats, [[handle, position], ...]] -> ["ok", [outcome, ...]]
+    ["steps", [[candle_floats, [[handle, position], ...]], ...]] -> ["ok", [[outcome, ...], ...]]
     ["close", handle]                              -> ["ok"]
+
+``steps`` is many candles' ``step`` requests in one frame (the candles of a minute boundary
+that closed while the process was busy), answered together, in order.
 
 ``position`` is null or ``[amount, entry_price, entry_time, take_profit, stop_loss]`` (decimals
 as strings). An ``outcome`` is ``["d", decision, info, consumed]`` or ``["e", error]``.
