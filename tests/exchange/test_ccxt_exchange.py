@@ -9,7 +9,7 @@ from decimal import Decimal as D
 import pytest
 from structlog.testing import capture_logs
 
-from tradebotd.exchange import errors
+from tradebotd.exchange import ccxt_exchange, errors
 from tradebotd.exchange.ccxt_exchange import CcxtExchange
 from tradebotd.exchange.model import OcoRequest
 from tradebotd.exchange.throttle import Limits, RequestBudget
@@ -106,6 +106,78 @@ async def test_the_callers_decimal_context_survives_ccxt(port: CcxtExchange) -> 
     context = decimal.getcontext()
     # ccxt's decimal_to_precision sets ROUND_HALF_UP and traps Underflow for the whole thread.
     assert context.rounding == decimal.ROUND_HALF_EVEN and not context.traps[decimal.Underflow]
+
+
+# -- new orders: ccxt's implicit endpoint, with the unified request and answer -------------------
+
+# (kind, side, amount, price, stop price): every kind create_order places on Binance.
+NEW_ORDERS = [
+    ("market", "buy", "0.03", None, None),
+    ("limit", "sell", "0.005", "45000.10", None),
+    ("limit", "buy", "0.001", "41000", None),
+    ("stop_loss", "sell", "0.00999", None, "41000"),
+    ("stop_loss_limit", "buy", "0.001", "43500", "43400"),
+]
+_PER_REQUEST = {"timestamp", "recvWindow", "signature", "newClientOrderId"}
+
+
+async def test_a_new_order_is_the_request_unified_create_order_sends_and_reads_as_ccxt_parses_it(
+    server: ExchangeServer, port: CcxtExchange
+) -> None:
+    """Binance's new orders go through ccxt's implicit ``private_post_order`` (ccxt signs and
+    sends them): the same parameters its unified ``create_order`` sends for the same order, and
+    the answer read into what ``parse_order`` makes of it."""
+    client = port._client
+    market = client.market("BTC/USDT")
+    for i, (kind, side, amount, price, stop) in enumerate(NEW_ORDERS):
+        params = {"newClientOrderId": f"unified-{i}"}
+        if price is not None:
+            params["timeInForce"] = "GTC"
+        if stop is not None:
+            params["stopLossPrice"] = stop
+        ccxt_type = "limit" if price is not None else "market"
+        with decimal.localcontext():
+            await client.create_order("BTC/USDT", ccxt_type, side, amount, price, params)
+        unified = server.requests[-1].params
+        order = await port.create_order(
+            "BTCUSDT", side, kind, D(amount), client_order_id=f"lean-{i}",  # type: ignore[arg-type]
+            price=D(price) if price else None, stop_price=D(stop) if stop else None,
+        )  # fmt: skip
+        lean = server.requests[-1]
+        assert (lean.method, lean.path, lean.params["newClientOrderId"]) == ("POST", "/api/v3/order", f"lean-{i}")
+        assert {k: v for k, v in lean.params.items() if k not in _PER_REQUEST} == {
+            k: v for k, v in unified.items() if k not in _PER_REQUEST
+        }, kind
+        assert order == ccxt_exchange._order(client.parse_order(order.raw, market), "BTCUSDT"), kind
+        assert order.raw["clientOrderId"] == order.client_order_id == f"lean-{i}"
+    # The other answers an order report comes in: a query (time, updateTime) and a cancel
+    # (origClientOrderId), and a market order that filled in part and expired.
+    queried = await client.private_get_order({"symbol": "BTCUSDT", "origClientOrderId": "lean-1"})
+    cancelled = await client.private_delete_order({"symbol": "BTCUSDT", "origClientOrderId": "lean-2"})
+    server.account.arm_partial_fill(2)
+    expired = await port.create_order("BTCUSDT", "buy", "market", D("0.02"), client_order_id="lean-partial")
+    assert (expired.state, expired.filled, len(expired.trades)) == ("expired", D("0.01"), 1)
+    for raw in (queried, cancelled, expired.raw):
+        parsed = ccxt_exchange._order(client.parse_order(raw, market), "BTCUSDT")
+        assert ccxt_exchange._binance_order(raw, "BTCUSDT", port._currency_code) == parsed
+    assert [o.client_order_id for o in await port.open_orders("BTCUSDT")] == [
+        "unified-1", "lean-1", "unified-2", "unified-3", "lean-3", "unified-4", "lean-4",
+    ]  # fmt: skip
+
+
+async def test_an_order_type_the_market_does_not_take_is_refused_before_sending() -> None:
+    spec = SymbolSpec.named("BTCUSDT", order_types=("LIMIT", "MARKET"))
+    async with ExchangeServer([spec], api_keys={KEY: SECRET}, balances={"BTC": D("1")}) as server:
+        port = make_port(server)
+        try:
+            await port.load_markets()
+            with pytest.raises(errors.InvalidOrder, match="STOP_LOSS is not a valid order type"):
+                await port.create_order(
+                    "BTCUSDT", "sell", "stop_loss", D("0.01"), stop_price=D("40000"), client_order_id="tb-sl"
+                )
+        finally:
+            await port.close()
+    assert server.requests_to("/api/v3/order") == []
 
 
 # -- orders, balances, trades -----------------------------------------------------------------

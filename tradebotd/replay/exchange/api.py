@@ -230,6 +230,7 @@ class ExchangeApi:
         self._backoff_until = -math.inf  # after a 429: requests before this start a ban
         self._ban_until = -math.inf
         self._orders: deque[float] = deque()  # limits-clock times of accepted orders, last day
+        self._orders_10s: deque[float] = deque()  # the same, last 10 s
 
     def now_ms(self) -> int:
         return self._clock() + self.skew_ms
@@ -317,6 +318,7 @@ class ExchangeApi:
         if endpoint.orders:
             now = self._limits_clock()
             self._orders.extend([now] * endpoint.orders)
+            self._orders_10s.extend([now] * endpoint.orders)
             headers = headers | self._order_count_headers(now)
         after = self.faults.take(("hold", "disconnect", "truncate", "error_after"), method, path)
         if after is None:
@@ -371,7 +373,7 @@ class ExchangeApi:
         now = self._limits_clock()
         while self._orders and now - self._orders[0] >= 86_400:
             self._orders.popleft()
-        in_10s = sum(1 for t in self._orders if now - t < 10)
+        in_10s = self._in_10s(now)
         if in_10s + count > self.limits.orders_per_10s:
             raise Refusal(
                 -1015, f"Too many new orders; current limit is {self.limits.orders_per_10s} orders per 10 SECOND.", 429
@@ -381,8 +383,14 @@ class ExchangeApi:
                 -1015, f"Too many new orders; current limit is {self.limits.orders_per_day} orders per 1 DAY.", 429
             )
 
+    def _in_10s(self, now: float) -> int:
+        window = self._orders_10s
+        while window and now - window[0] >= 10:
+            window.popleft()
+        return len(window)
+
     def _order_count_headers(self, now: float) -> dict[str, str]:
-        in_10s = sum(1 for t in self._orders if now - t < 10)
+        in_10s = self._in_10s(now)
         return {"X-MBX-ORDER-COUNT-10S": str(in_10s), "X-MBX-ORDER-COUNT-1D": str(len(self._orders))}
 
     # -- authentication --------------------------------------------------------------------------

@@ -184,6 +184,10 @@ class Account:
         self.fee_mode: FeeMode = fee_mode
         self._clock = clock
         self.orders: dict[str, list[Order]] = {symbol: [] for symbol in self.specs}  # by symbol, oldest first
+        # The orders of each symbol that may still be open (oldest first; the closed ones are
+        # dropped as they are met): what matching and the open-order checks look through, so a
+        # long run's thousands of filled orders do not slow every request down.
+        self._live: dict[str, list[Order]] = {symbol: [] for symbol in self.specs}
         self.lists: list[OrderList] = []
         self.trades: dict[str, list[Trade]] = {symbol: [] for symbol in self.specs}
         self._next_order_id = 1
@@ -221,7 +225,14 @@ class Account:
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         symbols = [self.spec(symbol).symbol] if symbol is not None else list(self.orders)
-        return [order for s in symbols for order in self.orders[s] if order.is_open]
+        return [order for s in symbols for order in self._open(s)]
+
+    def _open(self, symbol: str) -> list[Order]:
+        """The open orders of ``symbol``, oldest first (pruning the live list)."""
+        live = self._live[symbol]
+        if any(not order.is_open for order in live):
+            live[:] = [order for order in live if order.is_open]
+        return live
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -272,6 +283,7 @@ class Account:
             slices=self._take_slices(),
         )
         self.orders[new.symbol].append(order)
+        self._live[new.symbol].append(order)
         self._on_placed(order, price)
         return order
 
@@ -332,6 +344,7 @@ class Account:
                 )
             )
         self.orders[symbol].extend(legs)
+        self._live[symbol].extend(legs)
         order_list = OrderList(list_id, list_client_order_id, symbol, legs, now)
         self.lists.append(order_list)
         self.update_time = now
@@ -362,7 +375,7 @@ class Account:
         self.spec(symbol)
         self.prices[symbol] = price
         made: list[Trade] = []
-        for order in list(self.orders[symbol]):
+        for order in list(self._open(symbol)):
             if not order.is_open:
                 continue  # e.g. the sibling of a leg that just triggered
             if order.is_stop and not order.triggered:
@@ -398,7 +411,7 @@ class Account:
         return slices
 
     def _check_client_id(self, symbol: str, client_order_id: str) -> None:
-        if any(order.is_open and order.client_order_id == client_order_id for order in self.orders[symbol]):
+        if any(order.is_open and order.client_order_id == client_order_id for order in self._live[symbol]):
             raise Refusal(-2010, "Duplicate order sent.")
 
     def _check_filters(
@@ -540,7 +553,7 @@ class Account:
     def _siblings(self, order: Order) -> Iterator[Order]:
         if order.order_list_id == -1:
             return iter(())
-        return (o for o in self.orders[order.symbol] if o.order_list_id == order.order_list_id and o is not order)
+        return (o for o in self._live[order.symbol] if o.order_list_id == order.order_list_id and o is not order)
 
     def _activate_list(self, order: Order) -> None:
         """An OCO leg triggered or started to fill: the other leg expires."""
