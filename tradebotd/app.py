@@ -179,6 +179,20 @@ def make_brokers(
     return build_brokers(settings, portfolios, holdings, budgets)
 
 
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's settings, from the daemon's."""
+    market = settings.market
+    return EngineConfig(
+        history=market.history,
+        max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
+        start_window_ms=int(market.start_window_s * 1000),
+        max_consecutive_errors=settings.sandbox.max_consecutive_errors,
+        log_holds=settings.store.log_holds,
+        eval_threads=1 if settings.sandbox.eval_processes else settings.sandbox.eval_threads,
+        max_in_flight=settings.exchange.max_in_flight,
+    )
+
+
 def compose_parts(settings: Settings, hooks: Hooks) -> Components:
     """Build every part of the daemon from ``settings`` (the ``store`` start-up phase included:
     the store is opened and migrated, the ledger and active orders restored from it)."""
@@ -232,14 +246,7 @@ def compose_parts(settings: Settings, hooks: Hooks) -> Components:
         sink=writer.submit,
         runtime_factory=runtimes,
         now_ms=hooks.server_now_ms,
-        config=EngineConfig(
-            history=market.history,
-            max_candle_lag_ms=int(market.max_candle_lag_s * 1000),
-            start_window_ms=int(market.start_window_s * 1000),
-            max_consecutive_errors=settings.sandbox.max_consecutive_errors,
-            log_holds=settings.store.log_holds,
-            eval_threads=1 if processes else settings.sandbox.eval_threads,
-        ),
+        config=engine_config(settings),
         cursors=store.cursors(),
         on_streams_changed=hooks.streams_changed,
         ledger=ledger,

@@ -229,6 +229,14 @@ class ExchangeSettings(_Section):
     )
     poll_s: float = Field(5.0, gt=0, description="how often open orders and order lists are polled")
     reconcile_s: float = Field(60.0, gt=0, description="how often orders, fills and balances are reconciled")
+    max_in_flight: int = Field(
+        50,
+        ge=1,
+        le=100,
+        description="exchange calls in flight at a time: a candle's orders go out concurrently, up to this many "
+        "(Binance takes 50 new orders per 10 s per account, the request budget paces the rest; at most 100: "
+        "ccxt's HTTP connection pool)",
+    )
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
 

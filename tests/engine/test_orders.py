@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from tradebotd import app
 from tradebotd.broker.paper import PaperBroker
-from tradebotd.engine import Engine, EngineConfig
+from tradebotd.config import ExchangeSettings, Settings
+from tradebotd.engine import Engine, EngineConfig, core
 from tradebotd.model import Candle, Decision, Position, StreamKey
 from tradebotd.orders.ledger import Ledger
 from tradebotd.orders.model import (
@@ -254,6 +257,53 @@ async def test_live_orders_go_out_after_their_intent_is_committed_bounded_and_ne
     assert [(t.amount, t.price, t.fee, t.fee_asset) for t in daemon.store.trades("l1")] == [
         (D("0.5"), D("100"), D("0.05"), "USDT")
     ]
+
+
+async def test_a_candles_decision_log_lines_wait_until_its_live_orders_are_sent(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logging a candle's decisions (a line per strategy) must not delay its live orders: the
+    lines are written once the orders have gone out, paper candles' right after the commit."""
+    seen: list[tuple[str, object]] = []
+    narrated = asyncio.Event()
+
+    def narrate(lines: list[tuple[str, dict[str, object]]]) -> None:
+        seen.append(("logged", [fields["strategy_id"] for event, fields in lines if event == "decision"]))
+        narrated.set()
+
+    monkeypatch.setattr(core, "narrate", narrate)
+    ex = daemon.exchange
+    submit = ex.submit
+
+    async def sending(request: OrderRequest) -> SubmitResult:
+        seen.append(("sent", request.client_order_id))
+        return await submit(request)
+
+    ex.submit = sending  # type: ignore[method-assign]
+    live = ["l1", "l2"]
+    for sid in live:
+        daemon.scripts[sid] = buys_at(6)
+    await daemon.start([row(sid, "L") for sid in live])
+    await daemon.engine.on_closed(candle(6), 1)
+    await ex.reached(2)
+    await asyncio.wait_for(narrated.wait(), 10)
+    coids = [client_order_id(sid, 6 * MIN, "buy") for sid in live]
+    assert seen[-3:] == [("sent", coids[0]), ("sent", coids[1]), ("logged", live)]
+    for coid in coids:
+        ex.answer(coid, Accepted(coid, f"x-{coid}", 6 * MIN, D("0.5")), filled(coid))
+    # A hold candle (no orders wait for its commit): logged as it is handed to the writer.
+    narrated.clear()
+    await daemon.engine.on_closed(candle(7), 2)
+    await asyncio.wait_for(narrated.wait(), 10)
+    assert seen[-1] == ("logged", live) and len(ex.sent) == 2
+
+
+def test_exchange_max_in_flight_bounds_the_engines_exchange_calls() -> None:
+    settings = Settings(exchange=ExchangeSettings(max_in_flight=7))
+    assert ExchangeSettings().max_in_flight == 50  # Binance: 50 new orders per 10 s per account
+    with pytest.raises(ValidationError):
+        ExchangeSettings(max_in_flight=101)  # ccxt's HTTP connection pool holds 100
+    assert app.engine_config(settings).max_in_flight == 7
 
 
 async def test_an_ambiguous_answer_is_resolved_by_reconciling_never_by_sending_again(daemon: Daemon) -> None:

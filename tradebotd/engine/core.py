@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,7 @@ class EngineConfig:
     log_holds: bool = False
     record_candles: bool = True
     eval_threads: int = 1  # >1: evaluate a candle's strategies in this many worker threads
-    max_in_flight: int = 16  # exchange calls at a time, for brokers with durable intents
+    max_in_flight: int = 50  # exchange calls at a time, for brokers with durable intents (exchange.max_in_flight)
 
 
 @dataclass(slots=True)
@@ -760,7 +761,8 @@ class Engine:
     def _submit(self, batch: WriteBatch) -> None:
         """Hand the batch to the writer, then narrate: the decision log lines (one per strategy and
         candle) are written right after the writer's commit had its turn, so logging 100 lines never
-        delays recording 100 decisions."""
+        delays recording 100 decisions; and when orders wait for this commit (live), after they are
+        sent, so that it never delays sending them either."""
         self.stats.fills = self._recorder.fills
         if batch.orders:
             self.counters.order_states({cid: record.status for cid, record in batch.orders.items()})
@@ -768,7 +770,10 @@ class Engine:
         if self._narration:
             lines = self._narration[:]
             self._narration.clear()
-            asyncio.get_running_loop().call_soon(narrate, lines)
+            if batch.on_durable is not None:
+                self.orders.after_sends(partial(narrate, lines))
+            else:
+                asyncio.get_running_loop().call_soon(narrate, lines)
 
     def on_update(self, candle: Candle) -> None:
         """An in-progress kline: only the brokers' price drivers react to it (protective levels,

@@ -77,6 +77,7 @@ class Orders:
         self._tasks: set[asyncio.Task[None]] = set()
         self._durable_venues = {broker.name for broker in brokers if broker.durable_intents}
         self._said: set[tuple[str | None, str]] = set()  # invariant notes already written (once each)
+        self._after_sends: list[Callable[[], None]] = []  # for the dispatch that the next finish() spawns
 
     # -- under the candle lock -------------------------------------------------------------------
 
@@ -117,7 +118,13 @@ class Orders:
             return
         committed = self._durable(batch)
         self._submit(batch)
-        self._spawn(self._dispatch(committed, durable))
+        later, self._after_sends = self._after_sends, []
+        self._spawn(self._dispatch(committed, durable, later))
+
+    def after_sends(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (the candle's decision log lines) once the orders that wait for the
+        batch being submitted now are sent: only for :meth:`finish`'s ``submit`` callback."""
+        self._after_sends.append(callback)
 
     def later(self, jobs: list[Job]) -> None:
         """Dispatch ``jobs`` from a task, under the candle lock (for callers that cannot await)."""
@@ -130,20 +137,32 @@ class Orders:
 
         self._spawn(run())
 
-    async def _dispatch(self, committed: asyncio.Future[None], jobs: list[Job]) -> None:
+    async def _dispatch(
+        self, committed: asyncio.Future[None], jobs: list[Job], later: Sequence[Callable[[], None]] = ()
+    ) -> None:
         """Send durable jobs once their intents are committed; record what came back in one
-        batch, in the jobs' order; then the same for their follow-ups (protect a filled entry)."""
-        await committed
-        outs = [Effects() for _ in jobs]
-        # A broker's inbox is shared: whichever job drains it gets every job's events. Each is
-        # recorded with its own strategy's job, so the batch keeps the jobs' order.
-        by_strategy = {self._strategy_of(commands): o for (_, commands), o in zip(jobs, outs, strict=True)}
-        await asyncio.gather(
-            *(
-                self._run(self.brokers[venue], commands, o, limited=True, outs=by_strategy)
-                for (venue, commands), o in zip(jobs, outs, strict=True)
+        batch, in the jobs' order; then the same for their follow-ups (protect a filled entry).
+        ``later`` runs once the jobs have started (their requests built and handed to the HTTP
+        client), not before."""
+        try:
+            await committed
+            outs = [Effects() for _ in jobs]
+            # A broker's inbox is shared: whichever job drains it gets every job's events. Each is
+            # recorded with its own strategy's job, so the batch keeps the jobs' order.
+            by_strategy = {self._strategy_of(commands): o for (_, commands), o in zip(jobs, outs, strict=True)}
+            runs = asyncio.gather(
+                *(
+                    self._run(self.brokers[venue], commands, o, limited=True, outs=by_strategy)
+                    for (venue, commands), o in zip(jobs, outs, strict=True)
+                )
             )
-        )
+        finally:
+            if later:
+                # Two hops: the jobs' first steps run next (up to their requests), then the HTTP
+                # client's writes that those steps scheduled, then ``later``.
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, _run_all, later)
+        await runs
         batch = WriteBatch()
         follow = Effects()
         for o in outs:
@@ -353,3 +372,8 @@ class Orders:
         """Wait for dispatches in flight (shutdown; wrap in a timeout)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _run_all(callbacks: Sequence[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
