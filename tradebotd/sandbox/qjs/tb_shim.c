@@ -42,7 +42,14 @@
  * internals cannot change under us. Upstream's warnings are upstream's business. */
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Weverything"
+/* The interpreter's dispatch: quickjs.c uses computed gotos unless EMSCRIPTEN (or MSVC) is
+ * defined, and nothing else in it or its headers reads EMSCRIPTEN that __wasi__ does not already
+ * decide. wasm has no indirect branch, so clang turns the computed gotos into one switch fed by a
+ * label table in linear memory: an extra load and bounds clamp per bytecode. A plain switch on the
+ * opcode is one jump table (measured: 2-4% less CPU for a backtest of the SMA example). */
+#define EMSCRIPTEN 1
 #include "quickjs.c"
+#undef EMSCRIPTEN
 #pragma clang diagnostic pop
 
 #define TB_EXPORT(name) __attribute__((export_name(name)))
