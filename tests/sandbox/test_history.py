@@ -9,7 +9,7 @@ import pytest
 from tradebotd.sandbox.history import History
 
 
-@pytest.mark.parametrize("capacity", [1, 5, 127, 128, 300])
+@pytest.mark.parametrize("capacity", [1, 5, 15, 16, 17, 127, 128, 300])
 def test_history_keeps_the_newest_candles_in_order(capacity: int) -> None:
     rng = np.random.default_rng(capacity)
     history, model, t = History(capacity), [], 0

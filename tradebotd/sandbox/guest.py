@@ -15,14 +15,13 @@ from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
-import wasmtime
 
 from tradebotd.sandbox.errors import SandboxUnavailable
-from tradebotd.sandbox.wasm import RawI32Call, RawStore, WasmRuntime, export, i32_export
+from tradebotd.sandbox.wasm import RawI32Call, RawStore, WasmRuntime, i32_export
 
 __all__ = ["ABI_VERSION", "INPUT_CAPACITY", "CallResult", "Guest", "GuestConfig", "Status"]
 
-ABI_VERSION = 1  # TB_ABI_VERSION in tb_shim.c
+ABI_VERSION = 2  # TB_ABI_VERSION in tb_shim.c
 INPUT_CAPACITY = 1024  # TB_INPUT_CAPACITY: candles per call
 CANDLE_FIELDS = 6
 
@@ -93,14 +92,12 @@ class Guest:
 
     def __init__(self, runtime: WasmRuntime, memory_cap: int) -> None:
         self._runtime = runtime
-        self.store, instance = runtime.new_instance(memory_cap)
-        memory = export(self.store, instance, "memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise SandboxUnavailable("tb_qjs.wasm does not export its memory")
+        self.store, instance, memory, restored = runtime.new_instance(memory_cap)
         self._raw = RawStore(self.store, memory)
         self._base = -1  # linear memory's address when the views below were made
         self._config = self._input = self._result = 0  # the structs' addresses, from tb_io
-        i32_export(self.store, instance, "_initialize")()
+        if not restored:  # an instance from the snapshot starts initialised, tb_init done
+            i32_export(self.store, instance, "_initialize")()
         io = i32_export(self.store, instance, "tb_io")
         self._alloc = i32_export(self.store, instance, "tb_alloc")
         self._free = i32_export(self.store, instance, "tb_free")

@@ -10,7 +10,8 @@ import numpy.typing as npt
 
 __all__ = ["History"]
 
-_PENDING = 128  # single candles buffered before they move into the ring
+_PENDING = 16  # single candles buffered before they move into the ring (768 bytes per history:
+# a daemon keeps one history per strategy, twice for those in evaluation processes)
 _CANDLE = struct.Struct("<6d")
 
 

@@ -45,6 +45,7 @@ from wasmtime._extern import wrap_extern
 
 from tradebotd.sandbox.errors import SandboxUnavailable
 from tradebotd.sandbox.qjs import WASM_PATH
+from tradebotd.sandbox.snapshot import Snapshot, capture
 
 __all__ = [
     "JS_STACK_BUDGET",
@@ -97,6 +98,7 @@ class WasmRuntime:
         fuel: bool = False,
         wasm_path: Path = WASM_PATH,
         cache_dir: Path | None = None,
+        snapshot: bool = True,
     ) -> None:
         if not wasm_path.is_file():
             raise SandboxUnavailable(
@@ -109,12 +111,20 @@ class WasmRuntime:
         config.max_wasm_stack = MAX_WASM_STACK
         self.engine = wasmtime.Engine(config)
         flags = f"epoch=1,fuel={int(fuel)},max_wasm_stack={MAX_WASM_STACK}"
-        self.module, self.module_from_cache = _load_module(
-            self.engine, wasm_path.read_bytes(), cache_dir or default_cache_dir(), flags
-        )
+        wasm = wasm_path.read_bytes()
+        self.module, self.module_from_cache = _load_module(self.engine, wasm, cache_dir or default_cache_dir(), flags)
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
         self._pre = linker.instantiate_pre(self.module)
+        self.snapshot: Snapshot | None = None
+        """QuickJS's initial state (``snapshot.py``), copied into every instance by
+        :meth:`new_instance`: those instances start after ``tb_init`` and must not run
+        ``_initialize``. None if it could not be made: every instance then makes it itself."""
+        if snapshot:
+            try:
+                self.snapshot = capture(lambda: self._instantiate(64 << 20), wasm)
+            except (SandboxUnavailable, wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+                log.warning("sandbox.snapshot_unavailable", error=str(exc))
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._ticker_lock = threading.Lock()
@@ -128,9 +138,22 @@ class WasmRuntime:
                 runtime = cls._shared[fuel] = cls(fuel=fuel)
             return runtime
 
-    def new_instance(self, memory_cap: int) -> tuple[wasmtime.Store, wasmtime.Instance]:
-        """A fresh Store (no WASI capabilities, linear memory capped) and instance of the module."""
+    def new_instance(self, memory_cap: int) -> tuple[wasmtime.Store, wasmtime.Instance, wasmtime.Memory, bool]:
+        """A fresh Store (no WASI capabilities, linear memory capped), an instance of the module,
+        its memory, and whether that was initialised from :attr:`snapshot` (then ``_initialize``
+        must not run; else the caller runs it). Not from a snapshot whose memory exceeds the cap."""
         self._start_ticker()
+        store, instance = self._instantiate(memory_cap)
+        memory = export(store, instance, "memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise SandboxUnavailable("tb_qjs.wasm does not export its memory")
+        restored = self.snapshot is not None and self.snapshot.memory_bytes <= memory_cap
+        if restored:
+            assert self.snapshot is not None
+            self.snapshot.restore(store, memory)
+        return store, instance, memory, restored
+
+    def _instantiate(self, memory_cap: int) -> tuple[wasmtime.Store, wasmtime.Instance]:
         store = wasmtime.Store(self.engine)
         store.set_wasi(wasmtime.WasiConfig())
         store.set_limits(memory_size=memory_cap)

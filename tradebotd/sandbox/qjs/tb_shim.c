@@ -12,9 +12,13 @@
  * Entry points (each one host->wasm call; all return the status also found in tb_result_t):
  *
  *   tb_alloc(n) / tb_free(p)    scratch memory for tb_load's strings (tb_alloc NUL-terminates)
+ *   tb_init()                   fresh JSRuntime + JSContext with the prelude, no strategy yet:
+ *                               what does not depend on tb_config or the strategy. The host may
+ *                               snapshot linear memory right after it (see "init" below)
  *   tb_load(src, n, params, n, filename, n)
- *                               fresh JSRuntime + JSContext, evaluate the strategy, find its
- *                               entry function (tradingStrategy, evaluate, strategy)
+ *                               the state tb_init made (made now unless an untouched one
+ *                               exists), evaluate the strategy, find its entry function
+ *                               (tradingStrategy, evaluate, strategy)
  *   tb_push(n)                  append n candles to the history, no evaluation (warm-up)
  *   tb_step(n)                  append n candles, then evaluate once
  *   tb_run(n)                   for each of n candles: append, evaluate with currentPrice = its
@@ -55,7 +59,7 @@
 #define TB_EXPORT(name) __attribute__((export_name(name)))
 
 /* Bump whenever a struct below or an entry point changes; the host refuses a mismatch. */
-#define TB_ABI_VERSION 1
+#define TB_ABI_VERSION 2
 #define TB_INPUT_CAPACITY 1024
 #define TB_CANDLE_FIELDS 6
 /* Linear stack kept free below the JS budget for C frames (shim, libc, QuickJS natives). */
@@ -159,6 +163,8 @@ static struct {
     JSValue hold;          /* the string "hold": the atom's own string, as a literal 'hold' is */
     JSShape *candle_shape, *context_shape, *position_shape; /* see "records" */
     JSValue finish, take_logs, describe_error; /* prelude helpers */
+    JSValue limits, deep_freeze; /* the prelude's limits object (filled at load), its deepFreeze */
+    int pristine;          /* tb_init's state, no strategy loaded into it yet */
     JSValue *history;      /* ring of frozen candle objects */
     JSValue *scratch;      /* ordered copy handed to JS_NewArrayFrom */
     uint32_t capacity, head, count;
@@ -279,6 +285,16 @@ static int interrupt_handler(JSRuntime *rt, void *opaque)
     return 0;
 }
 
+/* QuickJS's stack limit: `budget` below the caller's frame, at most down to the reserve. */
+static __attribute__((noinline)) void set_stack_budget(size_t budget)
+{
+    JS_UpdateStackTop(S.rt);
+    uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t floor = (uintptr_t)&__stack_low + TB_STACK_RESERVE;
+    size_t room = frame > floor ? frame - floor : 0;
+    JS_SetMaxStackSize(S.rt, budget < room ? budget : room);
+}
+
 /* Called at the top of every entry point: the host may enter from a different native depth
  * each time, so the stack top and the budget below it are recomputed. */
 static void enter(void)
@@ -290,12 +306,7 @@ static void enter(void)
     H.refused = 0;
     if (!S.rt)
         return;
-    JS_UpdateStackTop(S.rt);
-    uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
-    uintptr_t floor = (uintptr_t)&__stack_low + TB_STACK_RESERVE;
-    size_t room = frame > floor ? frame - floor : 0;
-    size_t budget = tb_config.stack_budget;
-    JS_SetMaxStackSize(S.rt, budget < room ? budget : room);
+    set_stack_budget(tb_config.stack_budget);
 }
 
 static int copy_out(char **buf, size_t *cap, const char *data, size_t len)
@@ -877,7 +888,7 @@ static void unload(void)
         for (uint32_t i = 0; i < S.count; i++)
             JS_FreeValue(S.ctx, S.history[(S.head + i) % S.capacity]);
         JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
-                              &S.describe_error };
+                              &S.describe_error, &S.limits, &S.deep_freeze };
         for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
             JS_FreeValue(S.ctx, *values[i]);
         JSShape *shapes[] = { S.candle_shape, S.context_shape, S.position_shape };
@@ -894,9 +905,10 @@ static void unload(void)
     free(S.history);
     free(S.scratch);
     JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
-                          &S.describe_error };
+                          &S.describe_error, &S.limits, &S.deep_freeze };
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
         *values[i] = JS_UNDEFINED;
+    S.pristine = 0;
     memset(S.atoms, 0, sizeof S.atoms);
     S.ctx = NULL;
     S.rt = NULL;
@@ -924,35 +936,86 @@ static JSContext *new_context(JSRuntime *rt)
     return ctx;
 }
 
-/* Evaluates the prelude, keeps its helpers and returns its deepFreeze (or JS_EXCEPTION). */
-static JSValue install_prelude(void)
+/* The prelude's limits, read by it on each use: only the host's tb_config, set at each load. */
+static const char *const limit_names[4] = { "maxLogLines", "maxLogChars", "maxResultBytes", "maxReasonChars" };
+
+/* Evaluates the prelude and keeps its helpers; -1 on failure (exception left pending). The
+ * limits object it is given is filled by set_limits at load, before any strategy code runs. */
+static int install_prelude(void)
 {
     JSValue factory = JS_Eval(S.ctx, tb_prelude_js, sizeof tb_prelude_js - 1, "<tradebotd>",
                               JS_EVAL_TYPE_GLOBAL);
     if (JS_IsException(factory))
-        return factory;
-    JSValue limits = JS_NewObject(S.ctx);
-    JS_SetPropertyStr(S.ctx, limits, "maxLogLines", JS_NewUint32(S.ctx, tb_config.max_log_lines));
-    JS_SetPropertyStr(S.ctx, limits, "maxLogChars", JS_NewUint32(S.ctx, tb_config.max_log_chars));
-    JS_SetPropertyStr(S.ctx, limits, "maxResultBytes", JS_NewUint32(S.ctx, tb_config.max_result_bytes));
-    JS_SetPropertyStr(S.ctx, limits, "maxReasonChars", JS_NewUint32(S.ctx, tb_config.max_reason_chars));
+        return -1;
+    S.limits = JS_NewObject(S.ctx);
+    for (int i = 0; i < 4; i++)
+        JS_SetPropertyStr(S.ctx, S.limits, limit_names[i], JS_NewUint32(S.ctx, 0));
     JSValue args[3] = {
         JS_NewCFunction(S.ctx, js_now, "now", 0),
         JS_NewCFunction(S.ctx, js_random, "random", 0),
-        limits,
+        js_dup(S.limits),
     };
     JSValue helpers = JS_Call(S.ctx, factory, JS_UNDEFINED, 3, (JSValueConst *)args);
     for (int i = 0; i < 3; i++)
         JS_FreeValue(S.ctx, args[i]);
     JS_FreeValue(S.ctx, factory);
     if (JS_IsException(helpers))
-        return helpers;
+        return -1;
     S.finish = JS_GetPropertyStr(S.ctx, helpers, "finish");
     S.take_logs = JS_GetPropertyStr(S.ctx, helpers, "takeLogs");
     S.describe_error = JS_GetPropertyStr(S.ctx, helpers, "describeError");
-    JSValue deep_freeze = JS_GetPropertyStr(S.ctx, helpers, "deepFreeze");
+    S.deep_freeze = JS_GetPropertyStr(S.ctx, helpers, "deepFreeze");
     JS_FreeValue(S.ctx, helpers);
-    return deep_freeze;
+    return 0;
+}
+
+static int set_limits(void)
+{
+    const uint32_t values[4] = { tb_config.max_log_lines, tb_config.max_log_chars, tb_config.max_result_bytes,
+                                 tb_config.max_reason_chars };
+    for (int i = 0; i < 4; i++)
+        if (JS_SetPropertyStr(S.ctx, S.limits, limit_names[i], JS_NewUint32(S.ctx, values[i])) < 0)
+            return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- init
+ *
+ * What every strategy's instance starts from: a runtime, a context with the intrinsics, our
+ * atoms and record shapes, and the prelude; nothing in it depends on tb_config or on the
+ * strategy (the prelude's limits are filled at load). The host may call tb_init once, copy
+ * the pages of linear memory it changed, and start every instance from that copy instead of
+ * calling _initialize (tradebotd/sandbox/snapshot.py): linear memory is addressed from 0 in
+ * every instance, so the copy is valid as is, the stack pointer is back at its start between
+ * calls, and nothing here holds host state (no open file, no host reference; the clock is read
+ * anew on each call). Context creation seeds QuickJS's Map hash salt from the clock: instances
+ * started from one copy share one salt, which changes no result (Map and Set iterate in
+ * insertion order). tb_load without a pristine state calls init first, so a fresh instance goes
+ * through exactly these steps too. */
+static int32_t init(void)
+{
+    H.limit = 0; /* the heap limit applies from load on, to everything held then */
+    S.rt = JS_NewRuntime2(&heap_functions, NULL);
+    if (!S.rt)
+        return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
+    JS_SetInterruptHandler(S.rt, interrupt_handler, NULL);
+    set_stack_budget(JS_DEFAULT_STACK_SIZE); /* not tb_config's: it may not be written yet */
+    S.ctx = new_context(S.rt);
+    if (!S.ctx)
+        return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
+    for (int i = 0; i < A_COUNT; i++)
+        S.atoms[i] = JS_NewAtom(S.ctx, atom_names[i]);
+    S.side_long = JS_NewString(S.ctx, "long");
+    S.hold = JS_AtomToString(S.ctx, S.atoms[A_HOLD]);
+    if (make_record_shapes() < 0)
+        return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
+    S.deadline_ns = 0; /* our own code: no deadline */
+    if (install_prelude() < 0) {
+        JS_FreeValue(S.ctx, JS_GetException(S.ctx));
+        return fail_with(TB_STATE, "InternalError", "the sandbox prelude failed to load");
+    }
+    S.pristine = 1;
+    return TB_OK;
 }
 
 static const char entry_lookup[] =
@@ -964,39 +1027,27 @@ static const char entry_lookup[] =
 static int32_t load(const char *source, uint32_t source_len, const char *params,
                     uint32_t params_len, const char *filename)
 {
+    if (!S.pristine) {
+        unload();
+        int32_t status = init();
+        if (status != TB_OK)
+            return status;
+    }
+    S.pristine = 0;
+    enter(); /* the stack budget of tb_config */
     S.capacity = tb_config.max_candles ? tb_config.max_candles : 1;
+    H.limit = tb_config.memory_limit;
     S.history = calloc(S.capacity, sizeof(JSValue));
     S.scratch = calloc(S.capacity, sizeof(JSValue));
-    H.limit = tb_config.memory_limit;
-    S.rt = JS_NewRuntime2(&heap_functions, NULL);
-    if (!S.history || !S.scratch || !S.rt)
-        return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
-    JS_SetInterruptHandler(S.rt, interrupt_handler, NULL);
-    enter(); /* now that a runtime exists: sets its stack limit */
-    S.ctx = new_context(S.rt);
-    if (!S.ctx)
-        return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
-    for (int i = 0; i < A_COUNT; i++)
-        S.atoms[i] = JS_NewAtom(S.ctx, atom_names[i]);
-    S.side_long = JS_NewString(S.ctx, "long");
-    S.hold = JS_AtomToString(S.ctx, S.atoms[A_HOLD]);
-    if (make_record_shapes() < 0)
+    if (!S.history || !S.scratch || set_limits() < 0)
         return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
     arm_deadline(tb_config.load_timeout_ms);
 
-    JSValue deep_freeze = install_prelude();
-    if (JS_IsException(deep_freeze)) {
-        JS_FreeValue(S.ctx, JS_GetException(S.ctx));
-        return fail_with(TB_STATE, "InternalError", "the sandbox prelude failed to load");
-    }
     JSValue parsed = JS_ParseJSON(S.ctx, params, params_len, "<parameters>");
-    if (JS_IsException(parsed)) {
-        JS_FreeValue(S.ctx, deep_freeze);
+    if (JS_IsException(parsed))
         return report_exception(TB_BAD_INPUT);
-    }
-    S.parameters = JS_Call(S.ctx, deep_freeze, JS_UNDEFINED, 1, (JSValueConst *)&parsed);
+    S.parameters = JS_Call(S.ctx, S.deep_freeze, JS_UNDEFINED, 1, (JSValueConst *)&parsed);
     JS_FreeValue(S.ctx, parsed);
-    JS_FreeValue(S.ctx, deep_freeze);
     if (JS_IsException(S.parameters))
         return report_exception(TB_BAD_INPUT);
 
@@ -1031,13 +1082,22 @@ TB_EXPORT("tb_alloc") void *tb_alloc(uint32_t n)
 
 TB_EXPORT("tb_free") void tb_free(void *p) { free(p); }
 
+TB_EXPORT("tb_init") int32_t tb_init(void)
+{
+    enter();
+    unload();
+    int32_t status = init();
+    if (status != TB_OK)
+        unload();
+    return finish_call(status);
+}
+
 /* source, params and filename come from tb_alloc, so they are NUL-terminated. */
 TB_EXPORT("tb_load")
 int32_t tb_load(const char *source, uint32_t source_len, const char *params, uint32_t params_len,
                 const char *filename, uint32_t filename_len)
 {
     (void)filename_len;
-    unload();
     enter();
     S.rng = tb_config.random_seed;
     S.now_ms = 0;
