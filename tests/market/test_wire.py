@@ -145,3 +145,33 @@ def test_small_helpers() -> None:
     assert stream_key("BTCUSDT@kline_1m") is None  # Binance stream names are lower case
     assert stream_key("btcusdt@kline_7m") is None
     assert stream_key("btcusdt@trade") is None
+
+
+# -- the fast path of a known stream's kline frames ---------------------------------------------
+
+_MUTATIONS: list[tuple[str, object]] = [
+    ("o", "1e5"), ("h", "NaN"), ("l", " 1"), ("c", "1_000"), ("v", 12.5), ("o", "1 2"), ("c", ""),
+    ("l", "99999999"),  # low above high
+    ("t", 1.5), ("t", True), ("x", 1), ("x", None), ("s", "ETHUSDT"), ("s", "btcusdt"), ("i", "7m"),
+    ("E", "1"), ("o", None), ("k", None), ("e", "trade"), ("stream", "ethusdt@kline_1m"), ("stream", None),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), _MUTATIONS)
+def test_a_known_streams_frames_are_checked_as_strictly_as_the_first(field: str, value: object) -> None:
+    """Frames of a stream already seen take a shorter path: a frame with any field wrong is
+    refused there as on the first frame, and a good one gives the same message."""
+    frame = orjson.loads(fixture_text("kline_final_combined.json"))
+    first = parse_frame(orjson.dumps(frame))  # now a known stream
+    assert parse_frame(orjson.dumps(frame)) == first
+    if field in ("stream",):
+        frame[field] = value
+    elif field in ("e", "E", "k"):
+        frame["data"][field] = value
+    else:
+        frame["data"]["k"][field] = value
+    if field == "stream" and value is not None:  # another known stream's name: still refused
+        parse_frame(orjson.dumps({**frame, "data": {**frame["data"], "s": "ETHUSDT",
+                                                     "k": {**frame["data"]["k"], "s": "ETHUSDT"}}}))
+    with pytest.raises(MalformedMessage):
+        parse_frame(orjson.dumps(frame))
