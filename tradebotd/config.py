@@ -44,7 +44,7 @@ class MarketSettings(_Section):
         30.0, ge=0, description="refuse to trade on a candle that closed longer ago than this; 0 disables"
     )
     start_window_s: float = Field(
-        10.0,
+        6.0,
         ge=0,
         description="a strategy that starts evaluates its stream's last closed candle at once if it closed at most "
         "this long ago (else it waits for the next candle); 0: always wait",
@@ -101,12 +101,12 @@ class SandboxSettings(_Section):
         "default: one per CPU beyond the first, at most 4",
     )
     daemon_weight: float = Field(
-        3.0,
+        6.0,
         ge=1.0,
         le=1000.0,
         description="with eval_processes: how much a strategy evaluated in the daemon counts against one in an "
         "evaluation process when placing them (the daemon also parses the feed, settles, records and logs every "
-        "decision, so it takes fewer: 3 = a third as many as each process)",
+        "decision, so it takes fewer: 6 = a sixth as many as each process)",
     )
 
 

@@ -30,7 +30,7 @@ async def test_strategies_in_a_child_trade_like_those_in_the_daemon_and_survive_
     assert daemon.eval_pool is not None
     child = daemon.eval_pool.processes[0]
     remote = [sid for sid, slot in daemon.engine._slots.items() if isinstance(slot.runtime, RemoteRuntime)]
-    # sandbox.daemon_weight (3 by default): the daemon takes a third as many as the child.
+    # sandbox.daemon_weight (6 by default): the daemon takes a sixth as many as the child (1 of 4).
     assert len(remote) == 3 and child.strategies == 3
 
     await server.advance(LIVE // 2)

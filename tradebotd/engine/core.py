@@ -178,6 +178,8 @@ class Engine:
         # Candles in flight (see the module docstring), oldest first; while there are any, or an
         # on_closed is under way, the candle pipeline holds self._lock (_holding).
         self._flights: deque[_Flight] = deque()
+        self._flying: dict[StreamKey, _Flight] = {}  # the candle in flight of each stream (one at most)
+        self._local_todo: deque[_Flight] = deque()  # flights whose daemon share may be pending, oldest first
         self._holding = False
         self._entered = 0  # on_closed calls under way
         self._publishing = asyncio.Lock()  # one settler of flights at a time
@@ -658,7 +660,7 @@ class Engine:
             if not self._holding:
                 await self._lock.acquire()
                 self._holding = True
-            while any(flight.key == key for flight in self._flights):
+            while key in self._flying:
                 await self._settle_oldest()  # the stream's previous candle first
             self.stats.candles += 1
             history = self._history.get(key)
@@ -681,6 +683,9 @@ class Engine:
                 round_ = self._evaluator.begin(work, [slot.group for slot in claimed], inputs.floats)
             flight = _Flight(key, inputs, claimed, round_, batch, out)
             self._flights.append(flight)
+            self._flying[key] = flight
+            if round_ is not None and round_.local_pending:
+                self._local_todo.append(flight)
             started = True
             await self._settle_flights()
             # Worker threads: their candle is settled before the next one starts.
@@ -700,6 +705,7 @@ class Engine:
                 if flight.round is not None and not flight.round.ready:
                     return
                 self._flights.popleft()
+                del self._flying[flight.key]
                 try:
                     if flight.round is not None:
                         flight.round.settle(flight.settler(self._settle))
@@ -724,8 +730,9 @@ class Engine:
     def _evaluate_one_local(self) -> bool:
         """Evaluate the daemon's own share of the oldest candle in flight that still has one;
         False if none has."""
-        for flight in self._flights:
-            if flight.round is not None and flight.round.local_pending:
+        while self._local_todo:
+            flight = self._local_todo.popleft()
+            if flight.round is not None and flight.round.local_pending:  # not settled meanwhile
                 flight.round.evaluate_local()
                 return True
         return False
@@ -754,6 +761,8 @@ class Engine:
             log.exception("settling candles in flight failed")
             while self._flights:
                 self.counters.candle_done(self._flights.popleft().key)
+            self._flying.clear()
+            self._local_todo.clear()
         finally:
             self._drainer = None
             self._after_candle()
@@ -781,10 +790,10 @@ class Engine:
         an entry a resting limit filled) go out in a task, under the candle lock. A waiting
         close request may take its price. While the stream's previous candle is in flight, this
         waits for it to be settled (its decisions may open the positions these levels guard)."""
-        for flight in self._flights:
-            if flight.key == candle.key:
-                flight.updates.append(candle)
-                return
+        flight = self._flying.get(candle.key)
+        if flight is not None:
+            flight.updates.append(candle)
+            return
         self._on_update(candle)
 
     def _on_update(self, candle: Candle) -> None:
@@ -834,17 +843,17 @@ class Engine:
         now_iso = inputs.now_iso
         if isinstance(outcome, BaseException):
             self.counters.failed(sid, outcome)
-        if isinstance(outcome, StrategyError):
-            self._strategy_error(slot, candle, str(outcome), error_data(outcome), batch)
-            return
-        if isinstance(outcome, BaseException):  # a sandbox bug must cost one strategy, never the daemon
+            if isinstance(outcome, StrategyError):
+                self._strategy_error(slot, candle, str(outcome), error_data(outcome), batch)
+                return
+            # a sandbox bug must cost one strategy, never the daemon
             log.error("strategy runtime failed unexpectedly", strategy_id=sid, error=repr(outcome), exc_info=outcome)
             self._strategy_error(slot, candle, f"internal sandbox error: {outcome!r}", None, batch)
             return
         decision, report = outcome
         slot.errors = 0
         eval_us = report.elapsed_us
-        console = list(report.console)
+        console = report.console
         signal = decision.signal
         self.counters.decided(sid, slot.row.kind, signal, candle.open_time, batch.enqueued_ns)
         self._narration.append(
@@ -864,7 +873,7 @@ class Engine:
         batch.strategy_runs[sid] = (now_iso, now_iso if signal != "hold" else None)
         if signal == "hold" and not self.config.log_holds and not console:
             return  # the common case: nothing else to record
-        data = decision_data(decision, candle, inputs.close_text, eval_us, console)
+        data = decision_data(decision, candle, inputs.close_text, eval_us, list(console))
         if signal == "hold":
             batch.logs.append(entry(sid, "info", f"hold: {decision.reason or ''}".rstrip(": "), data))
             return
