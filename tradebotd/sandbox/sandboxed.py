@@ -137,7 +137,7 @@ class SandboxedStrategy(Generic[GuestT]):
         self._runtime = runtime or WasmRuntime.shared(fuel=limits.fuel is not None)
         if self._runtime.fuel != (limits.fuel is not None):
             raise ValueError("limits.fuel requires a WasmRuntime created with fuel=True (and only then)")
-        self._history = History(limits.max_candles)
+        self._history = History(limits.max_candles, interval_ms)
         self._lock = threading.Lock()
         self._closed = False
         self._guest: GuestT | None = None

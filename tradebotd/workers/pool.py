@@ -313,7 +313,7 @@ class RemoteRuntime:
         self.handle = next(self._handles)
         self._row = p.encode_row(row)
         self._key = key
-        self._history = History(max_candles)
+        self._history = History(max_candles, key.interval_ms)
         self._generation = 0
         self._closed = False
         if load:
