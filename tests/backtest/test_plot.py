@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from decimal import Decimal
@@ -66,6 +67,28 @@ def test_beyond_the_marker_limit_only_the_band_is_drawn() -> None:
     price_ax = figure.axes[0]
     assert [c.get_label() for c in price_ax.collections] == ["in a position"]
     assert price_ax.get_title() == f"more — {len(result.fills):,} fills: shaded, not marked"
+
+
+def test_every_label_fits_in_the_fixed_margins() -> None:
+    """The chart has fixed margins, not a layout solver: the widest labels it gets (7-digit prices
+    and equity, a long title) must still lie inside the figure."""
+    lines = [f"{i} 1500000 1650000 1400000 {1500000 + 1000 * (i % 7)} {1 if i % 2 else 2}" for i in range(400)]
+    runtime = scripted(amount=5)
+    try:
+        result = run_backtest(runtime, table(*lines), BacktestSettings(cash=Decimal(9_000_000)))
+    finally:
+        runtime.close()
+    figure = equity_figure(result, equity_curve(result), "a_strategy_with_a_long_name.js on BTCUSDT/5m (199 trades)")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    inside = figure.bbox
+    # Each panel with all it draws (title, tick labels, axis labels, offset texts, legend).
+    boxes = [ax.get_tightbbox(renderer) for ax in figure.axes]
+    for box in boxes:
+        assert box is not None
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, box
+    for upper, lower in itertools.pairwise(boxes):  # and none reaches into the panel below
+        assert upper is not None and lower is not None and lower.y1 <= upper.y0 + 1, (upper, lower)
 
 
 def test_a_long_series_is_drawn_as_its_envelope_per_column() -> None:
