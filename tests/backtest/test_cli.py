@@ -247,7 +247,8 @@ def test_a_strategy_that_does_not_load(
 
 def test_a_backtest_imports_no_exchange_store_sync_or_server_code_and_plots_in_a_child(tmp_path: Path) -> None:
     """What ``tradebotd backtest --out`` loads in its own process: not ccxt, supabase, aiohttp (the
-    replay server) or matplotlib, which draws equity.png in the chart process."""
+    replay server), the daemon's engine (only its runtime seams) or matplotlib, which draws
+    equity.png in the chart process."""
     import subprocess
     import sys
 
@@ -265,7 +266,8 @@ def test_a_backtest_imports_no_exchange_store_sync_or_server_code_and_plots_in_a
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    code = main(['backtest', '--strategy', {str(example)!r}, '--data', {str(data)!r}, "
         f"'--out', {str(tmp_path / 'out')!r}])\n"
-        "heavy = ('ccxt', 'supabase', 'aiohttp', 'matplotlib', 'psycopg', 'tree_sitter')\n"
+        "heavy = ('ccxt', 'supabase', 'aiohttp', 'matplotlib', 'psycopg', 'tree_sitter',\n"
+        "         'tradebotd.engine.core', 'tradebotd.engine.evaluation')\n"
         "print(code, sorted(m for m in heavy if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
