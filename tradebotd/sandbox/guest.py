@@ -128,6 +128,12 @@ class Guest:
         self._memory = (ctypes.c_char * self._raw.memory_size()).from_address(base)
         self._step_input = (ctypes.c_char * _STEP_ONE.size).from_address(base + self._input)
         self._result_view = (ctypes.c_char * _RESULT.size).from_address(base + self._result)
+        # The input's candles as a numpy array: writing a batch is one array assignment (≈0.5 µs)
+        # instead of ascontiguousarray + the .ctypes address + memmove (≈2 µs).
+        candles = (ctypes.c_double * (INPUT_CAPACITY * CANDLE_FIELDS)).from_address(
+            base + self._input + _CANDLES_OFFSET
+        )
+        self._candles_view = np.ctypeslib.as_array(candles).reshape(INPUT_CAPACITY, CANDLE_FIELDS)
 
     def _read(self, address: int, size: int) -> bytes:
         """Bytes of linear memory (clamped to it)."""
@@ -195,8 +201,7 @@ class Guest:
                 self._call(self._free, pointer)
 
     def _write_candles(self, candles: npt.NDArray[np.float64]) -> None:
-        data = np.ascontiguousarray(candles, dtype=np.float64)
-        ctypes.memmove(self._base + self._input + _CANDLES_OFFSET, data.ctypes.data, data.nbytes)
+        self._candles_view[:len(candles)] = candles
 
     def _write_position(self, position: Position, current_price: float) -> None:
         amount, entry_price, entry_time = position or _FLAT

@@ -178,13 +178,16 @@ class JsStrategy(SandboxedStrategy[Guest]):
         rows = as_candles(candles)
         pos = _position(position)
         consumed = 0
+        backstop = self._limits.backstop_seconds
+        metered = self._limits.fuel is not None
         guest, _ = self._acquire()
         try:
             for start in range(0, len(rows), RUN_CHUNK):
                 chunk = rows[start:start + RUN_CHUNK]
-                ticks = WasmRuntime.epoch_ticks(self._limits.backstop_seconds * len(chunk))
+                n = len(chunk)
+                ticks = WasmRuntime.epoch_ticks(backstop * n)
                 try:
-                    result = guest.run(chunk, pos, epoch_ticks=ticks, fuel=self._fuel(len(chunk), len(chunk)))
+                    result = guest.run(chunk, pos, epoch_ticks=ticks, fuel=self._fuel(n, n) if metered else None)
                 except wasmtime.Trap as trap:
                     error = self._trapped(guest, trap, chunk)
                     error.consumed += consumed
