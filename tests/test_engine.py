@@ -311,6 +311,22 @@ async def test_hot_reload_keeps_cursor_and_history(tmp_path: Path) -> None:
     assert h.runtimes["s1"] is second
 
 
+
+async def test_a_parameter_changed_only_in_its_json_type_reloads_the_strategy(tmp_path: Path) -> None:
+    """Rows re-read unchanged are compared as they are, without hashing them; values that are
+    equal in Python but different parameters (1, 1.0, true) still make a reload."""
+    h = Harness(tmp_path)
+    await h.engine.sync([row(parameters={"fast": 1, "nested": {"b": [1, 2], "a": None}})])
+    first = h.runtimes["s1"]
+    await h.engine.sync([row(parameters={"nested": {"a": None, "b": [1, 2]}, "fast": 1})])  # same, other order
+    assert h.runtimes["s1"] is first
+    for fast in (1.0, True):
+        changed = {"fast": fast, "nested": {"b": [1, 2], "a": None}}
+        previous = h.runtimes["s1"]
+        await h.engine.sync([row(parameters=changed)])
+        assert h.runtimes["s1"] is not previous and previous.closed
+
+
 async def test_stop_releases_the_stream(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     await h.engine.sync([row()])

@@ -215,6 +215,18 @@ async def test_the_control_plane_waits_for_candles_in_flight(tmp_path: Path) -> 
     assert pipe.runtimes["b"].closed and pipe.store.cursors() == {"b": 2 * MIN}
 
 
+
+async def test_quiet_returns_once_the_candles_in_flight_are_handed_over(tmp_path: Path) -> None:
+    """The control loop reads the store only then (not in the middle of a minute boundary)."""
+    pipe = Pipeline(tmp_path, {"b": hold}, remote={"b"})
+    await warm(pipe, [row("b")], [BTC])
+    await pipe.engine.quiet()  # nothing in flight: at once
+    await pipe.engine.on_closed(candle(BTC, 2), 1)
+    asyncio.get_running_loop().call_soon(pipe.group.sent[0].release)  # runs only if quiet() waits
+    await pipe.engine.quiet()
+    assert pipe.candle_batches() == [("BTCUSDT", 2)]
+
+
 async def test_a_streams_next_candle_sees_the_position_its_candle_in_flight_opened(tmp_path: Path) -> None:
     seen: list[tuple[int, Position | None]] = []
 
