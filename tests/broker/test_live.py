@@ -6,24 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from decimal import Decimal as D
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from tests.broker.intents import decision_intent
 from tests.exchange.conftest import KEY as API_KEY
 from tests.exchange.conftest import SECRET, SecondsClock
 from tradebotd.broker.live import LiveBroker, list_client_order_id, order_rules
 from tradebotd.exchange.errors import Banned
+from tradebotd.exchange.model import Balance
 from tradebotd.exchange.throttle import RequestBudget
 from tradebotd.model import Candle, Position, StreamKey
+from tradebotd.orders.desk import Effects
 from tradebotd.orders.ledger import Holding
 from tradebotd.orders.model import MarketUnavailable, OrderRecord
 from tradebotd.orders.state import Order
 from tradebotd.replay.exchange import ExchangeServer, SymbolSpec
+from tradebotd.store.base import WriteBatch
+from tradebotd.store.sqlite import utc_now
 
-from .live_harness import KEY, LiveAccount, T, live_account, started
+from .live_harness import KEY, PORTFOLIO, LiveAccount, T, live_account, started
 
 
 @pytest.fixture
@@ -125,6 +131,37 @@ async def test_a_sell_cancels_the_protection_first(account: LiveAccount) -> None
     assert paths[-2:] == [("DELETE", "/api/v3/orderList"), ("POST", "/api/v3/order")]
     assert account.server.account.open_orders() == []
     assert {o.status for o in account.desk.book if o.leg in ("tp", "sl")} == set()
+
+
+async def test_a_candles_exits_share_one_balance_read_started_before_their_intents_commit(
+    account: LiveAccount,
+) -> None:
+    for sid in ("s1", "s2"):
+        await account.decide("buy", amount="0.01", sid=sid)
+    reads_before = len(account.server.requests_to("/api/v3/account"))
+    handed_over: list[int] = []  # batches handed to the writer when the balances were asked for
+    balances = account.port.balances
+
+    def asked() -> Coroutine[Any, Any, dict[str, Balance]]:
+        handed_over.append(len(account.batches))
+        return balances()
+
+    account.port.balances = asked  # type: ignore[method-assign]
+    batches_before = len(account.batches)
+    async with account.orders._lock:
+        out = Effects()
+        for sid in ("s1", "s2"):
+            intent = decision_intent(sid, T + 60_000, "sell", "42000", portfolio_id=PORTFOLIO, key=KEY)
+            job = account.desk.decide(intent, account.broker.name, utc_now(), out)
+            assert job is not None
+            out.jobs.append((account.broker.name, job))
+    await account.orders.finish(out, WriteBatch())
+    await account.orders.drain()
+    assert account.position("s1") is None and account.position("s2") is None
+    # One read for both exits, asked for before the batch with their intents was handed over.
+    assert len(account.server.requests_to("/api/v3/account")) == reads_before + 1
+    assert handed_over == [batches_before]
+    assert [p["quantity"] for p in account.posts()[-2:]] == ["0.00999", "0.00999"]  # fees in BTC: sized from it
 
 
 async def test_one_level_is_a_single_stop_loss_order_on_the_exchange(account: LiveAccount) -> None:

@@ -113,6 +113,7 @@ __all__ = [
     "OrderRecord",
     "OrderRequest",
     "Polling",
+    "Preparing",
     "ProtectRequest",
     "Reconciling",
     "Rejected",
@@ -161,6 +162,17 @@ class Reconciling(Protocol):
     def available(self) -> bool:
         """Whether orders can go out now (markets loaded, no ban): the protection invariant waits
         otherwise, rather than spend its attempts on requests that cannot be sent."""
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A broker that can start, before a candle's intents are committed, the reads its orders
+    will need when they are sent after the commit (the live broker: the free balance an exit is
+    sized from), so that they overlap the commit. Reads only: nothing that the intent-first rule
+    guards goes out early."""
+
+    def prepare(self, requests: Sequence[OrderRequest]) -> bool:
+        """``requests``: the orders about to wait for their commit. True if a read started."""
 
 
 @runtime_checkable

@@ -13,7 +13,9 @@ you, each handled in one place:
   refusal (``Permanent``) are :class:`Rejected`.
 * **Exits sized from the free balance.** Before a sell or a protection the account's free base
   balance is read (concurrent requests share one read) and the amount capped to it, rounded down
-  to the step: a buy's fee taken in the base asset leaves less than was bought. What remains
+  to the step: a buy's fee taken in the base asset leaves less than was bought. A candle's sells
+  that come first in their jobs have it read by :meth:`LiveBroker.prepare`, while their intents
+  commit (one read for all of them); a sell after a cancel reads it after the cancel. What remains
   below the market's minimums is dust: refused with a reason that says so, never retried.
 * **Protection on the exchange.** Two levels: one OCO sell (``POST /api/v3/orderList/oco``, a
   ``LIMIT_MAKER`` take-profit and a ``STOP_LOSS`` stop). One level: the single order (a
@@ -203,6 +205,7 @@ class LiveBroker:
         self._in_flight: set[str] = set()  # being placed or cancelled now: the poller leaves them alone
         self._last_price: dict[str, Decimal] = {}
         self._balances_task: asyncio.Future[Mapping[str, Balance]] | None = None
+        self._prepared: dict[str, asyncio.Future[Mapping[str, Balance]]] = {}  # exit's client order id -> its read
         self.balances: Mapping[str, Balance] = {}
         """the account's balances as last read (reconciliation, exits)"""
         self._unresolved: dict[str, str] = {}
@@ -270,6 +273,20 @@ class LiveBroker:
 
     # -- commands --------------------------------------------------------------------------------
 
+    def prepare(self, requests: Sequence[OrderRequest]) -> bool:
+        """A candle's orders, before their intents are committed: the free balance their exits
+        will be sized from is read now (one read for all of them; a read, so nothing the intent
+        comes first for), and it is on its way while the intents commit."""
+        exits = [r.client_order_id for r in requests if r.side == "sell" and r.key.symbol in self._exchange_rules]
+        if not exits or self.banned_until_ms is not None:
+            return False
+        for coid in [c for c, read in self._prepared.items() if read.done()]:
+            del self._prepared[coid]  # left by orders the desk did not send after all
+        read = self._read_balances()
+        for coid in exits:
+            self._prepared[coid] = read
+        return True
+
     async def submit(self, request: OrderRequest) -> SubmitResult:
         coid = request.client_order_id
         symbol = request.key.symbol
@@ -281,7 +298,8 @@ class LiveBroker:
         try:
             amount = request.amount
             if request.side == "sell":
-                amount, problem = await self._sellable(rules, amount, request.reference_price)
+                read = self._prepared.pop(coid, None)
+                amount, problem = await self._sellable(rules, amount, request.reference_price, read)
                 if problem is not None:
                     return Rejected(coid, problem, None, at)
             kind: OrderKind = "limit" if request.type == "limit" else "market"
@@ -820,10 +838,17 @@ class LiveBroker:
         log.info("exchange markets loaded", broker=self.name, markets=len(markets))
         return True
 
-    async def _sellable(self, rules: ExchangeRules, amount: Decimal, price: Decimal) -> tuple[Decimal, str | None]:
-        """``amount`` capped to the free base balance (rounded down to the step), and why it
-        cannot be sold at all (dust), if so."""
-        free = await self._free(rules.base)
+    async def _sellable(
+        self,
+        rules: ExchangeRules,
+        amount: Decimal,
+        price: Decimal,
+        read: asyncio.Future[Mapping[str, Balance]] | None = None,
+    ) -> tuple[Decimal, str | None]:
+        """``amount`` capped to the free base balance (rounded down to the step; from ``read``,
+        the balances read for it by :meth:`prepare`, if any), and why it cannot be sold at all
+        (dust), if so."""
+        free = await self._free(rules.base, read)
         if free is not None and free < amount:
             capped = rules.round_amount(free) if free > 0 else _ZERO
             log.warning("exit sized to the free balance", broker=self.name, symbol=rules.symbol, asked=str(amount),
@@ -840,11 +865,18 @@ class LiveBroker:
             )
         return amount, None
 
-    async def _free(self, asset: str) -> Decimal | None:
-        """The free balance of ``asset`` now; concurrent callers share one request."""
+    def _read_balances(self) -> asyncio.Future[Mapping[str, Balance]]:
+        """The balances read in flight, or a new one: concurrent callers share one request."""
         task = self._balances_task
         if task is None or task.done():
             task = self._balances_task = asyncio.ensure_future(self.exchange.balances())
+            task.add_done_callback(_retrieved)  # a prepared read no exit used after all: no warning
+        return task
+
+    async def _free(self, asset: str, read: asyncio.Future[Mapping[str, Balance]] | None = None) -> Decimal | None:
+        """The free balance of ``asset`` now (``read``: a read started for this caller, done or
+        not); concurrent callers share one request."""
+        task = read if read is not None else self._read_balances()
         try:
             balances = await asyncio.shield(task)
         except ExchangeError as exc:
@@ -914,6 +946,11 @@ class LiveBroker:
             self._banned_until_ms = self._now_ms() + int(exc.retry_after_s * 1000)
         elif isinstance(exc, RateLimited):
             pass  # the request budget backs off by itself (Retry-After)
+
+
+def _retrieved(task: asyncio.Future[Mapping[str, Balance]]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _native(rules: ExchangeRules, take_profit: bool, stop_loss: bool) -> bool:

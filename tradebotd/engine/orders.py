@@ -20,7 +20,9 @@ and events are recorded in the jobs' order, and the batch goes to the writer:
   at most ``max_in_flight`` exchange calls at a time, and records their results and events in
   one batch, in the jobs' order. This is the only place the trading path waits for the disk, and
   it waits outside the candle lock: other strategies' decisions never wait for it, nor for the
-  exchange.
+  exchange. What the orders will need to read first (the free balance an exit is sized from) a
+  broker may start to read before the commit (:class:`~tradebotd.broker.base.Preparing`), and the
+  candle's decision log lines are written once the orders are out.
 
 Events that arrive on their own (a live broker's poller, reconciliation) are consumed by
 :meth:`Orders.run`, a supervised task per broker, under the candle lock, so they never land in the
@@ -40,7 +42,7 @@ from typing import Any
 
 import structlog
 
-from ..broker.base import Broker, Reconciling
+from ..broker.base import Broker, Preparing, Reconciling
 from ..model import Candle
 from ..orders.desk import CancelRequest, Command, Effects, Job, Note, OrderDesk
 from ..orders.model import OrderRequest, ProtectRequest, SubmitResult, Unknown
@@ -117,9 +119,29 @@ class Orders:
             self._submit(batch)
             return
         committed = self._durable(batch)
+        if self._prepare(durable):
+            # Two loop turns: the reads' first steps (their requests built), then the HTTP
+            # client's writes: they are on the wire while the intents commit.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         self._submit(batch)
         later, self._after_sends = self._after_sends, []
         self._spawn(self._dispatch(committed, durable, later))
+
+    def _prepare(self, jobs: list[Job]) -> bool:
+        """Let each broker start the reads its jobs' orders will need (:class:`Preparing`): the
+        orders that come first in their jobs (after a cancel, say, the balance is not what it was
+        before: such an order reads it when it is sent)."""
+        requests: dict[str, list[OrderRequest]] = {}
+        for venue, commands in jobs:
+            if commands and type(commands[0]) is OrderRequest:
+                requests.setdefault(venue, []).append(commands[0])
+        started = False
+        for venue, orders in requests.items():
+            broker = self.brokers[venue]
+            if orders and isinstance(broker, Preparing):
+                started |= broker.prepare(orders)
+        return started
 
     def after_sends(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (the candle's decision log lines) once the orders that wait for the
