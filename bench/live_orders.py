@@ -126,11 +126,15 @@ class _Exchange(ExchangeServer):
         return response
 
 
-def _serve(conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int) -> None:
-    asyncio.run(_serve_async(conn, key, secret, candles))
+def _serve(
+    conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int, limits: RateLimits
+) -> None:
+    asyncio.run(_serve_async(conn, key, secret, candles, limits))
 
 
-async def _serve_async(conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int) -> None:
+async def _serve_async(
+    conn: multiprocessing.connection.Connection, key: str, secret: str, candles: int, limits: RateLimits
+) -> None:
     loop = asyncio.get_running_loop()
     series = Series(KEY, tuple(generate(PAST + candles, seed=8)))
     server = ReplayServer([series], past=PAST, ping_interval_s=None)
@@ -141,7 +145,7 @@ async def _serve_async(conn: multiprocessing.connection.Connection, key: str, se
             api_keys={key: secret},
             balances={"USDT": Decimal(10_000_000)},
             fee_mode="quote",
-            limits=LIMITS,
+            limits=limits,
         ),
     )
     async with server:
@@ -172,11 +176,12 @@ async def _serve_async(conn: multiprocessing.connection.Connection, key: str, se
 class _StandIn:
     """The bench's end of the stand-in's process."""
 
-    def __init__(self, candles: int) -> None:
+    def __init__(self, candles: int, limits: RateLimits = LIMITS) -> None:
         self.key, self.secret = secrets.token_hex(32), secrets.token_hex(32)
         context = multiprocessing.get_context("spawn")
         self._conn, theirs = context.Pipe()
-        self._process = context.Process(target=_serve, args=(theirs, self.key, self.secret, candles), daemon=True)
+        self._process = context.Process(target=_serve, args=(theirs, self.key, self.secret, candles, limits),
+                                             daemon=True)
         self._process.start()
         theirs.close()
         if not self._conn.poll(120):
@@ -237,7 +242,7 @@ class _Sends:
             aiohttp.ClientSession._request = self._original  # type: ignore[method-assign,assignment]
 
 
-def _settings(stand_in: _StandIn, db: Path) -> Settings:
+def _settings(stand_in: _StandIn, db: Path, in_flight: int = IN_FLIGHT) -> Settings:
     return Settings(
         market=MarketSettings(
             ws_url=stand_in.ws_url,
@@ -257,7 +262,7 @@ def _settings(stand_in: _StandIn, db: Path) -> Settings:
             reconcile_s=3600.0,
             # All of a candle's 100 orders at once: the stand-in's limits allow it (see LIMITS).
             # The default, 50, is Binance's 50 orders per 10 s.
-            max_in_flight=IN_FLIGHT,
+            max_in_flight=in_flight,
         ),
         store=StoreSettings(path=db),
         daemon=DaemonSettings(),
@@ -268,7 +273,9 @@ def _settings(stand_in: _StandIn, db: Path) -> Settings:
 class _Run:
     """A daemon trading a live portfolio against the stand-in."""
 
-    def __init__(self, stand_in: _StandIn, db: Path, traders: int, watchers: int, period: int) -> None:
+    def __init__(
+        self, stand_in: _StandIn, db: Path, traders: int, watchers: int, period: int, in_flight: int = IN_FLIGHT
+    ) -> None:
         self.stand_in = stand_in
         # The portfolio and strategies first: the daemon builds its brokers from the store's portfolios.
         store = SqliteStore(db)
@@ -289,7 +296,7 @@ class _Run:
             for i in range(watchers)
         ]  # fmt: skip
         store.close()
-        self.daemon = Daemon(_settings(stand_in, db))
+        self.daemon = Daemon(_settings(stand_in, db, in_flight))
         self.arrived_ns: dict[int, int] = {}  # candle open time -> its final kline's arrival
         self.period = period
 
@@ -399,6 +406,38 @@ async def _send_latency(traders: int, candles: int) -> _Sent:
     return _Sent(sent_ms, arrived_ms, first, last, committed, int(unfilled))
 
 
+@dataclass(frozen=True)
+class _AtLimits:
+    on_time: int  # sent within 1 s of the kline
+    late: list[float]  # kline -> sent (s) of those sent later
+    refused: int  # rejected unsent: the request budget said wait longer than exchange calls may
+    reason: str
+
+
+async def _at_binance_limits() -> _AtLimits:
+    """100 strategies trading on one candle on one account at Binance's own limits (the
+    stand-in's defaults: 50 orders per 10 s, 6000 weight a minute), with the default
+    ``exchange.max_in_flight`` (50): what the request budget lets out, and when."""
+    stand_in = _StandIn(40, RateLimits())
+    try:
+        with tempfile.TemporaryDirectory() as tmp, _Sends() as sends:
+            run = _Run(stand_in, Path(tmp) / "bench.db", 100, 0, period=2, in_flight=50)
+            await run.start()
+            sends.clear()
+            traded = await run.candle()
+            await run.settle(traded)
+            start = run.arrived_ns[traded]
+            sent = [(ns - start) / 1e9 for coid, ns in sends.sent if int(coid.split("-")[1]) == traded]
+            rows = run.daemon.store.execute(
+                "SELECT error FROM orders WHERE candle_time = ? AND status = 'rejected'", (traded,)
+            )
+            await run.close()
+    finally:
+        stand_in.close()
+    reason = str(rows[0]["error"] or "") if rows else ""
+    return _AtLimits(sum(1 for s in sent if s < 1), [s for s in sent if s >= 1], len(rows), reason)
+
+
 async def _in_flight(cycles: int) -> tuple[list[float], list[float], list[int]]:
     """Hold-candle latencies (ms) with no orders in flight, and with the trade candle's orders
     in flight; how many orders were still unanswered after each in-flight measurement."""
@@ -459,6 +498,17 @@ def run(*, candles: int = 100, cycles: int = 10) -> list[Row]:
             rows.append(Row(SECTION, "  first order of the candle sent, median", median(r.first), "ms"))
             rows.append(Row(SECTION, "  last order of the candle sent, median", median(r.last), "ms"))
             rows.append(Row(SECTION, "  last order of the candle sent, p99", percentile(r.last, 99), "ms"))
+    limited = asyncio.run(_at_binance_limits())
+    late = f"{len(limited.late)} sent {min(limited.late):.1f}-{max(limited.late):.1f} s late" if limited.late else ""
+    why = "request budget exhausted" if "request budget exhausted" in limited.reason else limited.reason[:60]
+    note = (
+        "100 strategies, one account, Binance's limits (50 orders per 10 s; the budget keeps 90%), max_in_flight 50: "
+        f"{limited.refused} refused unsent ({why} after waiting 5 s)" + (f", {late}" if late else "")
+    )
+    rows.append(
+        Row(SECTION, "orders sent within 1 s of the kline at Binance's order limit", limited.on_time, "orders",
+            note=note)
+    )  # fmt: skip
     idle, busy, outstanding = asyncio.run(_in_flight(cycles))
     note = f"100 traders + 100 holders on one stream; {len(idle)} hold candles"
     rows.append(Row(SECTION, "hold candle kline->recorded, no orders in flight, median", median(idle), "ms", note=note))
