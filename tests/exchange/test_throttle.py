@@ -101,6 +101,21 @@ async def test_our_own_windows_refuse_what_cannot_fit_in_time() -> None:
         await budget.acquire(4, max_wait_s=0.05)  # 12 > 10 weight within the minute
 
 
+async def test_a_request_that_fits_every_window_is_booked_at_once() -> None:
+    """While the windows have room (a candle's 100 orders) a request is booked without
+    suspending, and what is booked so counts as the throttlers' own bookings do."""
+    budget = RequestBudget(Limits(weight=10, orders_short=2), share=1.0)
+    for _ in range(2):
+        booking = budget.acquire(4, orders=1, max_wait_s=5.0)
+        with pytest.raises(StopIteration) as done:
+            booking.send(None)  # completes without suspending
+        assert done.value.value is False  # did not wait
+    with pytest.raises(RateLimited):
+        await budget.acquire(1, orders=1, max_wait_s=0.05)  # a third order within 10 s
+    with pytest.raises(RateLimited):
+        await budget.acquire(4, max_wait_s=0.05)  # 12 > 10 weight within the minute
+
+
 def test_share_leaves_room_for_others() -> None:
     with pytest.raises(ValueError, match="share"):
         RequestBudget(share=0)
