@@ -170,3 +170,63 @@ def test_prototype_tampering_does_not_reach_the_sandbox_serialisation(make: Make
 def test_host_validation_rejects_bad_json(payload: bytes) -> None:
     with pytest.raises(InvalidResult):
         parse_decision(payload)
+
+
+# Results that tb_shim.c's signal_json() writes itself (plain buys and sells) or hands to the
+# prelude's finish() (everything else), each compared with finish()'s own output for it.
+_SIGNAL_RESULTS = [
+    "{signal: 'buy'}",
+    "{signal: 'sell'}",
+    "{signal: 'buy', amount: 1}",
+    "{signal: 'buy', amount: 0.1, takeProfit: 1e21, stopLoss: 1.5e-7}",
+    "{signal: 'buy', amount: 2**31, takeProfit: 2**31 - 1, stopLoss: 0.1 + 0.2}",
+    "{signal: 'buy', amount: 123456789.123456789, reason: 'he said \"x\"\\n\\u2028 é 😀 \\u0001 \\ud800'}",
+    "{signal: 'sell', reason: '', indicators: {}}",
+    "{signal: 'buy', indicators: {a: 1, b: -0, c: 'x\"y', d: true, e: false, f: 1e-7, g: -1.5e300}}",
+    "{indicators: {z: 1, a: 2}, signal: 'sell', amount: 2, reason: 'r'}",
+    "{signal: 'buy', amount: undefined, takeProfit: null, stopLoss: undefined, limitPrice: null,"
+    " orderType: undefined, reason: null, indicators: null}",
+    "{signal: 'buy', extra: {a: 1}, junk: [1, 2]}",
+    "{signal: 'buy', indicators: {'1': 1, a: 2, '0': 3}}",
+    "{signal: 'buy', indicators: {arr: [1, 2]}}",
+    "{signal: 'buy', orderType: 'market'}",
+    "{signal: 'buy', orderType: 'limit', limitPrice: 5}",
+    "{signal: 'b' + 'uy', amount: 3}",
+    "Object.assign(Object.create({amount: 3}), {signal: 'buy'})",
+    "Object.assign(Object.create(null), {signal: 'sell', amount: 4})",
+    "(() => { const o = {signal: 'buy'}; Object.defineProperty(o, 'amount', {value: 7}); return o; })()",
+    "(() => { const i = {a: 1}; Object.defineProperty(i, 'h', {value: 7}); i[Symbol('s')] = 3;"
+    " return {signal: 'buy', indicators: i}; })()",
+    "(() => { const o = {signal: 'buy', amount: 1, x: 1}; delete o.x; return o; })()",
+    "{signal: 'buy', amount: -1}",
+    "{signal: 'sell', amount: NaN}",
+    "{signal: 'buy', amount: '1'}",
+    "{signal: 'buy', reason: 'x'.repeat(1001)}",
+    "{signal: 'buy', indicators: {k: 'x'.repeat(70000)}}",
+    "{signal: 'sell', indicators: {k: NaN}}",
+    "{signal: 'buy', indicators: {k: null}}",
+]
+
+
+def test_buys_and_sells_serialised_in_the_shim_match_the_prelude(make: MakeStrategy) -> None:
+    cases = ", ".join(f"() => ({expression})" for expression in _SIGNAL_RESULTS)
+    # Each result twice: as it is, then with a non-enumerable getter that finish() never reads,
+    # which makes the shim hand the result to finish() instead of writing it itself.
+    strategy = make(
+        f"const cases = [{cases}];\n"
+        "let k = 0;\n"
+        "function tradingStrategy(ctx) {\n"
+        "  const r = cases[k >> 1]();\n"
+        "  if (k++ & 1) Object.defineProperty(r, 'zzz', { get() { throw new Error('read'); } });\n"
+        "  return r;\n"
+        "}\n"
+    )
+    guest, _ = strategy._acquire()
+    try:
+        for i, expression in enumerate(_SIGNAL_RESULTS):
+            shim, prelude = (
+                guest.step(candle(2 * i + j), None, epoch_ticks=1 << 40, fuel=None) for j in range(2)
+            )
+            assert (shim.status, shim.output) == (prelude.status, prelude.output), expression
+    finally:
+        strategy._lock.release()

@@ -144,13 +144,13 @@ enum { A_TIME, A_OPEN, A_HIGH, A_LOW, A_CLOSE, A_VOLUME,
        A_CANDLES, A_CURRENT_PRICE, A_POSITION, A_PARAMETERS,
        A_SIDE, A_AMOUNT, A_ENTRY_PRICE, A_ENTRY_TIME,
        A_SIGNAL, A_TAKE_PROFIT, A_STOP_LOSS, A_LIMIT_PRICE, A_ORDER_TYPE, A_REASON, A_INDICATORS,
-       A_HOLD, A_COUNT };
+       A_HOLD, A_BUY, A_SELL, A_COUNT };
 static const char *const atom_names[A_COUNT] = {
     "time", "open", "high", "low", "close", "volume",
     "candles", "currentPrice", "position", "parameters",
     "side", "amount", "entryPrice", "entryTime",
     "signal", "takeProfit", "stopLoss", "limitPrice", "orderType", "reason", "indicators",
-    "hold",
+    "hold", "buy", "sell",
 };
 
 static struct {
@@ -161,6 +161,7 @@ static struct {
     JSValue parameters;    /* deep-frozen */
     JSValue side_long;     /* the string "long" */
     JSValue hold;          /* the string "hold": the atom's own string, as a literal 'hold' is */
+    JSValue buy, sell;     /* "buy" and "sell", likewise */
     JSShape *candle_shape, *context_shape, *position_shape; /* see "records" */
     JSValue finish, take_logs, describe_error; /* prelude helpers */
     JSValue limits, deep_freeze; /* the prelude's limits object (filled at load), its deepFreeze */
@@ -829,6 +830,178 @@ static int hold_is_plain(JSValueConst result)
     return 1;
 }
 
+/* ---------------------------------------------------------------- buys and sells written natively
+ *
+ * A buy or sell ends every backtest batch, and finish() (a JS call that validates the result and
+ * JSON.stringifies a copy) cost a fifth of the batch's time in the guest. signal_json() writes,
+ * for the common case only, the JSON finish() would return, byte for byte: the result is an
+ * ordinary object of plain data properties (as for a plain hold); signal is its own property
+ * holding the interned 'buy' or 'sell'; amount, takeProfit and stopLoss are absent, undefined,
+ * null or finite positive numbers; limitPrice and orderType are absent, undefined or null;
+ * reason and indicators are as for a plain hold, and no indicator key is an array index (which
+ * Object.keys would list first). Where a key is absent no prototype has it. The keys come out in
+ * finish()'s order (signal, amount, takeProfit, stopLoss, reason, indicators), indicators in
+ * insertion order, numbers as JSON.stringify writes them (JS_ToString), strings quoted by the
+ * same function JSON.stringify uses. Anything else returns 0 before anything was read through JS,
+ * and finish() decides as always. tests/sandbox/test_js_results.py compares the two. */
+
+enum { F_AMOUNT, F_TAKE_PROFIT, F_STOP_LOSS, F_REASON, F_INDICATORS, F_COUNT };
+
+static int positive_number(JSValueConst v)
+{
+    switch (JS_VALUE_GET_NORM_TAG(v)) {
+    case JS_TAG_INT:
+        return JS_VALUE_GET_INT(v) > 0;
+    case JS_TAG_FLOAT64:
+        return isfinite(JS_VALUE_GET_FLOAT64(v)) && JS_VALUE_GET_FLOAT64(v) > 0;
+    default:
+        return 0;
+    }
+}
+
+/* 1 and the fields (borrowed from the result; JS_UNDEFINED where absent or null) for a plain buy
+ * or sell, else 0. */
+static int signal_is_plain(JSValueConst result, JSValue *signal, JSValue fields[F_COUNT])
+{
+    if (JS_VALUE_GET_TAG(result) != JS_TAG_OBJECT)
+        return 0;
+    JSObject *p = JS_VALUE_GET_OBJ(result);
+    if (p->class_id != JS_CLASS_OBJECT || p->fast_array)
+        return 0;
+    static const int field_atoms[F_COUNT] = { A_AMOUNT, A_TAKE_PROFIT, A_STOP_LOSS, A_REASON, A_INDICATORS };
+    static const int never[2] = { A_LIMIT_PRICE, A_ORDER_TYPE }; /* only absent, undefined or null */
+    int seen = 0; /* bits: fields, then never[], then signal */
+    const int seen_signal = 1 << (F_COUNT + 2);
+    for (int k = 0; k < F_COUNT; k++)
+        fields[k] = JS_UNDEFINED;
+    JSShape *sh = p->shape;
+    JSShapeProperty *prs = get_shape_prop(sh);
+    for (int i = 0; i < sh->prop_count; i++) {
+        JSAtom atom = prs[i].atom;
+        if (atom == JS_ATOM_NULL)
+            continue;
+        if ((prs[i].flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+            return 0;
+        JSValue value = p->prop[i].u.value;
+        int tag = JS_VALUE_GET_NORM_TAG(value);
+        int absent = tag == JS_TAG_UNDEFINED || tag == JS_TAG_NULL;
+        if (atom == S.atoms[A_SIGNAL]) {
+            void *ptr = JS_VALUE_GET_PTR(value);
+            if (tag != JS_TAG_STRING || (ptr != JS_VALUE_GET_PTR(S.buy) && ptr != JS_VALUE_GET_PTR(S.sell)))
+                return 0;
+            *signal = value;
+            seen |= seen_signal;
+            continue;
+        }
+        for (int k = 0; k < F_COUNT; k++) {
+            if (atom != S.atoms[field_atoms[k]])
+                continue;
+            seen |= 1 << k;
+            if (absent)
+                break;
+            if (k == F_REASON) {
+                uint32_t len;
+                if (!(string_length(value, &len) && len <= tb_config.max_reason_chars))
+                    return 0;
+            } else if (k == F_INDICATORS) {
+                if (!indicators_plain(value))
+                    return 0;
+                JSObject *q = JS_VALUE_GET_OBJ(value);
+                JSShapeProperty *qprs = get_shape_prop(q->shape);
+                for (int j = 0; j < q->shape->prop_count; j++) {
+                    uint32_t index;
+                    if (qprs[j].atom != JS_ATOM_NULL && JS_AtomIsArrayIndex(S.ctx, &index, qprs[j].atom))
+                        return 0;
+                }
+            } else if (!positive_number(value)) {
+                return 0;
+            }
+            fields[k] = value;
+            break;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (atom == S.atoms[never[k]]) {
+                if (!absent)
+                    return 0;
+                seen |= 1 << (F_COUNT + k);
+            }
+        }
+    }
+    if (!(seen & seen_signal))
+        return 0;
+    for (int k = 0; k < F_COUNT + 2; k++) {
+        JSAtom atom = S.atoms[k < F_COUNT ? field_atoms[k] : never[k - F_COUNT]];
+        if (!(seen & (1 << k)) && !chain_lacks(p, atom))
+            return 0;
+    }
+    return 1;
+}
+
+/* Appends a new string (taken over), or records the failure that made it an exception. */
+static void put_string(StringBuffer *b, JSValue v)
+{
+    if (JS_IsException(v))
+        string_buffer_set_error(b);
+    else
+        string_buffer_concat_value_free(b, v);
+}
+
+/* The result JSON of a plain buy or sell (a new string), JS_UNDEFINED if it is not plain, or
+ * JS_EXCEPTION (out of memory). */
+static JSValue signal_json(JSValueConst result)
+{
+    JSValue signal, fields[F_COUNT];
+    if (!signal_is_plain(result, &signal, fields))
+        return JS_UNDEFINED;
+    static const char *const names[F_COUNT] = { ",\"amount\":", ",\"takeProfit\":", ",\"stopLoss\":",
+                                                ",\"reason\":", ",\"indicators\":" };
+    StringBuffer b;
+    string_buffer_init(S.ctx, &b, 128);
+    string_buffer_puts8(&b, JS_VALUE_GET_PTR(signal) == JS_VALUE_GET_PTR(S.buy) ? "{\"signal\":\"buy\""
+                                                                                 : "{\"signal\":\"sell\"");
+    for (int k = 0; k < F_COUNT; k++) {
+        JSValue value = fields[k];
+        if (JS_IsUndefined(value))
+            continue;
+        string_buffer_puts8(&b, names[k]);
+        if (k == F_REASON) {
+            put_string(&b, JS_ToQuotedString(S.ctx, value));
+        } else if (k != F_INDICATORS) {
+            string_buffer_concat_value(&b, value); /* a number: JS_ToString, as JSON.stringify */
+        } else {
+            JSObject *q = JS_VALUE_GET_OBJ(value);
+            JSShapeProperty *qprs = get_shape_prop(q->shape);
+            int first = 1;
+            string_buffer_putc8(&b, '{');
+            for (int j = 0; j < q->shape->prop_count; j++) {
+                JSAtom atom = qprs[j].atom;
+                if (atom == JS_ATOM_NULL || !(qprs[j].flags & JS_PROP_ENUMERABLE) ||
+                    JS_AtomGetKind(S.ctx, atom) != JS_ATOM_KIND_STRING)
+                    continue; /* what Object.keys leaves out (indicators_plain skipped them too) */
+                if (!first)
+                    string_buffer_putc8(&b, ',');
+                first = 0;
+                put_string(&b, JS_ToQuotedStringFree(S.ctx, JS_AtomToString(S.ctx, atom)));
+                string_buffer_putc8(&b, ':');
+                JSValue item = q->prop[j].u.value;
+                switch (JS_VALUE_GET_NORM_TAG(item)) {
+                case JS_TAG_STRING:
+                    put_string(&b, JS_ToQuotedString(S.ctx, item));
+                    break;
+                case JS_TAG_BOOL:
+                    string_buffer_puts8(&b, JS_VALUE_GET_BOOL(item) ? "true" : "false");
+                    break;
+                default: /* a finite number (indicators_plain) */
+                    string_buffer_concat_value(&b, item);
+                }
+            }
+            string_buffer_putc8(&b, '}');
+        }
+    }
+    string_buffer_putc8(&b, '}');
+    return string_buffer_end(&b);
+}
+
 /* One evaluation. With hold_is_empty, a hold produces no output (tb_run keeps going). */
 static int32_t evaluate(double current_price, int hold_is_empty)
 {
@@ -853,10 +1026,13 @@ static int32_t evaluate(double current_price, int hold_is_empty)
         JS_FreeValue(S.ctx, result);
         return finish_call(TB_OK);
     }
-    JSValue args[2] = { result, JS_NewBool(S.ctx, hold_is_empty) };
-    JSValue json = JS_Call(S.ctx, S.finish, JS_UNDEFINED, 2, (JSValueConst *)args);
+    JSValue json = signal_json(result);
+    if (JS_IsUndefined(json)) { /* not a plain buy or sell: finish() decides */
+        JSValue args[2] = { result, JS_NewBool(S.ctx, hold_is_empty) };
+        json = JS_Call(S.ctx, S.finish, JS_UNDEFINED, 2, (JSValueConst *)args);
+    }
     JS_FreeValue(S.ctx, result);
-    if (JS_IsException(json)) /* a getter or proxy trap on the result threw */
+    if (JS_IsException(json)) /* a getter or proxy trap on the result threw, or out of memory */
         return report_exception(TB_JS_ERROR);
     size_t len;
     const char *s = JS_ToCStringLen(S.ctx, &len, json);
@@ -887,7 +1063,7 @@ static void unload(void)
         JS_FreeValue(S.ctx, S.view);
         for (uint32_t i = 0; i < S.count; i++)
             JS_FreeValue(S.ctx, S.history[(S.head + i) % S.capacity]);
-        JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
+        JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.buy, &S.sell, &S.finish, &S.take_logs,
                               &S.describe_error, &S.limits, &S.deep_freeze };
         for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
             JS_FreeValue(S.ctx, *values[i]);
@@ -904,7 +1080,7 @@ static void unload(void)
     H.used = 0; /* everything QuickJS held went with its runtime */
     free(S.history);
     free(S.scratch);
-    JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.finish, &S.take_logs,
+    JSValue *values[] = { &S.entry, &S.parameters, &S.side_long, &S.hold, &S.buy, &S.sell, &S.finish, &S.take_logs,
                           &S.describe_error, &S.limits, &S.deep_freeze };
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++)
         *values[i] = JS_UNDEFINED;
@@ -1007,6 +1183,8 @@ static int32_t init(void)
         S.atoms[i] = JS_NewAtom(S.ctx, atom_names[i]);
     S.side_long = JS_NewString(S.ctx, "long");
     S.hold = JS_AtomToString(S.ctx, S.atoms[A_HOLD]);
+    S.buy = JS_AtomToString(S.ctx, S.atoms[A_BUY]);
+    S.sell = JS_AtomToString(S.ctx, S.atoms[A_SELL]);
     if (make_record_shapes() < 0)
         return fail_with(TB_OUT_OF_MEMORY, "InternalError", "out of memory");
     S.deadline_ns = 0; /* our own code: no deadline */
