@@ -5,6 +5,7 @@ shared between strategies. The other sandbox tests run on snapshot-started insta
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,30 @@ def test_restore_grows_memory_and_writes_the_captured_pages(runtime: WasmRuntime
         assert bytes(memory.read(store, address, address + len(data))) == data
     # The stack is not copied: a new instance's stack is all zero.
     assert not np.frombuffer(bytes(memory.read(store, 0, stack_top(WASM_PATH.read_bytes()))), np.uint8).any()
+
+
+def test_the_snapshot_is_made_on_first_use_and_never_on_a_thread_too_small_for_wasm(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    outcome: list[object] = []
+
+    def small_thread() -> None:
+        rt = WasmRuntime(cache_dir=tmp_path_factory.mktemp("wasm-cache-thread"))  # runs no wasm
+        try:
+            rt.snapshot  # noqa: B018 - the property makes it
+        except SandboxUnavailable as exc:
+            outcome.append(exc)
+        outcome.append(rt)
+
+    previous = threading.stack_size(512 << 10)
+    try:
+        thread = threading.Thread(target=small_thread)
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(previous)
+    assert isinstance(outcome[0], SandboxUnavailable)
+    rt = outcome[1]
+    assert isinstance(rt, WasmRuntime)
+    assert rt.snapshot is not None  # made here, on the main thread
+    rt.stop_ticker()

@@ -5,7 +5,8 @@ a Linker with WASI and an InstancePre; each strategy only gets a Store and an In
 (≈0.35 MiB each, against ≈2.8 MiB with an Engine per strategy). The compiled module is cached
 as a ``.cwasm`` file in the user cache directory, keyed by the wasm's sha256, the wasmtime
 version and the Engine flags, because a ``.cwasm`` only loads into an identical Engine:
-compiling takes ≈0.5 s, loading the cache ≈0.3 ms.
+compiling takes ≈0.5 s, loading the cache ≈0.3 ms. It also holds the snapshot of QuickJS's
+initial state every new instance starts from (``snapshot.py``).
 
 Hazards this module guards against (measured; each one kills the whole daemon):
 
@@ -116,18 +117,30 @@ class WasmRuntime:
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
         self._pre = linker.instantiate_pre(self.module)
-        self.snapshot: Snapshot | None = None
-        """QuickJS's initial state (``snapshot.py``), copied into every instance by
-        :meth:`new_instance`: those instances start after ``tb_init`` and must not run
-        ``_initialize``. None if it could not be made: every instance then makes it itself."""
-        if snapshot:
-            try:
-                self.snapshot = capture(lambda: self._instantiate(64 << 20), wasm)
-            except (SandboxUnavailable, wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-                log.warning("sandbox.snapshot_unavailable", error=str(exc))
+        self._wasm = wasm if snapshot else None  # what the snapshot is made from, until it is
+        self._snapshot: Snapshot | None = None
+        self._snapshot_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._ticker_lock = threading.Lock()
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """QuickJS's initial state (``snapshot.py``), copied into every instance by
+        :meth:`new_instance`: those instances start after ``tb_init`` and must not run
+        ``_initialize``. None if not wanted or if it could not be made: every instance then
+        makes it itself. Made on first use, which runs wasm: on a thread that passes
+        :func:`check_thread_stack` (it raises ``SandboxUnavailable`` on any other)."""
+        if self._wasm is not None:
+            with self._snapshot_lock:
+                if self._wasm is not None:
+                    check_thread_stack()
+                    try:
+                        self._snapshot = capture(lambda: self._instantiate(64 << 20), self._wasm)
+                    except (SandboxUnavailable, wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+                        log.warning("sandbox.snapshot_unavailable", error=str(exc))
+                    self._wasm = None
+        return self._snapshot
 
     @classmethod
     def shared(cls, *, fuel: bool = False) -> WasmRuntime:
@@ -147,10 +160,10 @@ class WasmRuntime:
         memory = export(store, instance, "memory")
         if not isinstance(memory, wasmtime.Memory):
             raise SandboxUnavailable("tb_qjs.wasm does not export its memory")
-        restored = self.snapshot is not None and self.snapshot.memory_bytes <= memory_cap
-        if restored:
-            assert self.snapshot is not None
-            self.snapshot.restore(store, memory)
+        snapshot = self.snapshot
+        restored = snapshot is not None and snapshot.memory_bytes <= memory_cap
+        if snapshot is not None and restored:
+            snapshot.restore(store, memory)
         return store, instance, memory, restored
 
     def _instantiate(self, memory_cap: int) -> tuple[wasmtime.Store, wasmtime.Instance]:
