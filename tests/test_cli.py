@@ -143,3 +143,29 @@ def test_sync_status_of_a_store_that_never_synced(capsys: pytest.CaptureFixture[
     assert code == 0 and status["backlog"] == 0 and status["dead"] == 0 and status["backend"] == "sqlite"
     code, out, _ = run(capsys, "sync", "status")
     assert code == 0 and "backlog      0 rows" in out
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
+def test_the_command_line_runs_numpy_without_blas_worker_threads(given: str | None, expected: str) -> None:
+    """tradebotd.cli sets OPENBLAS_NUM_THREADS=1 (unless the environment has a value) before anything
+    imports numpy, so numpy starts no BLAS worker threads, in this process or the ones it starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    code = (
+        "import os, sys\n"
+        "import tradebotd.cli\n"
+        "assert 'numpy' not in sys.modules, 'tradebotd.cli imports numpy before the setting'\n"
+        "threads = len(os.listdir('/proc/self/task'))\n"
+        "import numpy\n"
+        "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')) - threads)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    setting, started = result.stdout.split()
+    assert setting == expected
+    if given is None:
+        assert started == "0"
