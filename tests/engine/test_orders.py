@@ -7,6 +7,7 @@ below is a broker with durable intents whose answers the test gives, one by one.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal as D
@@ -296,6 +297,41 @@ async def test_a_candles_decision_log_lines_wait_until_its_live_orders_are_sent(
     await daemon.engine.on_closed(candle(7), 2)
     await asyncio.wait_for(narrated.wait(), 10)
     assert seen[-1] == ("logged", live) and len(ex.sent) == 2
+
+
+async def test_no_cyclic_gc_collection_while_a_candles_live_orders_are_sent(daemon: Daemon) -> None:
+    ex = daemon.exchange
+    submit = ex.submit
+    collecting: list[bool] = []
+
+    async def sending(request: OrderRequest) -> SubmitResult:
+        collecting.append(gc.isenabled())
+        return await submit(request)
+
+    ex.submit = sending  # type: ignore[method-assign]
+    live = ["l1", "l2"]
+    for sid in live:
+        daemon.scripts[sid] = buys_at(6, 8)
+    await daemon.start([row(sid, "L") for sid in live])
+    assert gc.isenabled()
+    await daemon.engine.on_closed(candle(6), 1)
+    await asyncio.wait_for(ex.reached(2), 10)
+    assert collecting == [False, False]
+    for coid, _ in ex.sent:
+        ex.answer(coid, Accepted(coid, f"x-{coid}", 6 * MIN, D("0.5")), filled(coid))
+    await asyncio.wait_for(daemon.engine.drain(), 10)
+    assert gc.isenabled()  # back once they are out
+    gc.disable()  # someone else's choice (a benchmark): left as it is
+    try:
+        await daemon.engine.on_closed(candle(8), 2)
+        await asyncio.wait_for(ex.reached(4), 10)
+        assert collecting[2:] == [False, False]
+        for coid, _ in ex.sent[2:]:
+            ex.answer(coid, Accepted(coid, f"x-{coid}", 8 * MIN, D("0.5")), filled(coid))
+        await asyncio.wait_for(daemon.engine.drain(), 10)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_exchange_max_in_flight_bounds_the_engines_exchange_calls() -> None:
