@@ -445,3 +445,12 @@ async def test_a_stream_the_exchange_refuses_puts_its_strategies_in_error(tmp_pa
     assert error.message == "the exchange refused BTCUSDT 1m: Invalid symbol. (code -1121)"
     await h.engine.sync([row("s1"), row("s2", asset="ethusdt")])  # the store may still say running
     assert h.engine.strategy_ids() == {"s2"}
+
+
+async def test_a_live_portfolio_added_while_running_says_the_daemon_needs_a_restart(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.engine.add_portfolio("L", "live", D(0))
+    await h.engine.sync([row(portfolio_id="L")])
+    assert h.engine.strategy_ids() == set()
+    (entry,) = [e for _, e in h.store.logs_after("s1")]
+    assert entry.level == "error" and "live portfolio" in entry.message and "restart the daemon" in entry.message

@@ -465,6 +465,11 @@ class Engine:
             kind = self._portfolios[portfolio]
         broker = self._brokers.get(kind)
         if broker is None:
+            if kind == "live":  # the live broker connects (keys, markets, reconciliation) at start-up
+                raise ValueError(
+                    f"portfolio {portfolio} is a live portfolio, and this daemon started without one, so it has no "
+                    "live broker: restart the daemon to trade it"
+                )
             raise ValueError(f"portfolio {portfolio} is a {kind} portfolio, and {kind} trading is not configured")
         return broker.name, portfolio
 
