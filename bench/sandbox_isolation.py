@@ -1,7 +1,7 @@
 """Isolation benchmark: does a misbehaving neighbour slow a healthy strategy down?
 
 ``python -m bench.sandbox_isolation`` prints the table; ``run()`` returns it as a dict
-for ``make bench``; ``measure()`` is shared with ``tests/test_isolation.py``.
+for ``make bench`` (``tests/test_isolation.py`` checks the same neighbours for decisions and errors, not times).
 
 Set-up, as in the daemon: one process, one :class:`WasmRuntime` (Engine, compiled module, epoch
 ticker) shared by a healthy 20-period SMA-cross strategy (200 candles of history) and one

@@ -1,51 +1,73 @@
-"""Isolation: a healthy strategy's evaluation time stays within 2x of its baseline while a
-neighbour loops forever, allocates without bound, recurses without bound or throws on every candle.
+"""Isolation: a healthy strategy decides exactly as it does alone while a neighbour in the same
+process loops forever, allocates without bound, recurses without bound or throws on every candle,
+and each neighbour is stopped by its own limit with its own error.
 
-Speed targets belong to ``make bench``, not to tests, so nothing here compares a time with a
-fixed number. What is asserted is a *ratio* measured inside this test: the healthy strategy's own
-per-evaluation time (``EvalInfo.elapsed_us``) beside a misbehaving neighbour over the same
-strategy's time without one, on the same machine, in the same process, minutes apart at most.
-Machine speed cancels out; what must not flake is noise. The design
-(``bench.sandbox_isolation.measure``, also the ``make bench`` figures):
-
-* Each healthy evaluation ends a fixed 8 ms slot that begins with the neighbour's call and is
-  filled with a busy wait, in every phase. Without this the comparison would measure cadence, not
-  the neighbour: a strategy evaluated back to back runs ~3x faster than one whose code and data
-  have left the CPU caches since its last call (as in the daemon, once per candle), and an idle CPU
-  adds its wake-up on top.
-* Phases alternate in rounds (baseline, loop, allocate, recurse, throw, baseline, ...), so a burst
-  of load from the rest of a 2-core CI machine hits every phase alike rather than one of them.
-* Medians over 80 evaluations per phase: a few preempted evaluations cannot move them.
-* Up to three measurements: a kind passes when one of them shows a ratio below 2. Noise inflates a
-  ratio now and then; real interference would show in every measurement. The reference machine
-  measures 1.0-1.3 (the rebuilds after a timeout or OOM and the polluted caches cost the most).
+Speed belongs to ``make bench``, not to tests: the healthy strategy's evaluation time beside each
+neighbour over its time alone is the bench's ``isolation (issue 3)`` section (target < 2x),
+measured by ``bench.sandbox_isolation.measure``. A test that compared times failed now and then on
+a loaded 2-core machine while nothing was wrong, so what is asserted here is what cannot depend on
+load: decisions, errors, and that the neighbours really ran into their limits.
 """
 
 from __future__ import annotations
 
-from bench.sandbox_isolation import NEIGHBOURS, IsolationResult, measure
+import numpy as np
+import pytest
 
-ATTEMPTS = 3
-LIMIT = 2.0
+from bench.sandbox_isolation import HISTORY, NEIGHBOURS
+from bench.sandbox_js import INTERVAL_MS, PARAMETERS, SMA_CROSS
+from tradebotd.examples.synthetic import synthetic_candles
+from tradebotd.sandbox.errors import StrategyMemoryError, StrategyRuntimeError, StrategyTimeout
+from tradebotd.sandbox.js import JsStrategy
+from tradebotd.sandbox.sandboxed import SandboxLimits
+
+CANDLES = 40
+EXPECTED = {"loop": StrategyTimeout, "allocate": StrategyMemoryError, "recurse": StrategyRuntimeError,
+            "throw": StrategyRuntimeError}  # fmt: skip
 
 
-def test_a_misbehaving_neighbour_does_not_slow_a_healthy_strategy_down() -> None:
-    best: dict[str, float] = {}
-    results: list[IsolationResult] = []
-    for _ in range(ATTEMPTS):
-        result = measure(rounds=4, per_round=20)
-        results.append(result)
-        for kind in NEIGHBOURS:
-            best[kind] = min(best.get(kind, float("inf")), result.ratio(kind))
-        if all(ratio < LIMIT for ratio in best.values()):
-            break
-    summary = "; ".join(
-        f"baseline {r.baseline.median_us:.0f} us, "
-        + ", ".join(f"{k} {r.beside[k].median_us:.0f} us ({r.ratio(k):.2f}x)" for k in NEIGHBOURS)
-        for r in results
-    )
-    assert all(ratio < LIMIT for ratio in best.values()), summary
-    # The neighbours did misbehave: the loop ran into its 2 ms deadline, the others failed fast.
-    last = results[-1]
-    assert last.neighbour_call_us["loop"] >= 2000, summary
-    assert all(last.beside[kind].samples == 80 for kind in NEIGHBOURS)
+def _healthy() -> JsStrategy:
+    return JsStrategy(SMA_CROSS, parameters=PARAMETERS, interval_ms=INTERVAL_MS,
+                      limits=SandboxLimits(max_candles=HISTORY))  # fmt: skip
+
+
+def _decisions(neighbour: str | None, rows: np.ndarray) -> tuple[list[tuple[str, str | None]], list[Exception]]:
+    """The healthy strategy's decisions over ``rows[HISTORY:]``, each evaluation right after one
+    of ``neighbour``'s (None: alone), and the neighbour's errors."""
+    healthy = _healthy()
+    other = None
+    if neighbour is not None:
+        source, limits = NEIGHBOURS[neighbour]
+        other = JsStrategy(source, parameters={}, interval_ms=INTERVAL_MS, limits=limits)
+    decisions: list[tuple[str, str | None]] = []
+    errors: list[Exception] = []
+    try:
+        healthy.push_history(rows[:HISTORY])
+        if other is not None:
+            other.push_history(rows[:HISTORY])
+        for row in rows[HISTORY:].tolist():
+            candle = tuple(row)
+            if other is not None:
+                try:
+                    other.step(candle, None)
+                except Exception as exc:  # the neighbour's failures are the point
+                    errors.append(exc)
+            decision, _ = healthy.step(candle, None)
+            decisions.append((decision.signal, decision.reason))
+    finally:
+        healthy.close()
+        if other is not None:
+            other.close()
+    return decisions, errors
+
+
+@pytest.mark.parametrize("neighbour", list(NEIGHBOURS))
+def test_a_misbehaving_neighbour_changes_nothing_a_healthy_strategy_decides(neighbour: str) -> None:
+    rows = synthetic_candles(HISTORY + CANDLES)
+    alone, _ = _decisions(None, rows)
+    assert {signal for signal, _ in alone} != {"hold"}, "the series must make the healthy strategy trade"
+    beside, errors = _decisions(neighbour, rows)
+    assert beside == alone
+    # The neighbour misbehaved on every candle and was stopped by its own limit each time.
+    assert len(errors) == CANDLES
+    assert all(isinstance(e, EXPECTED[neighbour]) for e in errors), {type(e).__name__ for e in errors}
