@@ -117,16 +117,17 @@ class Orders:
         it to the writer. Returns once the batch is handed over; durable jobs go on in a task."""
         await self.run_inline(out)
         durable, out.jobs = out.jobs, []
+        if durable and self._prepare(durable):
+            # Two loop turns (measured: one is not enough for the read to be on the wire), so
+            # the reads are out while the intents commit. Before recording, which writes the
+            # state as it is when the batch is handed over (positions, cash).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         self._recorder.record(out, batch)
         if not durable:
             self._submit(batch)
             return
         committed = self._durable(batch)
-        if self._prepare(durable):
-            # Two loop turns: the reads' first steps (their requests built), then the HTTP
-            # client's writes: they are on the wire while the intents commit.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
         self._submit(batch)
         later, self._after_sends = self._after_sends, []
         self._spawn(self._dispatch(committed, durable, later))
