@@ -12,6 +12,7 @@ started; without, every :data:`CHUNK` candles.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import struct
 import threading
@@ -27,15 +28,16 @@ CHUNK = 32  # candles per chunk (1.5 KiB); the incomplete newest chunk is each h
 _CANDLE = struct.Struct("<6d")
 _ROW_BYTES = 48
 
-# Complete chunks by (first open time's bytes, size, hash of the bytes): weak, so a chunk goes
-# when the last history holding it drops it.
-_chunks: weakref.WeakValueDictionary[tuple[bytes, int, int], npt.NDArray[np.float64]] = weakref.WeakValueDictionary()
+# Complete chunks by (first row's bytes, size): weak, so a chunk goes when the last history
+# holding it drops it. The first row (open time and prices) tells one stream's chunk from another
+# stream's of the same time; the whole chunk is then compared byte for byte before it is shared.
+_chunks: weakref.WeakValueDictionary[tuple[bytes, int], npt.NDArray[np.float64]] = weakref.WeakValueDictionary()
 _chunks_lock = threading.Lock()
 
 
 def _shared(data: bytes) -> npt.NDArray[np.float64]:
     """A read-only (n, 6) array of ``data``, the process's existing one if it has the same bytes."""
-    key = (data[:8], len(data), hash(data))
+    key = (data[:_ROW_BYTES], len(data))
     with _chunks_lock:
         chunk = _chunks.get(key)
         if chunk is not None and chunk.tobytes() == data:
@@ -84,21 +86,24 @@ class History:
         self._tail_count = count + 1
 
     def extend(self, candles: npt.NDArray[np.float64]) -> None:
-        rows = np.ascontiguousarray(candles, dtype=np.float64).reshape(-1, 6)[-self._capacity:]
+        rows = candles if candles.ndim == 2 else candles.reshape(-1, 6)
+        if len(rows) > self._capacity:
+            rows = rows[-self._capacity:]
         n = len(rows)
+        times = rows[:, 0].tolist()  # Python floats: the checks below are per chunk, not per row
         i = 0
         while i < n:
             count = self._tail_count
-            if count == 0 or count == CHUNK or not self._tail_start <= rows[i, 0] < self._tail_end:
+            if count == 0 or count == CHUNK or not self._tail_start <= times[i] < self._tail_end:
                 if count:
                     self._seal()
                     count = 0
-                self._open_tail(float(rows[i, 0]))
+                self._open_tail(times[i])
             j = min(n, i + CHUNK - count)
-            times = rows[i:j, 0]
-            inside = (times >= self._tail_start) & (times < self._tail_end)
-            if not inside.all():
-                j = i + int(np.argmin(inside))  # the first row outside (row i is inside)
+            # Candles come oldest first, so the chunk's rows are those before the first one at or
+            # past the chunk's end (a row out of order only costs sharing, never correctness).
+            if times[j - 1] >= self._tail_end:
+                j = bisect.bisect_left(times, self._tail_end, i, j)
             self._tail[count:count + j - i] = rows[i:j]
             self._tail_count = count + j - i
             i = j
