@@ -51,7 +51,8 @@ run: install
 demo: install
 	$(PY) -m tradebotd.demo --seconds 60
 
-test: install-dev
+# wasm first: a checkout that pulled a change to the sandbox's C or JS must not test a stale build.
+test: install-dev wasm
 	$(PY) -m pytest -q
 	$(PY) -m mypy
 	$(PY) -m ruff check tradebotd tests bench
@@ -72,7 +73,7 @@ $(BENCH_STAMP): $(DEV_STAMP) bench/requirements-backtesting.txt
 	@touch $@
 
 # Latency and throughput measurements: a table on stdout and bench-results.json.
-bench: install-dev $(BENCH_STAMP)
+bench: install-dev wasm $(BENCH_STAMP)
 	$(PY) -m bench --out bench-results.json
 
 # Rebuild the QuickJS-NG sandbox (tradebotd/sandbox/qjs/tb_qjs.wasm); `make install` also builds it.

@@ -6,11 +6,12 @@ from __future__ import annotations
 import decimal
 from decimal import Decimal as D
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
 from tradebotd.exchange import ccxt_exchange, errors
-from tradebotd.exchange.ccxt_exchange import CcxtExchange
+from tradebotd.exchange.ccxt_exchange import KEEPALIVE_S, CcxtExchange
 from tradebotd.exchange.model import OcoRequest
 from tradebotd.exchange.throttle import Limits, RequestBudget
 from tradebotd.replay.exchange import ExchangeServer, RateLimits, SymbolSpec
@@ -540,3 +541,21 @@ async def test_testnet_without_rest_url_uses_binance_testnet_hosts() -> None:
         assert urls["public"] == "https://testnet.binance.vision/api/v3" and "sapi" not in urls
     finally:
         await port.close()
+
+
+async def test_the_http_session_keeps_idle_connections_past_a_candle_and_closes_with_the_port(
+    server: ExchangeServer, budget: RequestBudget
+) -> None:
+    exchange = make_port(server, budget=budget)
+    await exchange.server_time()
+    session = exchange._client.session
+    assert isinstance(session, aiohttp.ClientSession)
+    # aiohttp's default (15 s) would close them between two 1m candles
+    assert session.connector is not None and session.connector._keepalive_timeout == KEEPALIVE_S > 60
+    await exchange.server_time()
+    assert session.connector is not None and len(session.connector._conns) == 1  # one idle connection, reused
+    await exchange.close()
+    assert session.closed
+    with pytest.raises(errors.ExchangeError):
+        await exchange.server_time()  # closed: refused, and no new session is made for it
+    assert exchange._client.session is None

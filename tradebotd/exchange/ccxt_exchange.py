@@ -20,6 +20,9 @@ How ccxt is set up, and why:
 * ccxt's ``decimal_to_precision`` sets the thread's decimal context to ROUND_HALF_UP and traps
   Underflow, for good; every ccxt call here runs in a ``decimal.localcontext()`` so the rest of
   the daemon keeps the default context.
+* The HTTP session is ours, not ccxt's (``session`` in its config, made by ``_ensure_session``): the
+  connector ccxt makes, except that idle connections are kept ``KEEPALIVE_S`` (aiohttp's default is 15 s, so
+  with one-minute candles every candle's orders would wait for new TCP and TLS handshakes).
 * OCO goes through the implicit ``private_post_orderlist_oco`` (ccxt's unified ``create_order``
   silently drops one leg when given both levels); its raw reports are parsed with ccxt's
   ``parse_order``.
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import contextvars
 import decimal
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -73,6 +78,10 @@ from tradebotd.logs import register_secret
 __all__ = ["WEIGHTS", "CcxtExchange"]
 
 log = structlog.get_logger(__name__)
+
+# Idle connections to the exchange are kept this long: beyond a 1m candle, so the next candle's
+# orders find them open (Binance keeps idle connections longer than aiohttp's 15 s default).
+KEEPALIVE_S = 90.0
 
 T = TypeVar("T")
 Mode = Literal["testnet", "live"]
@@ -230,6 +239,7 @@ class CcxtExchange:
             {
                 "apiKey": api_key,
                 "secret": api_secret,
+                "session": None,  # ours (_ensure_session): ccxt then neither makes nor closes one
                 "enableRateLimit": False,
                 "timeout": int(timeout_s * 1000),
                 "options": {
@@ -283,6 +293,7 @@ class CcxtExchange:
         order may exist) rather than an exception of no kind the broker knows."""
         weight = cost if cost is not None else (WEIGHTS.get(operation, 1) if self._binance else 1)
         await self.budget.acquire(weight, orders=orders, max_wait_s=self._max_wait_s)
+        self._ensure_session()
         answer = _Answer()
         token = _ANSWER.set(answer)
         try:
@@ -311,6 +322,7 @@ class CcxtExchange:
         try:
             with decimal.localcontext():
                 await self.budget.acquire(WEIGHTS["server_time"], max_wait_s=self._max_wait_s)
+                self._ensure_session()
                 await self._client.load_time_difference()
         except (ccxt.BaseError, ExchangeError, aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("could not re-measure the exchange clock offset", error=type(exc).__name__)
@@ -574,8 +586,28 @@ class CcxtExchange:
             cost=cost,
         )
 
+    def _ensure_session(self) -> None:
+        """The session ccxt's ``open()`` would make (its SSL context, dual stack, Happy Eyeballs),
+        with idle connections kept ``KEEPALIVE_S``; none after ``close()`` (ccxt then refuses the
+        call)."""
+        client = self._client
+        if client.session is not None or client.closed_by_user:
+            return
+        context = ssl.create_default_context(cafile=client.cafile) if client.verify else False
+        connector = aiohttp.TCPConnector(
+            ssl=context,
+            keepalive_timeout=KEEPALIVE_S,
+            enable_cleanup_closed=True,
+            family=socket.AF_UNSPEC,
+            happy_eyeballs_delay=0,
+        )
+        client.session = aiohttp.ClientSession(connector=connector, trust_env=client.aiohttp_trust_env)
+
     async def close(self) -> None:
-        await self._client.close()
+        session = self._client.session
+        await self._client.close()  # forgets the session without closing it: not its own
+        if session is not None:
+            await session.close()
 
 
 # -- parsing ccxt's unified structures (number = str) into ours ---------------------------------
