@@ -146,3 +146,13 @@ def test_exchange_defaults_and_validation(tmp_path: Path, monkeypatch: pytest.Mo
         with pytest.raises(ConfigError) as err:
             load_settings(write(tmp_path, f"[exchange]\n{bad}\n"))
         assert "exchange." in str(err.value)
+
+
+
+def test_example_config_shows_the_defaults() -> None:
+    # config.example.toml documents the defaults: a default changed by accident (it happened to
+    # market.start_window_s) must not leave the example, and the README, saying otherwise.
+    example, _ = load_settings(Path(__file__).resolve().parents[1] / "config.example.toml")
+    defaults, _ = load_settings(None)
+    shown, actual = example.model_dump(), defaults.model_dump()
+    assert {(s, k): v for s, keys in shown.items() for k, v in keys.items() if v != actual[s][k]} == {}

@@ -44,7 +44,7 @@ class MarketSettings(_Section):
         30.0, ge=0, description="refuse to trade on a candle that closed longer ago than this; 0 disables"
     )
     start_window_s: float = Field(
-        6.0,
+        10.0,
         ge=0,
         description="a strategy that starts evaluates its stream's last closed candle at once if it closed at most "
         "this long ago (else it waits for the next candle); 0: always wait",
