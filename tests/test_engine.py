@@ -454,3 +454,13 @@ async def test_a_live_portfolio_added_while_running_says_the_daemon_needs_a_rest
     assert h.engine.strategy_ids() == set()
     (entry,) = [e for _, e in h.store.logs_after("s1")]
     assert entry.level == "error" and "live portfolio" in entry.message and "restart the daemon" in entry.message
+
+
+async def test_a_parameter_changing_json_type_reloads_and_a_run_time_does_not(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.engine.sync([row(parameters={"fast": 1})])
+    first = h.runtimes["s1"]
+    await h.engine.sync([row(parameters={"fast": 1}, last_run_at="later")])
+    assert h.runtimes["s1"] is first
+    await h.engine.sync([row(parameters={"fast": 1.0})])  # 1 == 1.0 in Python, not to the strategy
+    assert h.runtimes["s1"] is not first and first.closed

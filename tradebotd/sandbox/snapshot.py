@@ -42,7 +42,8 @@ _WASM_PAGE = 65536
 _SEC_GLOBAL = 6
 
 
-def _read_leb(data: bytes, pos: int) -> tuple[int, int]:
+def _read_leb(data: bytes, pos: int, *, signed: bool = False) -> tuple[int, int]:
+    """An LEB128 integer at ``pos``: (value, position after it)."""
     result = shift = 0
     while True:
         byte = data[pos]
@@ -50,18 +51,7 @@ def _read_leb(data: bytes, pos: int) -> tuple[int, int]:
         result |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
-            return result, pos
-
-
-def _read_sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
+            if signed and byte & 0x40:
                 result -= 1 << shift
             return result, pos
 
@@ -79,7 +69,7 @@ def stack_top(wasm: bytes) -> int:
             count, at = _read_leb(wasm, body)
             # i32, mutable, i32.const N, end
             if count == 1 and wasm[at:at + 3] == b"\x7f\x01\x41":
-                value, at = _read_sleb(wasm, at + 3)
+                value, at = _read_leb(wasm, at + 3, signed=True)
                 if wasm[at] == 0x0B:
                     return value
             break
